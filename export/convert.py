@@ -1,0 +1,56 @@
+"""Keras -> ONNX with tf2onnx, named and shaped as the graph spec says, plus an
+onnxruntime-optimised copy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from .specs import BATCH, GraphSpec
+
+OPSET = 17
+
+
+def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
+    """tf2onnx names outputs after Keras tensors; give them the spec's names instead."""
+    graph = model.graph
+    renames = {out.name: new for out, new in zip(graph.output, names)}
+    for node in graph.node:
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    for out in graph.output:
+        out.name = renames[out.name]
+
+
+def _name_batch_axis(model: onnx.ModelProto) -> None:
+    for value in list(model.graph.input) + list(model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_value")
+        dim.dim_param = BATCH
+
+
+def convert(keras_model, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto:
+    """Convert one Keras model to ONNX whose inputs and outputs match `spec` exactly."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = [tf.TensorSpec([None, *t.shape[1:]], getattr(tf, t.dtype), name=t.name) for t in spec.inputs]
+    model, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset)
+    if len(model.graph.output) != len(spec.outputs):
+        raise RuntimeError(f"{spec.role}: converter produced {len(model.graph.output)} outputs, "
+                           f"spec has {len(spec.outputs)}")
+    _rename_outputs(model, [t.name for t in spec.outputs])
+    _name_batch_axis(model)
+    model.doc_string = f"{spec.role} of an image-captioning model (InceptionV3 + LSTM)"
+    onnx.checker.check_model(model)
+    return model
+
+
+def optimize(source: Path, target: Path) -> None:
+    """Write onnxruntime's optimised graph. Extended (not 'all') level: the result stays portable
+    across CPUs, since layout-specific rewrites are left for load time."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])

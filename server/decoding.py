@@ -1,0 +1,112 @@
+"""Greedy and beam-search decoding in plain numpy over a step function.
+
+The model is reached only through
+    step(tokens: int32 [N, 1], state: tuple of arrays [N, ...]) -> (log_probs float [N, V], state)
+where N is images x beams, so every beam of every image goes through one step call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Hypothesis:
+    """One decoded caption: token ids (without <start>/<end>), total log-probability, and the
+    score it was ranked by (log_prob / length ** length_penalty)."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+
+
+def _normalised(log_prob: float, length: int, length_penalty: float) -> float:
+    return log_prob / (max(length, 1) ** length_penalty) if length_penalty else log_prob
+
+
+def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int) -> list[Hypothesis]:
+    """The most likely word at each step, until <end> or max_length; one hypothesis per image."""
+    tokens = np.full((batch, 1), start_id, dtype=np.int32)
+    words = np.zeros((batch, max_length), dtype=np.int32)
+    log_prob = np.zeros(batch, dtype=np.float64)
+    length = np.zeros(batch, dtype=np.int32)
+    live = np.ones(batch, dtype=bool)
+    for t in range(max_length):
+        log_probs, state = step(tokens, state)
+        best = log_probs.argmax(-1)
+        log_prob += np.where(live, log_probs[np.arange(batch), best], 0.0)
+        length += live
+        words[:, t] = best
+        live &= best != end_id
+        if not live.any():
+            break
+        tokens = best.astype(np.int32)[:, None]
+    hypotheses = []
+    for i in range(batch):
+        ended = length[i] > 0 and words[i, length[i] - 1] == end_id
+        ids = words[i, :length[i] - 1 if ended else length[i]].tolist()
+        hypotheses.append(Hypothesis(ids, float(log_prob[i]), float(log_prob[i])))
+    return hypotheses
+
+
+def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
+                beam_size: int, length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+    """Beam search; for each image, up to `beam_size` hypotheses, best first.
+
+    At each step all extensions of the live beams are ranked by total log-probability; in that
+    order an <end> extension becomes a finished hypothesis and any other word a live beam, until
+    `beam_size` live beams are kept. Beams still live at max_length finish without <end>.
+    Finished hypotheses are ranked by log_prob / length ** length_penalty, where length counts
+    the generated tokens including <end>. The search stops early only when no live beam can
+    still win, which without length normalisation is when every live beam scores below the
+    beam_size-th finished one.
+    """
+    k = beam_size
+    state = tuple(np.repeat(s, k, axis=0) for s in state)
+    tokens = np.full((batch * k, 1), start_id, dtype=np.int32)
+    scores = np.full((batch, k), -np.inf)
+    scores[:, 0] = 0.0  # one real beam per image at the start; the others are empty slots
+    histories = np.zeros((batch, k, 0), dtype=np.int32)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+
+    for t in range(1, max_length + 1):
+        log_probs, state = step(tokens, state)
+        vocab = log_probs.shape[-1]
+        total = (scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
+        # Up to k candidates can be <end>, so the best 2k always hold k live ones when that many exist.
+        n_best = min(2 * k, k * vocab)
+        best = np.argpartition(-total, n_best - 1, axis=1)[:, :n_best]
+        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(total, best, 1), axis=1, kind="stable"), 1)
+
+        new_scores = np.full((batch, k), -np.inf)
+        parents = np.zeros((batch, k), dtype=np.int64)
+        words = np.zeros((batch, k), dtype=np.int32)
+        for i in range(batch):
+            kept = 0
+            for flat in best[i]:
+                score = total[i, flat]
+                if kept == k or score == -np.inf:
+                    break
+                parent, word = divmod(int(flat), vocab)
+                if word == end_id:
+                    finished[i].append(Hypothesis(histories[i, parent].tolist(), float(score),
+                                                  _normalised(float(score), t, length_penalty)))
+                else:
+                    new_scores[i, kept], parents[i, kept], words[i, kept] = score, parent, word
+                    kept += 1
+        histories = np.concatenate([np.take_along_axis(histories, parents[:, :, None], 1), words[:, :, None]], 2)
+        scores = new_scores
+        rows = (parents + np.arange(batch)[:, None] * k).reshape(-1)
+        state = tuple(s[rows] for s in state)
+        tokens = words.reshape(-1, 1)
+        if length_penalty == 0 and all(
+                len(f) >= k and scores[i].max() <= sorted(h.score for h in f)[-k] for i, f in enumerate(finished)):
+            break
+    else:
+        for i in range(batch):
+            for j in range(k):
+                if scores[i, j] > -np.inf:
+                    finished[i].append(Hypothesis(histories[i, j].tolist(), float(scores[i, j]),
+                                                  _normalised(float(scores[i, j]), max_length, length_penalty)))
+    return [sorted(f, key=lambda h: -h.score)[:k] for f in finished]

@@ -1,0 +1,136 @@
+"""Greedy and beam search against brute force, over a toy step: a hand-written table of
+next-word probabilities that depends on the position and the previous word."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from server.decoding import decode_beam, decode_greedy
+
+START, END = 0, 1
+VOCAB = 5  # 0 <start>, 1 <end>, 2..4 words
+
+
+def toy_table(seed: int) -> np.ndarray:
+    """log P(word | position, previous word), [positions, VOCAB, VOCAB]; <start> never follows."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, size=(6, VOCAB, VOCAB))
+    logits[:, :, START] = -np.inf
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def toy_step(table):
+    def step(tokens, state):
+        (position,) = state
+        log_probs = table[position[:, 0], tokens[:, 0]]
+        return log_probs, (position + 1,)
+    return step
+
+
+def start_state(batch):
+    return (np.zeros((batch, 1), dtype=np.int64),)
+
+
+def sequence_log_prob(table, words, ended):
+    tokens = [START] + list(words) + ([END] if ended else [])
+    return sum(table[t, tokens[t], tokens[t + 1]] for t in range(len(tokens) - 1))
+
+
+def reference_beam(table, beam_size, max_length, length_penalty):
+    """Beam search written the slow, obvious way: score every extension of every beam, sort all."""
+    def norm(log_prob, length):
+        return log_prob / length ** length_penalty if length_penalty else log_prob
+
+    live = [((), 0.0)]
+    finished = []
+    for t in range(1, max_length + 1):
+        candidates = sorted(((words + (w,), score + table[t - 1, words[-1] if words else START, w])
+                             for words, score in live for w in range(VOCAB)), key=lambda c: -c[1])
+        live = []
+        for words, score in candidates:
+            if len(live) == beam_size or score == -math.inf:
+                break
+            if words[-1] == END:
+                finished.append((list(words[:-1]), score, norm(score, t)))
+            else:
+                live.append((words, score))
+        if length_penalty == 0 and len(finished) >= beam_size and \
+                max(s for _, s in live) <= sorted(f[2] for f in finished)[-beam_size]:
+            break
+    else:
+        finished += [(list(words), score, norm(score, max_length)) for words, score in live]
+    return sorted(finished, key=lambda f: -f[2])[:beam_size]
+
+
+def exhaustive_best(table, max_length, length_penalty):
+    """The best of all sequences: w1..wn <end> for n < max_length, and w1..w_max without <end>."""
+    best = None
+    for n in range(max_length + 1):
+        for words in itertools.product(range(2, VOCAB), repeat=n):
+            ended = n < max_length
+            log_prob = sequence_log_prob(table, words, ended)
+            length = n + ended
+            score = log_prob / length ** length_penalty if length_penalty else log_prob
+            if best is None or score > best[1]:
+                best = (list(words), score)
+    return best
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("max_length", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_matches_reference(beam_size, max_length, length_penalty, seed):
+    table = toy_table(seed)
+    [got] = decode_beam(toy_step(table), start_state(1), 1, START, END, max_length, beam_size, length_penalty)
+    want = reference_beam(table, beam_size, max_length, length_penalty)
+    assert [h.tokens for h in got] == [w[0] for w in want]
+    assert [h.score for h in got] == pytest.approx([w[2] for w in want])
+    for h in got:  # the reported log-probability is the sequence's true total, with or without <end>
+        assert any(h.log_prob == pytest.approx(sequence_log_prob(table, h.tokens, ended)) for ended in (True, False))
+
+
+@pytest.mark.parametrize("max_length", [1, 2, 3])
+@pytest.mark.parametrize("length_penalty", [0.0, 0.7, 1.0])
+def test_wide_beam_finds_the_exhaustive_best(max_length, length_penalty):
+    table = toy_table(7)
+    width = (VOCAB - 1) ** max_length + 1  # wide enough to keep every sequence alive
+    [got] = decode_beam(toy_step(table), start_state(1), 1, START, END, max_length, width, length_penalty)
+    words, score = exhaustive_best(table, max_length, length_penalty)
+    assert got[0].tokens == words
+    assert got[0].score == pytest.approx(score)
+
+
+def test_beam_beats_greedy_where_greedy_is_short_sighted():
+    # Greedy takes word 2 first (0.6), but every continuation after it is poor;
+    # word 3 (0.4) leads to <end> with certainty, so beam search prefers [3].
+    p = np.full((6, VOCAB, VOCAB), 1e-9)
+    p[0, START, 2], p[0, START, 3] = 0.6, 0.4
+    p[1, 2, 2], p[1, 2, 3], p[1, 2, 4], p[1, 2, END] = 0.25, 0.25, 0.25, 0.25
+    p[1, 3, END] = 1.0
+    p[2:, :, END] = 1.0
+    table = np.log(p / p.sum(-1, keepdims=True))
+    [greedy] = decode_greedy(toy_step(table), start_state(1), 1, START, END, 4)
+    [beam] = decode_beam(toy_step(table), start_state(1), 1, START, END, 4, beam_size=2)
+    assert greedy.tokens[0] == 2
+    assert beam[0].tokens == [3]
+    assert beam[0].log_prob > greedy.log_prob
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_equals_beam_of_one_and_handles_a_batch(seed):
+    tables = [toy_table(seed), toy_table(seed + 100)]
+    # A batch of two "images": the table is picked by the state's image index.
+    def step(tokens, state):
+        position, image = state
+        log_probs = np.stack([tables[i][p, t] for i, p, t in zip(image[:, 0], position[:, 0], tokens[:, 0])])
+        return log_probs, (position + 1, image)
+    state = (np.zeros((2, 1), dtype=np.int64), np.array([[0], [1]]))
+    greedy = decode_greedy(step, state, 2, START, END, 5)
+    beam = decode_beam(step, state, 2, START, END, 5, beam_size=1)
+    for i in range(2):
+        assert greedy[i].tokens == beam[i][0].tokens
+        assert greedy[i].log_prob == pytest.approx(beam[i][0].log_prob)
+        [alone] = decode_beam(toy_step(tables[i]), start_state(1), 1, START, END, 5, beam_size=3)
+        assert [h.tokens for h in decode_beam(step, state, 2, START, END, 5, beam_size=3)[i]] == [h.tokens for h in alone]

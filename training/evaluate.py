@@ -1,0 +1,65 @@
+"""Held-out evaluation: greedy captions from the Keras step model, corpus BLEU-1..4 (sacrebleu),
+and, for synthetic scenes, whether every object's size, colour and shape is right."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from sacrebleu.metrics import BLEU
+
+from .synthetic import COLOURS, SHAPES, SIZES
+from .vocab import Vocabulary, normalise
+
+
+def greedy_captions(init_model, step_model, features: np.ndarray, vocab: Vocabulary,
+                    max_length: int, batch_size: int = 256) -> list[list[str]]:
+    """Greedy decoding with the Keras init/step models, batched over images."""
+    start, end = vocab.special_ids["start"], vocab.special_ids["end"]
+    captions = []
+    for first in range(0, len(features), batch_size):
+        h, c, context = (np.asarray(x) for x in init_model(features[first:first + batch_size], training=False))
+        tokens = np.full((len(h), 1), start, dtype=np.int32)
+        out = np.zeros((len(h), max_length), dtype=np.int32)
+        finished = np.zeros(len(h), dtype=bool)
+        for t in range(max_length):
+            log_probs, h, c = (np.asarray(x) for x in step_model([tokens, h, c, context], training=False))
+            tokens = log_probs.argmax(-1).astype(np.int32)[:, None]
+            out[:, t] = np.where(finished, end, tokens[:, 0])
+            finished |= tokens[:, 0] == end
+            if finished.all():
+                break
+        captions += [vocab.decode(row) for row in out]
+    return captions
+
+
+def corpus_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> dict[str, float]:
+    """Corpus BLEU-1..4 in [0, 1] over normalised words; each image may have several references."""
+    hyps = [" ".join(h) for h in hypotheses]
+    most = max(len(r) for r in references)
+    # sacrebleu wants one stream per reference position; pad shorter lists with their first caption.
+    streams = [[" ".join(normalise(r[min(k, len(r) - 1)])) for r in references] for k in range(most)]
+    return {f"bleu{n}": BLEU(max_ngram_order=n, tokenize="none", effective_order=False).corpus_score(hyps, streams).score / 100
+            for n in range(1, 5)}
+
+
+def objects_in_caption(words: list[str]) -> list[tuple[str, str, str]]:
+    """Every (size, colour, shape) triple named in a caption, in order."""
+    found = []
+    for i in range(len(words) - 2):
+        if words[i] in SIZES and words[i + 1] in COLOURS and words[i + 2] in SHAPES:
+            found.append(tuple(words[i:i + 3]))
+    return found
+
+
+def attribute_accuracy(hypotheses: list[list[str]], scenes: list[list[dict]]) -> dict[str, float]:
+    """Share of captions naming exactly the scene's objects (size, colour and shape each right),
+    overall and by number of objects."""
+    right = Counter()
+    total = Counter()
+    for words, objects in zip(hypotheses, scenes):
+        truth = Counter((o["size"], o["colour"], o["shape"]) for o in objects)
+        ok = Counter(objects_in_caption(words)) == truth
+        for key in ("all", f"{len(objects)}_objects"):
+            total[key] += 1
+            right[key] += ok
+    return {f"objects_right_{key}": right[key] / total[key] for key in sorted(total)}

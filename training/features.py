@@ -1,0 +1,54 @@
+"""Image loading as the bundle's preprocessing describes it, and cached encoder features."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def load_image(path: Path, preprocessing: dict) -> np.ndarray:
+    """Read an image as the encoder expects it: RGB, resized, scaled; float32 [H, W, 3]."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        width, height = preprocessing["resize"]
+        image = image.resize((width, height), RESAMPLE[preprocessing["resample"]])
+    return np.asarray(image, dtype=np.float32) * preprocessing["scale"] + preprocessing["offset"]
+
+
+def _cache_key(paths: list[Path], encoder_id: str) -> str:
+    digest = hashlib.sha256(encoder_id.encode())
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def extract_features(encoder, paths: list[Path], preprocessing: dict, encoder_id: str,
+                     cache_dir: Path | None = None, batch_size: int = 16) -> np.ndarray:
+    """Encoder features for `paths`, [N, 2048] float32, read from / written to `cache_dir`.
+
+    `encoder_id` names the encoder weights; the cache is keyed on it and on the files, so a
+    different encoder or a changed image never reuses stale features.
+    """
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"features-{_cache_key(paths, encoder_id + json.dumps(preprocessing))}.npy"
+        if cache.exists():
+            return np.load(cache)
+    chunks = []
+    with tqdm(total=len(paths), desc="encoding images", unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            batch = np.stack([load_image(p, preprocessing) for p in paths[start:start + batch_size]])
+            chunks.append(np.asarray(encoder(batch, training=False), dtype=np.float32))
+            bar.update(len(batch))
+    features = np.concatenate(chunks) if chunks else np.zeros((0, encoder.output_shape[-1]), np.float32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, features)
+    return features

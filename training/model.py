@@ -1,0 +1,115 @@
+"""The captioning model: an InceptionV3 feature encoder and an LSTM decoder.
+
+The decoder is built once from shared layers into three Keras models:
+  training model  (features [B,2048], tokens [B,T])        -> logits [B,T,V]   (teacher forcing)
+  init model      (features [B,2048])                      -> h, c, context    ([B,U], [B,U], [B,E])
+  step model      (token [B,1], h, c, context)             -> log_probs [B,V], h, c
+`context` is the projected image, fed at every step when `image_every_step` is on (par-inject);
+h and c start from the image either way (init-inject).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+IMAGE_SIZE = 299
+FEATURE_DIM = 2048
+# Keras' own preprocess_input for InceptionV3 ("tf" mode): pixels in [0, 255] -> [-1, 1].
+PREPROCESSING = {"resize": [IMAGE_SIZE, IMAGE_SIZE], "resample": "bilinear", "channels": "RGB",
+                 "layout": "NHWC", "scale": 1 / 127.5, "offset": -1.0}
+
+
+@dataclass
+class DecoderConfig:
+    """Decoder architecture; stored with every run so a model can be rebuilt from it."""
+
+    vocab_size: int
+    max_length: int            # longest caption in words, without <start>/<end>
+    units: int = 512           # LSTM units (h and c size)
+    embedding_dim: int = 256   # word embedding size, also the projected image size
+    dropout: float = 0.3       # on the projected image and on the LSTM output; 0..0.9
+    image_every_step: bool = True  # par-inject: feed the projected image at every step
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_encoder(weights: str, image_size: int = IMAGE_SIZE) -> keras.Model:
+    """InceptionV3 without its top, global-average-pooled to 2048-d features.
+
+    `weights`: "imagenet" (downloads; needs internet), "random:SEED" (deterministic random
+    weights), or a path to a local Keras weights file (.h5 / .weights.h5) for this architecture.
+    """
+    shape = (image_size, image_size, 3)
+    if weights == "imagenet":
+        model = keras.applications.InceptionV3(weights="imagenet", include_top=False, pooling="avg", input_shape=shape)
+    elif weights.startswith("random:"):
+        try:
+            seed = int(weights.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"encoder weights {weights!r}: expected random:<integer seed>") from None
+        keras.utils.set_random_seed(seed)
+        model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise ValueError(f"encoder weights {weights!r}: not 'imagenet', 'random:SEED' or an existing file")
+        model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=shape)
+        # skip_mismatch=False: a file for another architecture must fail here, not load half the layers.
+        model.load_weights(str(path))
+    model.trainable = False
+    return model
+
+
+def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: np.ndarray):
+    """Build (training_model, init_model, step_model), all sharing one set of weights.
+
+    feature_mean/std standardise the encoder features inside the graph (the pooled features of
+    a random InceptionV3 are tiny, so the decoder would otherwise see a near-constant input).
+    """
+    c = config
+    normalise = layers.Normalization(mean=feature_mean, variance=np.square(feature_std), name="feature_norm")
+    init_h = layers.Dense(c.units, activation="tanh", name="init_h")
+    init_c = layers.Dense(c.units, activation="tanh", name="init_c")
+    project = layers.Dense(c.embedding_dim, activation="relu", name="image_projection")
+    feature_dropout = layers.Dropout(c.dropout, name="image_dropout")
+    embed = layers.Embedding(c.vocab_size, c.embedding_dim, name="embedding")
+    lstm = layers.LSTM(c.units, return_sequences=True, return_state=True, name="lstm")
+    output_dropout = layers.Dropout(c.dropout, name="output_dropout")
+    to_vocab = layers.Dense(c.vocab_size, name="logits")
+
+    def image_inputs(features):
+        normalised = feature_dropout(normalise(features))
+        return init_h(normalised), init_c(normalised), project(normalised)
+
+    # Teacher-forced training model over whole captions.
+    features = keras.Input((FEATURE_DIM,), name="features")
+    tokens = keras.Input((c.max_length + 1,), dtype="int32", name="tokens")
+    h0, c0, context = image_inputs(features)
+    words = embed(tokens)
+    if c.image_every_step:
+        words = layers.Concatenate(name="word_and_image")([words, layers.RepeatVector(c.max_length + 1)(context)])
+    sequence, _, _ = lstm(words, initial_state=[h0, c0])
+    logits = to_vocab(output_dropout(sequence))
+    training_model = keras.Model([features, tokens], logits, name="decoder_training")
+
+    # Initial state from the image.
+    init_features = keras.Input((FEATURE_DIM,), name="features")
+    init_model = keras.Model(init_features, list(image_inputs(init_features)), name="decoder_init")
+
+    # One step: the LSTM's own cell, so the step runs exactly the weights that training learned.
+    token = keras.Input((1,), dtype="int32", name="token")
+    h_in = keras.Input((c.units,), name="h")
+    c_in = keras.Input((c.units,), name="c")
+    context_in = keras.Input((c.embedding_dim,), name="context")
+    word = layers.Reshape((c.embedding_dim,))(embed(token))
+    if c.image_every_step:
+        word = layers.Concatenate()([word, context_in])
+    out, (h_out, c_out) = lstm.cell(word, [h_in, c_in])
+    log_probs = layers.Activation("log_softmax", name="log_probs")(to_vocab(out))
+    step_model = keras.Model([token, h_in, c_in, context_in], [log_probs, h_out, c_out], name="decoder_step")
+    return training_model, init_model, step_model

@@ -1,0 +1,220 @@
+"""Train the caption decoder on cached encoder features and evaluate it on the held-out split.
+
+Usage: python -m training.train --dataset shapes --data data/shapes --out runs/demo
+
+Writes to --out: encoder.keras, decoder_init.keras, decoder_step.keras (the models export
+reads), vocab.json, run.json (everything needed to rebuild and describe the model),
+heldout.json (the test images, for export's parity check) and metrics.json (BLEU-1..4 and,
+on synthetic scenes, object-attribute accuracy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import DatasetError, Example, load_dataset
+from .vocab import Vocabulary, normalise
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; every field is also a command-line flag and a key of --config files."""
+
+    units: int = 512              # LSTM units
+    embedding_dim: int = 256      # word embedding and projected-image size
+    dropout: float = 0.3          # 0 <= dropout < 1
+    image_every_step: bool = True  # feed the image at every step (par-inject), not only as the initial state
+    learning_rate: float = 2e-3   # Adam
+    weight_decay: float = 0.0     # AdamW decoupled weight decay; 0 = plain Adam
+    batch_size: int = 64
+    epochs: int = 30              # upper bound; early stopping usually ends sooner
+    patience: int = 4             # epochs without a better validation loss before stopping
+    min_count: int = 1            # words seen fewer times map to <unk>
+    max_length: int = 0           # longest caption in words; 0 = the longest training caption
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = {
+            "units": self.units > 0, "embedding_dim": self.embedding_dim > 0,
+            "dropout": 0 <= self.dropout < 1, "learning_rate": self.learning_rate > 0,
+            "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
+            "epochs": self.epochs > 0, "patience": self.patience > 0,
+            "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainConfig":
+        """Read settings from a JSON object (e.g. the tuner's best configuration); unknown keys are refused."""
+        data = json.loads(Path(path).read_text())
+        data = data.get("config", data)
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**{k: type(getattr(cls(), k))(v) for k, v in data.items()})
+
+
+def caption_arrays(examples: list[Example], vocab: Vocabulary, max_length: int):
+    """(image index, input ids, target ids, weights) for every caption of every image."""
+    index, sequences = [], []
+    for i, example in enumerate(examples):
+        for caption in example.captions:
+            index.append(i)
+            sequences.append(vocab.encode(caption, max_length))
+    sequences = np.stack(sequences)
+    targets = sequences[:, 1:]
+    return np.array(index), sequences[:, :-1], targets, (targets != vocab.special_ids["pad"]).astype(np.float32)
+
+
+def _read_scenes(data: Path) -> dict | None:
+    scenes = Path(data) / "scenes.json"
+    return json.loads(scenes.read_text())["scenes"] if scenes.exists() else None
+
+
+def train(args, config: TrainConfig, log=print) -> dict:
+    """Run the whole pipeline; returns the metrics written to metrics.json."""
+    import keras
+
+    from .evaluate import attribute_accuracy, corpus_bleu, greedy_captions
+    from .features import extract_features
+    from .model import FEATURE_DIM, PREPROCESSING, DecoderConfig, build_decoder, build_encoder
+
+    started = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_dataset(args.dataset, Path(args.data), args.image_dir)
+    if args.limit:
+        splits = {k: v[:args.limit if k == "train" else max(1, args.limit // 8)] for k, v in splits.items()}
+    if not splits["train"] or not splits["dev"] or not splits["test"]:
+        raise DatasetError("the dataset needs images in each of the train, dev and test splits")
+    for split in splits.values():
+        for example in split:
+            if not example.image.is_file():
+                raise DatasetError(f"image listed in the captions is missing: {example.image}")
+
+    vocab = Vocabulary.build((c for e in splits["train"] for c in e.captions), config.min_count)
+    longest = max(len(normalise(c)) for e in splits["train"] for c in e.captions)
+    max_length = min(longest, config.max_length) if config.max_length else longest
+    log(f"{len(splits['train'])} train / {len(splits['dev'])} dev / {len(splits['test'])} test images; "
+        f"vocabulary {len(vocab)} words; captions up to {max_length} words")
+
+    encoder = build_encoder(args.encoder_weights)
+    features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING,
+                                        args.encoder_weights, args.cache_dir)
+                for split, examples in splits.items()}
+    mean = features["train"].mean(0)
+    std = np.maximum(features["train"].std(0), 1e-8)
+
+    keras.utils.set_random_seed(config.seed)
+    decoder_config = DecoderConfig(vocab_size=len(vocab), max_length=max_length, units=config.units,
+                                   embedding_dim=config.embedding_dim, dropout=config.dropout,
+                                   image_every_step=config.image_every_step)
+    training_model, init_model, step_model = build_decoder(decoder_config, mean, std)
+    optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+                 if config.weight_decay else keras.optimizers.Adam(config.learning_rate))
+    training_model.compile(optimizer=optimizer,
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           weighted_metrics=["accuracy"])
+
+    def dataset(split):
+        index, inputs, targets, weights = caption_arrays(splits[split], vocab, max_length)
+        return [features[split][index], inputs], targets, weights
+
+    x_train, y_train, w_train = dataset("train")
+    x_dev, y_dev, w_dev = dataset("dev")
+    checkpoint = out / "checkpoints" / "decoder.weights.h5"
+    checkpoint.parent.mkdir(exist_ok=True)
+    callbacks = [
+        keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(checkpoint), save_best_only=True, save_weights_only=True),
+        keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5),
+    ]
+    history = training_model.fit(x_train, y_train, sample_weight=w_train, validation_data=(x_dev, y_dev, w_dev),
+                                 batch_size=config.batch_size, epochs=config.epochs, callbacks=callbacks,
+                                 shuffle=True, verbose=2 if args.quiet else 1)
+
+    test_captions = greedy_captions(init_model, step_model, features["test"], vocab, max_length)
+    metrics = corpus_bleu(test_captions, [e.captions for e in splits["test"]])
+    scenes = _read_scenes(args.data) if args.dataset == "shapes" else None
+    if scenes is not None:
+        metrics.update(attribute_accuracy(test_captions, [scenes[e.image.name] for e in splits["test"]]))
+    metrics.update({
+        "test_images": len(splits["test"]),
+        "epochs_run": len(history.history["loss"]),
+        "best_val_loss": float(min(history.history["val_loss"])),
+        "train_seconds": round(time.time() - started, 1),
+    })
+
+    encoder.save(out / "encoder.keras")
+    init_model.save(out / "decoder_init.keras")
+    step_model.save(out / "decoder_step.keras")
+    vocab.save(out / "vocab.json")
+    run = {
+        "decoder": decoder_config.as_dict(),
+        "training": asdict(config),
+        "encoder": {"architecture": "InceptionV3", "weights": args.encoder_weights, "feature_dim": FEATURE_DIM,
+                    "pooling": "global average"},
+        "preprocessing": PREPROCESSING,
+        "special_tokens": vocab.special_ids,
+        "max_length": max_length,
+        "dataset": {"kind": args.dataset, "path": str(args.data),
+                    "images": {k: len(v) for k, v in splits.items()}},
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2))
+    heldout = [{"image": str(e.image), "references": e.captions, "keras_greedy": " ".join(words)}
+               for e, words in zip(splits["test"], test_captions)]
+    (out / "heldout.json").write_text(json.dumps(heldout, indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log("test metrics: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the caption decoder and evaluate it on held-out images.")
+    parser.add_argument("--dataset", choices=("shapes", "flickr8k", "coco"), required=True)
+    parser.add_argument("--data", type=Path, required=True,
+                        help="dataset folder (shapes, flickr8k) or COCO captions JSON")
+    parser.add_argument("--image-dir", type=Path, help="COCO image folder")
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument("--encoder-weights", default="random:0",
+                        help="imagenet | random:SEED | path to a local InceptionV3 weights file")
+    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="encoder feature cache")
+    parser.add_argument("--config", type=Path, help="JSON file of training settings (flags below override it)")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke runs)")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(getattr(defaults, f.name), bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, type=type(getattr(defaults, f.name)), default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+        for f in fields(TrainConfig):
+            if getattr(args, f.name) is not None:
+                setattr(config, f.name, getattr(args, f.name))
+        config.validate()
+        train(args, config)
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
