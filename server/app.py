@@ -1,0 +1,105 @@
+"""The Flask application factory: configuration, the model, blueprints, errors, headers.
+
+Run under gunicorn (see gunicorn.conf.py): `gunicorn -c gunicorn.conf.py`.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+
+import numpy as np
+from flask import Flask, Request, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .bundle import load_bundle
+from .captioning import RequestError
+from .config import Config
+from .engine import CaptionEngine
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class InMemoryRequest(Request):
+    """Werkzeug spools large multipart files to temporary files; uploads stay in memory here
+    (the body is already capped by MAX_CONTENT_LENGTH, so memory is bounded)."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
+class ModelState:
+    """The engine of this process and whether its warm-up caption has run."""
+
+    def __init__(self, engine: CaptionEngine, config: Config):
+        self.engine, self.config = engine, config
+        self.ready = threading.Event()
+
+    def warm_up(self) -> None:
+        height, width = self.engine.preprocessing["resize"][1], self.engine.preprocessing["resize"][0]
+        try:
+            self.engine.caption(np.zeros((1, height, width, 3), np.float32), beam_size=2)
+            self.ready.set()
+        except Exception:  # readiness stays false, and /readyz says so
+            log.exception("warm-up caption failed")
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the app: load and check the bundle, start the warm-up, register the routes."""
+    config = config or Config.from_env()
+    bundle = load_bundle(config.bundle, config.verify_checksums)
+    engine = CaptionEngine(bundle, config)
+
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = config.max_upload_bytes
+    state = ModelState(engine, config)
+    app.extensions["captions"] = state
+    if config.warmup:
+        threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
+    else:
+        state.ready.set()
+
+    from .api import api
+    from .web import web
+    app.register_blueprint(api)
+    app.register_blueprint(web)
+
+    @app.errorhandler(RequestError)
+    def request_error(exc: RequestError):
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = {413: f"the request is larger than {config.max_upload_mb:g} MB"}.get(exc.code, exc.description)
+        return error_response(exc.code or 500, code, message)
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "the server failed to caption this request")
+
+    @app.after_request
+    def security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app
+
+
+def error_response(status: int, code: str, message: str):
+    """The one error shape of the API: {"error": {"code", "message"}}."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response

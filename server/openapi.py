@@ -1,0 +1,91 @@
+"""The OpenAPI 3 description of the JSON API, built from the live configuration so limits
+(beam width, caption length, upload size) are the ones the server enforces."""
+from __future__ import annotations
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi_document(config, max_length: int) -> dict:
+    """OpenAPI 3.0 document for this server."""
+    image_formats = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
+    options = {
+        "beam_size": {"type": "integer", "minimum": 1, "maximum": config.max_beam_size,
+                      "default": config.default_beam_size, "description": "1 = greedy decoding"},
+        "max_length": {"type": "integer", "minimum": 1, "maximum": max_length, "default": max_length,
+                       "description": "longest caption in words"},
+    }
+    number = {"type": "number"}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Image caption server", "version": "1.0.0",
+                 "description": "Captions images with an InceptionV3 + LSTM model on onnxruntime."},
+        "paths": {
+            "/api/v1/captions": {"post": {
+                "summary": "Caption one or several images",
+                "operationId": "createCaptions",
+                "parameters": [{"name": name, "in": "query", "required": False, "schema": schema}
+                               for name, schema in options.items()],
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {
+                        "type": "object", "required": ["image"],
+                        "properties": {
+                            "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                      "maxItems": config.max_images,
+                                      "description": f"one or several images: {image_formats}"},
+                            **options},
+                    }},
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }},
+                "responses": {
+                    "200": {"description": "One caption per image, in upload order",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Captions"}}}},
+                    "400": _error("No image, or an empty one"),
+                    "413": _error(f"Request over {config.max_upload_mb:g} MB, image over "
+                                  f"{config.max_pixels:,} pixels, or over {config.max_images} images"),
+                    "415": _error("Not an image in a supported format, or an unsupported content type"),
+                    "422": _error("Corrupt image or an invalid parameter"),
+                },
+            }},
+            "/api/v1/model": {"get": {
+                "summary": "The loaded model", "operationId": "getModel",
+                "responses": {"200": {"description": "Model summary from the bundle manifest",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/healthz": {"get": {
+                "summary": "Liveness", "operationId": "getHealth",
+                "responses": {"200": {"description": "The process is alive",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+            "/readyz": {"get": {
+                "summary": "Readiness", "operationId": "getReadiness",
+                "responses": {
+                    "200": {"description": "Model loaded and warmed up",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+                    "503": {"description": "Still starting",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+            "/openapi.json": {"get": {
+                "summary": "This document", "operationId": "getOpenApi",
+                "responses": {"200": {"description": "OpenAPI 3 document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        },
+        "components": {"schemas": {
+            "Captions": {"type": "object", "required": ["captions", "model", "timings_ms"], "properties": {
+                "captions": {"type": "array", "items": {
+                    "type": "object", "required": ["caption", "tokens", "log_prob"], "properties": {
+                        "caption": {"type": "string"},
+                        "tokens": {"type": "array", "items": {"type": "string"}},
+                        "log_prob": {**number, "description": "total log-probability of the caption"}}}},
+                "model": {"type": "object", "required": ["name", "created", "providers"], "properties": {
+                    "name": {"type": "string"}, "created": {"type": "string", "nullable": True},
+                    "providers": {"type": "array", "items": {"type": "string"}}}},
+                "timings_ms": {"type": "object", "required": ["preprocess", "encode", "decode", "total"],
+                               "properties": {k: number for k in ("preprocess", "encode", "decode", "total")}},
+            }},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        }},
+    }

@@ -1,0 +1,51 @@
+"""The upload form: server-rendered HTML that works without JavaScript."""
+from __future__ import annotations
+
+import base64
+import io
+
+from flask import Blueprint, current_app, render_template, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .captioning import RequestError, caption_uploads, parse_options
+
+web = Blueprint("web", __name__)
+PREVIEW_SIZE = (640, 640)
+
+
+def _preview(image) -> str:
+    """A small JPEG of the upload as a data: URL, so nothing is stored and no second request is needed."""
+    thumbnail = image.copy()
+    thumbnail.thumbnail(PREVIEW_SIZE)
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _form(state, status=200, **context):
+    return render_template("index.html", model=state.engine.bundle.summary(),
+                           max_beam=state.config.max_beam_size, beam_size=state.config.default_beam_size,
+                           max_mb=state.config.max_upload_mb, **context), status
+
+
+@web.get("/")
+def index():
+    return _form(current_app.extensions["captions"])
+
+
+@web.post("/")
+def upload():
+    state = current_app.extensions["captions"]
+    try:
+        upload = request.files.get("image")
+        if upload is None or not upload.filename:
+            raise RequestError(400, "missing_image", "Choose an image file to caption.")
+        options = parse_options(request.form, state.config, state.engine.max_length)
+        result = caption_uploads(state.engine, [upload.read()], options, state.config)
+    except RequestEntityTooLarge:
+        return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
+    except RequestError as exc:
+        return _form(state, exc.status, error=exc.message[:1].upper() + exc.message[1:])
+    return _form(state, caption=result["captions"][0]["caption"], beams=result["beams"][0],
+                 timings=result["timings_ms"], preview=_preview(result["images"][0]),
+                 beam_size=options.beam_size, filename=upload.filename)
