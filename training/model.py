@@ -59,8 +59,10 @@ def build_encoder(weights: str, image_size: int = IMAGE_SIZE) -> keras.Model:
         if not path.is_file():
             raise ValueError(f"encoder weights {weights!r}: not 'imagenet', 'random:SEED' or an existing file")
         model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=shape)
-        # skip_mismatch=False: a file for another architecture must fail here, not load half the layers.
-        model.load_weights(str(path))
+        try:  # skip_mismatch stays off: a file for another architecture must fail, not half-load
+            model.load_weights(str(path))
+        except (ValueError, KeyError, OSError) as exc:
+            raise ValueError(f"encoder weights {weights!r} do not fit InceptionV3 without its top: {exc}") from None
     model.trainable = False
     return model
 

@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make serve` and `make test` install what they use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+DEMO_IMAGES ?= 3000
+DEMO_BUNDLE := onnx_models/demo/bundle.json
+
+.PHONY: serve test demo install clean-demo
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# One stamp per requirements set, rebuilt when its files change.
+$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed-dev
+
+# The built-in demo: synthetic scenes -> trained decoder -> ONNX bundle (about 10 minutes on 2 cores).
+$(DEMO_BUNDLE): | $(VENV)/.installed-dev
+	$(PY) -m training.synthetic --out data/shapes --images $(DEMO_IMAGES) --seed 0
+	$(PY) -m training.train --dataset shapes --data data/shapes --out runs/demo --quiet
+	$(PY) -m export --run runs/demo --out onnx_models/demo
+
+demo: $(DEMO_BUNDLE)
+
+serve: $(VENV)/.installed-dev $(DEMO_BUNDLE)
+	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf data/shapes data/cache runs/demo onnx_models/demo

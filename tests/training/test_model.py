@@ -1,0 +1,55 @@
+import keras
+import numpy as np
+import pytest
+
+from training.model import DecoderConfig, build_decoder, build_encoder
+
+
+@pytest.fixture(scope="module")
+def image_batch():
+    return np.random.default_rng(0).uniform(-1, 1, size=(2, 299, 299, 3)).astype(np.float32)
+
+
+def test_random_encoder_is_deterministic_and_local_weights_load(tmp_path, image_batch):
+    first = build_encoder("random:7")
+    features = np.asarray(first(image_batch))
+    assert features.shape == (2, 2048)
+    assert np.array_equal(features, np.asarray(build_encoder("random:7")(image_batch)))
+    assert not np.allclose(features, np.asarray(build_encoder("random:8")(image_batch)))
+
+    path = tmp_path / "inception.weights.h5"
+    first.save_weights(path)
+    loaded = build_encoder(str(path))
+    assert np.array_equal(np.asarray(loaded(image_batch)), features)
+
+
+def test_bad_encoder_weights_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="random:<integer seed>"):
+        build_encoder("random:x")
+    with pytest.raises(ValueError, match="existing file"):
+        build_encoder(str(tmp_path / "missing.h5"))
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other.save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(ValueError, match="do not fit InceptionV3"):
+        build_encoder(str(tmp_path / "other.weights.h5"))
+
+
+@pytest.mark.parametrize("image_every_step", [True, False])
+def test_step_model_reproduces_teacher_forcing(image_every_step):
+    config = DecoderConfig(vocab_size=23, max_length=6, units=16, embedding_dim=8, dropout=0.5,
+                           image_every_step=image_every_step)
+    rng = np.random.default_rng(1)
+    training_model, init_model, step_model = build_decoder(config, rng.normal(size=2048).astype(np.float32),
+                                                           rng.uniform(0.5, 2, size=2048).astype(np.float32))
+    # Train a little so the shared weights are not their initial values.
+    features = rng.normal(size=(8, 2048)).astype(np.float32)
+    tokens = rng.integers(0, 23, size=(8, 7)).astype(np.int32)
+    training_model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    training_model.fit([features, tokens], tokens, epochs=2, verbose=0)
+
+    logits = np.asarray(training_model([features, tokens], training=False))
+    expected = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    h, c, context = (np.asarray(x) for x in init_model(features))
+    for t in range(7):
+        log_probs, h, c = (np.asarray(x) for x in step_model([tokens[:, t:t + 1], h, c, context]))
+        np.testing.assert_allclose(log_probs, expected[:, t], atol=1e-5)
