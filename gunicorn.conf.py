@@ -45,12 +45,16 @@ def on_starting(server):
     """Check configuration and the bundle once in the master, so a bad setup stops start-up
     with one line and a non-zero exit instead of workers failing to boot one by one."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import onnxruntime
+
     from server.bundle import BundleError, load_bundle
     from server.config import Config, ConfigError
+    from server.providers import ProviderError, resolve_providers
 
     try:
         config = Config.from_env()
         load_bundle(config.bundle, verify_checksums=False)
-    except (BundleError, ConfigError) as exc:
+        resolve_providers(config.provider_list, onnxruntime.get_available_providers(), config.strict_providers)
+    except (BundleError, ConfigError, ProviderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -31,7 +31,8 @@ class DecoderConfig:
     max_length: int            # longest caption in words, without <start>/<end>
     units: int = 512           # LSTM units (h and c size)
     embedding_dim: int = 256   # word embedding size, also the projected image size
-    dropout: float = 0.3       # on the projected image and on the LSTM output; 0..0.9
+    dropout: float = 0.3       # on the LSTM output; 0 <= dropout < 1
+    image_dropout: float = 0.3  # on the standardised image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # par-inject: feed the projected image at every step
 
     def as_dict(self) -> dict:
@@ -78,7 +79,7 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
     init_h = layers.Dense(c.units, activation="tanh", name="init_h")
     init_c = layers.Dense(c.units, activation="tanh", name="init_c")
     project = layers.Dense(c.embedding_dim, activation="relu", name="image_projection")
-    feature_dropout = layers.Dropout(c.dropout, name="image_dropout")
+    feature_dropout = layers.Dropout(c.image_dropout, name="image_dropout")
     embed = layers.Embedding(c.vocab_size, c.embedding_dim, name="embedding")
     lstm = layers.LSTM(c.units, return_sequences=True, return_state=True, name="lstm")
     output_dropout = layers.Dropout(c.dropout, name="output_dropout")

@@ -28,7 +28,8 @@ class TrainConfig:
 
     units: int = 512              # LSTM units
     embedding_dim: int = 256      # word embedding and projected-image size
-    dropout: float = 0.3          # 0 <= dropout < 1
+    dropout: float = 0.3          # on the LSTM output; 0 <= dropout < 1
+    image_dropout: float = 0.3    # on the image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # feed the image at every step (par-inject), not only as the initial state
     learning_rate: float = 2e-3   # Adam
     weight_decay: float = 0.0     # AdamW decoupled weight decay; 0 = plain Adam
@@ -42,7 +43,8 @@ class TrainConfig:
     def validate(self) -> None:
         checks = {
             "units": self.units > 0, "embedding_dim": self.embedding_dim > 0,
-            "dropout": 0 <= self.dropout < 1, "learning_rate": self.learning_rate > 0,
+            "dropout": 0 <= self.dropout < 1, "image_dropout": 0 <= self.image_dropout < 1,
+            "learning_rate": self.learning_rate > 0,
             "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
             "epochs": self.epochs > 0, "patience": self.patience > 0,
             "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
@@ -117,6 +119,7 @@ def train(args, config: TrainConfig, log=print) -> dict:
     keras.utils.set_random_seed(config.seed)
     decoder_config = DecoderConfig(vocab_size=len(vocab), max_length=max_length, units=config.units,
                                    embedding_dim=config.embedding_dim, dropout=config.dropout,
+                                   image_dropout=config.image_dropout,
                                    image_every_step=config.image_every_step)
     training_model, init_model, step_model = build_decoder(decoder_config, mean, std)
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)

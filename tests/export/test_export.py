@@ -1,0 +1,83 @@
+"""The exported bundle: graphs, manifest, checksums, parity figures, and a loud failure when
+parity does not hold."""
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_manifest_describes_everything_the_runtime_needs(bundle_dir, trained_run):
+    manifest = json.loads((bundle_dir / "bundle.json").read_text())
+    run = json.loads((trained_run / "run.json").read_text())
+    assert manifest["format"] == "caption-bundle/1"
+    assert manifest["preprocessing"] == run["preprocessing"]
+    assert manifest["special_tokens"] == {"pad": 0, "start": 1, "end": 2, "unknown": 3}
+    assert manifest["max_length"] == run["max_length"]
+    assert manifest["opset"] >= 17
+    assert set(manifest["tools"]) >= {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"}
+    provenance = manifest["provenance"]
+    assert provenance["encoder"]["weights"] == "random:0" and provenance["encoder_weights_random"] is True
+    assert "seeded-random" in manifest["description"]
+    assert provenance["dataset"]["kind"] == "shapes"
+    assert {"bleu1", "bleu4", "objects_right_all"} <= set(provenance["metrics"])
+    for name, checksum in manifest["checksums"].items():
+        assert checksum == "sha256:" + hashlib.sha256((bundle_dir / name).read_bytes()).hexdigest()
+
+
+def test_parity_figures_are_recorded_and_within_tolerance(bundle_dir):
+    parity = json.loads((bundle_dir / "bundle.json").read_text())["provenance"]["parity"]
+    for role in ("encoder", "decoder_init", "decoder_step"):
+        assert parity[role]["max_abs_diff_real"] <= parity[role]["atol"]
+    done, total = map(int, parity["greedy_captions_identical"].split("/"))
+    assert done == total > 0
+
+
+def test_graphs_have_a_dynamic_batch_axis(bundle_dir):
+    manifest = json.loads((bundle_dir / "bundle.json").read_text())
+    for role, graph in manifest["graphs"].items():
+        model = onnx.load(bundle_dir / graph["file"])
+        assert [i.name for i in model.graph.input] == [t["name"] for t in graph["inputs"]]
+        assert [o.name for o in model.graph.output] == [t["name"] for t in graph["outputs"]]
+        assert all(v.type.tensor_type.shape.dim[0].dim_param == "batch" for v in model.graph.input)
+    session = ort.InferenceSession(str(bundle_dir / "encoder.opt.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        (features,) = session.run(None, {"image": np.zeros((batch, 299, 299, 3), np.float32)})
+        assert features.shape == (batch, 2048)
+
+
+def test_export_fails_loudly_when_captions_differ(trained_run, tmp_path):
+    broken = tmp_path / "run"
+    broken.mkdir()
+    for item in trained_run.iterdir():
+        if item.is_file():
+            (broken / item.name).symlink_to(item)
+    heldout = json.loads((trained_run / "heldout.json").read_text())
+    heldout[0]["keras_greedy"] = "not what keras said"
+    (broken / "heldout.json").unlink()
+    (broken / "heldout.json").write_text(json.dumps(heldout))
+    result = run_cli("export", "--run", str(broken), "--out", str(tmp_path / "bundle"), "--parity-images", "4",
+                     check=False)
+    assert result.returncode == 1
+    assert "export parity failed" in result.stderr and "greedy caption differs" in result.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_refuses_an_unfinished_run(tmp_path):
+    result = run_cli("export", "--run", str(tmp_path), "--out", str(tmp_path / "b"), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "not a finished training run" in result.stderr
+
+
+def test_training_cli_reports_bad_input_in_one_line(tmp_path):
+    result = run_cli("training.train", "--dataset", "shapes", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                     check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}: no image folder (Images/ or Flicker8k_Dataset/)"
+    result = run_cli("training.train", "--dataset", "shapes", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--dropout", "1.5", check=False)
+    assert result.returncode == 2 and "dropout=1.5" in result.stderr

@@ -1,0 +1,179 @@
+"""The real gunicorn server, every route, with good and bad requests."""
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import ROOT, GunicornServer
+
+
+def image_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def heldout(trained_run):
+    return json.loads((trained_run / "heldout.json").read_text())
+
+
+def test_health_ready_model(server, bundle_dir):
+    assert requests.get(server.url + "/healthz").json() == {"status": "ok"}
+    assert requests.get(server.url + "/readyz").json() == {"status": "ready"}
+    model = requests.get(server.url + "/api/v1/model").json()
+    assert model["name"] == bundle_dir.name
+    assert model["encoder_weights_random"] is True
+    assert model["providers"] == ["CPUExecutionProvider"]
+
+
+def test_served_greedy_captions_equal_keras(server, heldout):
+    for item in heldout[:10]:
+        response = requests.post(server.url + "/api/v1/captions", files={"image": image_bytes(Path(item["image"]))})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["captions"][0]["caption"] == item["keras_greedy"]
+        assert body["captions"][0]["tokens"] == item["keras_greedy"].split()
+        assert set(body["timings_ms"]) == {"preprocess", "encode", "decode", "total"}
+        assert body["model"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_several_images_keep_upload_order_and_beam_five(server, heldout):
+    items = heldout[:4]
+    files = [("image", (f"{i}.jpg", image_bytes(Path(item["image"])), "image/jpeg")) for i, item in enumerate(items)]
+    greedy = requests.post(server.url + "/api/v1/captions", files=files).json()["captions"]
+    assert [c["caption"] for c in greedy] == [item["keras_greedy"] for item in items]
+    beam = requests.post(server.url + "/api/v1/captions", files=files, data={"beam_size": "5"})
+    assert beam.status_code == 200
+    captions = beam.json()["captions"]
+    assert len(captions) == 4
+    for c in captions:
+        assert c["log_prob"] <= 0 and c["caption"] == " ".join(c["tokens"])
+
+
+def test_raw_body_and_query_parameters(server, heldout):
+    data = image_bytes(Path(heldout[0]["image"]))
+    response = requests.post(server.url + "/api/v1/captions?beam_size=1&max_length=2", data=data,
+                             headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 200
+    assert len(response.json()["captions"][0]["tokens"]) <= 2
+
+
+@pytest.mark.parametrize("kwargs, status, code", [
+    ({"files": {"image": b""}}, 400, "empty_image"),
+    ({"files": {"picture": b"x"}}, 400, "missing_image"),
+    ({"files": {"image": b"plain text, not an image"}}, 415, "unsupported_media_type"),
+    ({"data": b"{}", "headers": {"Content-Type": "application/json"}}, 415, "unsupported_media_type"),
+    ({"files": {"image": b"x"}, "data": {"beam_size": "11"}}, 422, "invalid_parameter"),
+    ({"files": {"image": b"x"}, "data": {"beam_size": "wide"}}, 422, "invalid_parameter"),
+    ({"files": {"image": b"x"}, "data": {"max_length": "0"}}, 422, "invalid_parameter"),
+])
+def test_bad_requests_get_json_errors(server, kwargs, status, code):
+    response = requests.post(server.url + "/api/v1/captions", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+
+
+def test_oversize_and_too_many(server, heldout):
+    big = b"\xff" * (11 * 1024 * 1024)
+    response = requests.post(server.url + "/api/v1/captions", data=big, headers={"Content-Type": "image/jpeg"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_entity_too_large"
+    data = image_bytes(Path(heldout[0]["image"]))
+    response = requests.post(server.url + "/api/v1/captions", files=[("image", data)] * 17)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_many_images"
+
+
+def test_unknown_route_and_wrong_method(server):
+    response = requests.get(server.url + "/nowhere")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    response = requests.get(server.url + "/api/v1/captions")
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_openapi_document_matches_the_api(server):
+    doc = requests.get(server.url + "/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) == {"/api/v1/captions", "/api/v1/model", "/healthz", "/readyz", "/openapi.json"}
+    post = doc["paths"]["/api/v1/captions"]["post"]
+    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length"}
+    schema = doc["components"]["schemas"]["Captions"]
+    assert set(schema["required"]) == {"captions", "model", "timings_ms"}
+    for status in ("400", "413", "415", "422"):
+        assert status in post["responses"]
+
+
+def test_web_form_and_result_page(server, heldout):
+    page = requests.get(server.url + "/")
+    assert page.status_code == 200 and 'type="file"' in page.text and 'name="beam_size"' in page.text
+    for header in ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options"):
+        assert header in page.headers
+    item = heldout[0]
+    result = requests.post(server.url + "/", files={"image": ("scene.jpg", image_bytes(Path(item["image"])))},
+                           data={"beam_size": "3"})
+    assert result.status_code == 200
+    assert "data:image/jpeg;base64," in result.text and "beam width 3" in result.text
+    assert 'id="caption"' in result.text
+    bad = requests.post(server.url + "/", files={"image": ("<script>x</script>.png", b"not an image")})
+    assert bad.status_code == 415
+    assert 'role="alert"' in bad.text and "not an image in a supported format" in bad.text
+    assert "<script>x</script>" not in bad.text
+    assert requests.get(server.url + "/static/style.css").status_code == 200
+
+
+def test_worker_never_loads_tensorflow(server):
+    pids = subprocess.run(["pgrep", "-f", f"caption-server.*{server.port}|gunicorn"], capture_output=True, text=True)
+    maps = [Path(f"/proc/{pid}/maps") for pid in pids.stdout.split()]
+    checked = 0
+    for path in maps:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if "onnxruntime" in text:  # a worker that holds the model
+            checked += 1
+            assert "tensorflow" not in text
+    assert checked >= 1
+
+
+def test_server_code_never_imports_tensorflow(bundle_dir):
+    code = ("import sys; from server.app import create_app; from server.config import Config;"
+            f"app = create_app(Config(bundle={str(bundle_dir)!r}, warmup=False));"
+            "c = app.test_client(); import numpy, io; from PIL import Image; b = io.BytesIO();"
+            "Image.new('RGB', (50, 50), 'red').save(b, 'PNG');"
+            "r = c.post('/api/v1/captions', data={'image': (io.BytesIO(b.getvalue()), 'a.png')});"
+            "assert r.status_code == 200, r.data;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')];"
+            "print('imported:', bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_start_up_fails_fast_on_a_missing_bundle(tmp_path):
+    srv = GunicornServer({"CAPTION_BUNDLE": str(tmp_path / "missing")})
+    try:
+        assert srv.process.wait(30) != 0
+    finally:
+        srv.stop()
+    assert f"error: no model bundle at {tmp_path / 'missing'}" in srv.output()
+
+
+def test_cuda_request_falls_back_to_cpu_or_fails_in_strict_mode(bundle_dir):
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_PROVIDERS": "cuda,cpu"})
+    try:
+        srv.wait_ready()
+        assert requests.get(srv.url + "/api/v1/model").json()["providers"] == ["CPUExecutionProvider"]
+        assert "cuda not available" in srv.output()
+    finally:
+        srv.stop()
+    strict = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_PROVIDERS": "cuda",
+                             "CAPTION_STRICT_PROVIDERS": "1"})
+    try:
+        assert strict.process.wait(60) != 0
+    finally:
+        strict.stop()
+    assert "cuda not available" in strict.output()

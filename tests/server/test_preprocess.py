@@ -1,0 +1,106 @@
+"""Decoding uploads of every supported format and mode, and refusing the rest clearly."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.preprocess import ImageError, decode_image, to_model_input
+
+LIMIT = 40_000_000
+PREPROCESSING = {"resize": [299, 299], "resample": "bilinear", "scale": 1 / 127.5, "offset": -1.0}
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def red_square(mode="RGB", size=(40, 30)):
+    return Image.new("RGB", size, (200, 20, 20)).convert(mode)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_formats_decode_to_rgb(fmt):
+    image = decode_image(encode(red_square(), fmt), LIMIT)
+    assert image.mode == "RGB" and image.size == (40, 30)
+    r, g, b = image.getpixel((20, 15))
+    assert r > 150 and g < 80 and b < 80
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "1"])
+def test_modes_convert_to_rgb(mode):
+    fmt = "TIFF" if mode in ("CMYK", "I") else "PNG"
+    image = decode_image(encode(red_square(mode), fmt), LIMIT)
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_sixteen_bit_keeps_its_range():
+    gradient = np.tile(np.linspace(0, 65535, 64), (8, 1)).astype(np.uint16)
+    image = decode_image(encode(Image.fromarray(gradient), "PNG"), LIMIT)
+    row = np.asarray(image)[0, :, 0]
+    assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row.astype(int)) >= 0)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    assert decode_image(encode(rgba, "PNG"), LIMIT).getpixel((5, 5)) == (255, 255, 255)
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0])
+    assert decode_image(encode(palette, "PNG", transparency=0), LIMIT).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (60, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    assert decode_image(encode(image, "JPEG", exif=exif), LIMIT).size == (20, 60)
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    r, g, _ = decode_image(buffer.getvalue(), LIMIT).getpixel((8, 8))
+    assert r > 200 and g < 50
+
+
+@pytest.mark.parametrize("data, status, code", [
+    (b"", 400, "empty_image"),
+    (b"GIF89a but not really", 415, "unsupported_media_type"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", 415, "unsupported_media_type"),
+    (b"hello, I am text", 415, "unsupported_media_type"),
+])
+def test_non_images_are_refused(data, status, code):
+    with pytest.raises(ImageError) as info:
+        decode_image(data, LIMIT)
+    assert (info.value.status, info.value.code) == (status, code)
+
+
+def test_unsupported_pillow_format_is_415():
+    with pytest.raises(ImageError) as info:
+        decode_image(encode(red_square(), "PPM"), LIMIT)
+    assert info.value.status == 415 and "PPM" in info.value.message
+
+
+def test_truncated_jpeg_is_422():
+    data = encode(Image.effect_noise((256, 256), 50).convert("RGB"), "JPEG")
+    with pytest.raises(ImageError) as info:
+        decode_image(data[: len(data) // 2], LIMIT)
+    assert info.value.status == 422
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = encode(Image.new("L", (3000, 3000)), "PNG")  # 9 MP that compresses to a few kB
+    assert len(data) < 100_000
+    with pytest.raises(ImageError) as info:
+        decode_image(data, max_pixels=4_000_000)
+    assert info.value.status == 413 and "3000x3000" in info.value.message
+    assert decode_image(data, max_pixels=9_000_000).size == (3000, 3000)
+
+
+def test_to_model_input_follows_the_manifest():
+    array = to_model_input(Image.new("RGB", (640, 480), (255, 0, 127)), PREPROCESSING)
+    assert array.shape == (299, 299, 3) and array.dtype == np.float32
+    np.testing.assert_allclose(array[0, 0], [1.0, -1.0, 127 / 127.5 - 1], atol=1e-6)
