@@ -33,28 +33,29 @@ worker_class = "gthread"
 timeout = _int("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30
 keepalive = 5
-wsgi_app = "server.app:create_app()"
+wsgi_app = "server.wsgi:application"
+# Several servers may run on one machine (tests, blue/green); none needs gunicornc.
+control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
-# Banner: no version number.
 proc_name = "caption-server"
 
 
 def on_starting(server):
     """Check configuration and the bundle once in the master, so a bad setup stops start-up
-    with one line and a non-zero exit instead of workers failing to boot one by one."""
+    with one line and a non-zero exit before any worker starts."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import onnxruntime
 
+    # Nothing here may import onnxruntime: a master that has loaded it forks workers that
+    # abort at exit (its thread pools do not survive fork).
     from server.bundle import BundleError, load_bundle
     from server.config import Config, ConfigError
-    from server.providers import ProviderError, resolve_providers
 
     try:
         config = Config.from_env()
         load_bundle(config.bundle, verify_checksums=False)
-        resolve_providers(config.provider_list, onnxruntime.get_available_providers(), config.strict_providers)
-    except (BundleError, ConfigError, ProviderError) as exc:
+    except (BundleError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+

@@ -23,9 +23,9 @@ def _preview(image) -> str:
 
 
 def _form(state, status=200, **context):
-    return render_template("index.html", model=state.engine.bundle.summary(),
-                           max_beam=state.config.max_beam_size, beam_size=state.config.default_beam_size,
-                           max_mb=state.config.max_upload_mb, **context), status
+    defaults = {"model": state.engine.bundle.summary(), "max_beam": state.config.max_beam_size,
+                "beam_size": state.config.default_beam_size, "max_mb": state.config.max_upload_mb}
+    return render_template("index.html", **{**defaults, **context}), status
 
 
 @web.get("/")

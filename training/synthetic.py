@@ -26,7 +26,7 @@ COLOURS = {
     "yellow": (235, 215, 20),
 }
 # Radius (half the bounding box) in pixels on a CANVAS-sized image, per size word.
-SIZES = {"small": (26, 34), "large": (56, 68)}
+SIZES = {"small": (36, 44), "large": (64, 74)}
 CANVAS = 299
 SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 
