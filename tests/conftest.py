@@ -62,7 +62,8 @@ class GunicornServer:
     def __init__(self, env: dict):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log", "w+")
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log"
+        self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [str(Path(PYTHON).with_name("gunicorn")), "-c", "gunicorn.conf.py"], cwd=ROOT,
             env={**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env},
@@ -82,9 +83,7 @@ class GunicornServer:
         raise AssertionError(f"gunicorn not ready in {timeout}s:\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
+        return self.log_path.read_text()
 
     def stop(self) -> None:
         self.process.terminate()
