@@ -24,15 +24,17 @@ def load_image(path: Path, preprocessing: dict) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) * preprocessing["scale"] + preprocessing["offset"]
 
 
-def random_inputs(spec: GraphSpec, batch: int, rng: np.random.Generator, vocab_size: int) -> dict:
-    """Inputs in each tensor's working range: images in [-1, 1], states in (-1, 1), any token."""
+def random_inputs(spec: GraphSpec, batch: int, rng: np.random.Generator, vocab_size: int,
+                  feature_scale: np.ndarray) -> dict:
+    """Inputs in each tensor's working range: images in [-1, 1], states in (-1, 1), any token,
+    and features (non-negative pooled activations) between 0 and twice `feature_scale`."""
     feeds = {}
     for t in spec.inputs:
         shape = (batch, *t.shape[1:])
         if t.dtype == "int32":
             feeds[t.name] = rng.integers(0, vocab_size, size=shape, dtype=np.int32)
         elif t.name == "features":
-            feeds[t.name] = np.abs(rng.normal(0, 1e-3, size=shape)).astype(np.float32)
+            feeds[t.name] = (feature_scale * rng.uniform(0, 2, size=shape)).astype(np.float32)
         else:
             feeds[t.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
     return feeds
