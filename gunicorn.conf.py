@@ -4,7 +4,7 @@
 | HOST              | 127.0.0.1  | address to bind                                           |
 | PORT              | 8000       | port to bind                                              |
 | WEB_CONCURRENCY   | 1          | worker processes (each loads its own copy of the model)   |
-| GUNICORN_THREADS  | 4          | request threads per worker (gthread)                      |
+| GUNICORN_WORKER_CONNECTIONS | 100 | open connections per worker (gevent)                |
 | GUNICORN_TIMEOUT  | 60         | seconds before a silent worker is killed and replaced     |
 The model's own settings are CAPTION_* variables (server/config.py).
 """
@@ -25,11 +25,14 @@ def _int(name: str, default: int, low: int = 1) -> int:
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000, 0)}"
 # One worker whose onnxruntime sessions use both cores serves a single image fastest on a
-# 2-core machine; threads let it read uploads and answer health checks while it computes.
+# 2-core machine.
 workers = _int("WEB_CONCURRENCY", 1)
-threads = _int("GUNICORN_THREADS", 4)
-# gthread: a slow client holds one thread's connection, not a whole worker.
-worker_class = "gthread"
+# gevent, not gthread: gthread hands a connection to a thread as soon as its first bytes
+# arrive, and a client that then sends its headers slowly holds that thread; 40 such
+# connections froze a 2x2 gthread server (measured). Under gevent a slow client costs one
+# greenlet. Inference itself runs in onnxruntime's own native threads.
+worker_class = "gevent"
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 100)
 timeout = _int("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30
 keepalive = 5

@@ -48,6 +48,7 @@ class ModelState:
         try:
             self.engine.caption(np.zeros((1, height, width, 3), np.float32), beam_size=2)
             self.ready.set()
+            log.info("ready: warm-up caption done")
         except Exception:  # readiness stays false, and /readyz says so
             log.exception("warm-up caption failed")
 

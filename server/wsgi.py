@@ -1,9 +1,14 @@
 """The WSGI entry point gunicorn loads in each worker (see gunicorn.conf.py)."""
+import logging
+import os
 import sys
 
 from .bundle import BundleError
 from .config import ConfigError
 from .providers import ProviderError
+
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "info").upper(), stream=sys.stderr,
+                    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 
 try:
     from .app import create_app

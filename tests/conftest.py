@@ -3,16 +3,13 @@ once per test session through the real command-line tools, and a live gunicorn s
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.server_process import ROOT, GunicornServer
 PYTHON = sys.executable
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -50,54 +47,10 @@ def bundle_dir(trained_run, tmp_path_factory) -> Path:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class GunicornServer:
-    """gunicorn -c gunicorn.conf.py on a free loopback port, with extra environment."""
-
-    def __init__(self, env: dict):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gunicorn-{self.port}.log"
-        self.log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [str(Path(PYTHON).with_name("gunicorn")), "-c", "gunicorn.conf.py"], cwd=ROOT,
-            env={**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env},
-            stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"gunicorn not ready in {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
 def server(bundle_dir):
     """A live server on the test bundle (2 workers, so requests cross processes)."""
-    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "2"})
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "2"})
     srv.wait_ready()
     yield srv
     srv.stop()

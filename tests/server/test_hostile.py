@@ -2,25 +2,14 @@
 caption for a valid image; nothing echoed unescaped; workers stay up and small."""
 import io
 import socket
-import subprocess
 
 import pytest
 import requests
 from PIL import Image
 
+from benchmarks.server_process import rss_kb
+
 from .test_preprocess import encode
-
-
-def worker_pids(server) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def rss_kb(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def jpeg_with_orientation() -> bytes:
@@ -73,7 +62,7 @@ INVALID = {
 @pytest.fixture(scope="module")
 def baseline_rss(server):
     requests.post(server.url + "/api/v1/captions", files={"image": VALID["1x1 PNG"]()})
-    return {pid: rss_kb(pid) for pid in worker_pids(server)}
+    return {pid: rss_kb(pid) for pid in server.workers()}
 
 
 @pytest.mark.parametrize("name", list(VALID))
@@ -93,7 +82,7 @@ def test_hostile_uploads_get_the_right_error(server, baseline_rss, name):
 
 def test_workers_survived_and_stayed_small(server, baseline_rss):
     # Runs after the uploads above (pytest keeps file order): same workers, bounded memory.
-    assert {pid for pid in worker_pids(server)} == set(baseline_rss)
+    assert {pid for pid in server.workers()} == set(baseline_rss)
     for pid, before in baseline_rss.items():
         assert rss_kb(pid) < before * 1.5 + 200_000, f"worker {pid} grew from {before} kB to {rss_kb(pid)} kB"
 

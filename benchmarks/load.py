@@ -1,0 +1,78 @@
+"""A bounded HTTP load generator for loopback servers: N client threads for a fixed time."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import requests
+
+
+@dataclass
+class LoadResult:
+    """Every request's outcome: status (0 = connection error or timeout) and latency."""
+
+    duration_s: float
+    statuses: list[int] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    expected: list[int] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return len(self.statuses)
+
+    def count(self, predicate) -> int:
+        return sum(1 for s in self.statuses if predicate(s))
+
+    def summary(self) -> dict:
+        latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "requests": self.sent,
+            "throughput_rps": round(self.sent / self.duration_s, 2),
+            "server_errors_5xx": self.count(lambda s: s >= 500),
+            "connection_errors": self.count(lambda s: s == 0),
+            "unexpected_status": sum(1 for s, e in zip(self.statuses, self.expected) if s != e),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+            "p95_ms": round(float(np.percentile(latencies, 95)), 1),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+            "max_ms": round(float(latencies.max()), 1),
+        }
+
+
+def run_load(url: str, requests_to_send, concurrency: int, duration_s: float, timeout_s: float = 30) -> LoadResult:
+    """Send requests from `concurrency` threads for `duration_s` seconds.
+
+    `requests_to_send` is a list of (kwargs for requests.post, expected status); each thread
+    cycles through it from its own offset, so good and bad requests interleave.
+    """
+    result = LoadResult(duration_s)
+    lock = threading.Lock()
+    deadline = time.monotonic() + duration_s
+
+    def client(offset: int) -> None:
+        session = requests.Session()
+        i = offset
+        while time.monotonic() < deadline:
+            kwargs, expected = requests_to_send[i % len(requests_to_send)]
+            i += 1
+            started = time.perf_counter()
+            try:
+                status = session.post(url, timeout=timeout_s, **kwargs).status_code
+            except requests.RequestException:
+                status = 0
+                session = requests.Session()
+            elapsed = (time.perf_counter() - started) * 1e3
+            with lock:
+                result.statuses.append(status)
+                result.latencies_ms.append(elapsed)
+                result.expected.append(expected)
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(concurrency)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + timeout_s + 5)
+    result.duration_s = time.monotonic() - started
+    return result

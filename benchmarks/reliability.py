@@ -1,0 +1,203 @@
+"""Reliability figures against the real server: a soak mixing good and bad requests, kill -9
+of a worker under load, slow clients, and start-up with broken bundles.
+
+Usage: python -m benchmarks.reliability [--bundle onnx_models/demo] [--soak-seconds 120]
+Writes benchmarks/results/reliability.json and .md. The tests run the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from .load import run_load
+from .server_process import GunicornServer, rss_kb
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _png(size, colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def mixed_requests(scene: bytes) -> list:
+    """Good and bad requests with the status each must get."""
+    return [
+        ({"files": {"image": scene}}, 200),
+        ({"files": {"image": b"not an image"}}, 415),
+        ({"files": {"image": scene}, "params": {"beam_size": "3"}}, 200),
+        ({"files": {"image": b""}}, 400),
+        ({"files": {"image": _png((640, 480), (200, 30, 30))}}, 200),
+        ({"files": {"image": scene[: len(scene) // 2]}}, 422),
+        ({"files": {"image": scene}, "params": {"beam_size": "99"}}, 422),
+        ({"files": [("image", scene), ("image", scene)]}, 200),
+    ]
+
+
+def soak(server: GunicornServer, scene: bytes, seconds: float, concurrency: int = 16) -> dict:
+    """Load for `seconds` after a warm-up; RSS of each worker before and after."""
+    requests_to_send = mixed_requests(scene)
+    run_load(server.url + "/api/v1/captions", requests_to_send, concurrency, min(10.0, seconds / 4))
+    before = {pid: rss_kb(pid) for pid in server.workers()}
+    result = run_load(server.url + "/api/v1/captions", requests_to_send, concurrency, seconds)
+    after = {pid: rss_kb(pid) for pid in server.workers()}
+    growth = max((after[p] - before[p]) / before[p] for p in before if p in after) if before else 0.0
+    return {**result.summary(), "concurrency": concurrency, "seconds": round(result.duration_s, 1),
+            "workers_before": sorted(before), "workers_after": sorted(after),
+            "rss_mb_after_warmup": {str(p): round(v / 1024, 1) for p, v in before.items()},
+            "rss_mb_at_end": {str(p): round(v / 1024, 1) for p, v in after.items()},
+            "rss_growth_max": round(growth, 4)}
+
+
+def kill_worker_under_load(server: GunicornServer, scene: bytes, seconds: float = 12, concurrency: int = 4,
+                           request_timeout: float = 30) -> dict:
+    """kill -9 one worker a few seconds into a load; how many requests failed, how fast the
+    master replaced the worker and how fast the new one was ready."""
+    import threading
+
+    workers = server.workers()
+    victim = workers[0]
+    outcome: dict = {}
+
+    def kill_later():
+        time.sleep(seconds / 4)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while time.monotonic() - killed_at < 30:
+            current = server.workers()
+            if len(current) == len(workers) and victim not in current:
+                outcome["respawn_s"] = round(time.monotonic() - killed_at, 2)
+                new = (set(current) - set(workers)).pop()
+                while time.monotonic() - killed_at < 60:
+                    if f"[{new}] [INFO] server.app: ready" in server.output():
+                        outcome["ready_s"] = round(time.monotonic() - killed_at, 2)
+                        return
+                    time.sleep(0.05)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_later)
+    killer.start()
+    result = run_load(server.url + "/api/v1/captions", [({"files": {"image": scene}}, 200)], concurrency, seconds,
+                      timeout_s=request_timeout)
+    killer.join()
+    after = run_load(server.url + "/api/v1/captions", [({"files": {"image": scene}}, 200)], concurrency, 3)
+    return {**outcome, "workers": len(workers), "during": result.summary(),
+            "failed_during": result.count(lambda s: s != 200), "after": after.summary(),
+            "longest_request_ms": round(max(result.latencies_ms), 1), "request_timeout_s": request_timeout}
+
+
+def slow_clients(server: GunicornServer, scene: bytes, connections: int = 100) -> dict:
+    """Hold `connections` half-sent requests open, then time a health check and a caption."""
+    host, port = "127.0.0.1", server.port
+    held = []
+    try:
+        for _ in range(connections):
+            sock = socket.create_connection((host, port), timeout=5)
+            sock.sendall(b"POST /api/v1/captions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n")
+            held.append(sock)
+        time.sleep(0.5)
+        started = time.perf_counter()
+        health = requests.get(server.url + "/healthz", timeout=10).status_code
+        health_ms = (time.perf_counter() - started) * 1e3
+        started = time.perf_counter()
+        caption = requests.post(server.url + "/api/v1/captions", files={"image": scene}, timeout=10).status_code
+        caption_ms = (time.perf_counter() - started) * 1e3
+    finally:
+        for sock in held:
+            sock.close()
+    return {"slow_connections": connections, "healthz_status": health, "healthz_ms": round(health_ms, 1),
+            "caption_status": caption, "caption_ms": round(caption_ms, 1)}
+
+
+def broken_bundles(bundle: Path) -> dict:
+    """Start the server on a missing, a truncated and a mismatched bundle: exit code, time, message."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        truncated = Path(tmp) / "truncated"
+        shutil.copytree(bundle, truncated)
+        graph = truncated / "decoder_step.opt.onnx"
+        graph.write_bytes(graph.read_bytes()[:2000])
+        mismatched = Path(tmp) / "mismatched"
+        shutil.copytree(bundle, mismatched)
+        manifest = json.loads((mismatched / "bundle.json").read_text())
+        manifest["graphs"]["encoder"]["outputs"][0]["name"] = "embedding"
+        (mismatched / "bundle.json").write_text(json.dumps(manifest))
+        for name, path in (("missing", Path(tmp) / "missing"), ("truncated", truncated), ("mismatched", mismatched)):
+            started = time.monotonic()
+            server = GunicornServer({"CAPTION_BUNDLE": str(path)})
+            try:
+                code = server.process.wait(60)
+            finally:
+                server.stop()
+            errors = [line for line in server.output().splitlines() if line.startswith("error: ")]
+            results[name] = {"exit_code": code, "seconds": round(time.monotonic() - started, 2),
+                             "message": errors[0] if errors else None}
+    return results
+
+
+def write_results(results: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "reliability.json").write_text(json.dumps(results, indent=2))
+    s, k, w = results["soak"], results["kill_worker"], results["slow_clients"]
+    lines = [
+        "# Reliability", "", f"Machine: {results['machine']}. Written by `python -m benchmarks.reliability`.", "",
+        "| check | result |", "| --- | --- |",
+        f"| soak: {s['seconds']} s at concurrency {s['concurrency']}, good and bad requests mixed | "
+        f"{s['requests']} requests, {s['server_errors_5xx']} 5xx, {s['connection_errors']} lost, "
+        f"{s['unexpected_status']} with an unexpected status; p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms |",
+        f"| soak: worker memory | RSS growth after warm-up at most {100 * s['rss_growth_max']:.1f} % "
+        f"({s['rss_mb_after_warmup']} -> {s['rss_mb_at_end']} MB) |",
+        f"| kill -9 of 1 of {k['workers']} workers under load | {k['failed_during']} of {k['during']['requests']} "
+        f"requests failed; replaced in {k.get('respawn_s')} s, new worker ready in {k.get('ready_s')} s; "
+        f"longest request {k['longest_request_ms']} ms (timeout {k['request_timeout_s']} s); "
+        f"after: {k['after']['requests']} requests, {k['after']['server_errors_5xx'] + k['after']['connection_errors']} failed |",
+        f"| {w['slow_connections']} half-sent requests held open | /healthz {w['healthz_status']} in {w['healthz_ms']} ms, "
+        f"caption {w['caption_status']} in {w['caption_ms']} ms |",
+    ]
+    for name, b in results["broken_bundles"].items():
+        lines.append(f"| start-up with a {name} bundle | exit {b['exit_code']} after {b['seconds']} s: `{b['message']}` |")
+    (RESULTS / "reliability.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--soak-seconds", type=float, default=120)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if not (args.bundle / "bundle.json").is_file():
+        print(f"error: no bundle at {args.bundle} (run 'make demo')")
+        return 2
+    scene = _png((299, 299), (90, 90, 90))
+    server = GunicornServer({"CAPTION_BUNDLE": str(args.bundle), "WEB_CONCURRENCY": str(args.workers)})
+    try:
+        server.wait_ready()
+        results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+                   "workers": args.workers,
+                   "soak": soak(server, scene, args.soak_seconds),
+                   "slow_clients": slow_clients(server, scene),
+                   "kill_worker": kill_worker_under_load(server, scene)}
+    finally:
+        server.stop()
+    results["broken_bundles"] = broken_bundles(args.bundle)
+    write_results(results)
+    print((RESULTS / "reliability.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
