@@ -6,7 +6,7 @@ PORT ?= 8000
 DEMO_IMAGES ?= 3000
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test demo install clean-demo
+.PHONY: serve test demo install browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ demo: $(DEMO_BUNDLE)
 serve: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
-test: $(VENV)/.installed-dev
+# The browser test drives Debian's Chromium (Playwright's own browser download is not reachable here).
+browser:
+	@command -v chromium >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: the browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
 clean-demo:

@@ -1,0 +1,30 @@
+"""The API contract: /openapi.json is a valid OpenAPI 3 document, and a property-based fuzzer
+(schemathesis) finds no 5xx and no response that breaks the document."""
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from openapi_spec_validator import validate
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from schemathesis.checks import not_a_server_error
+
+
+def test_openapi_document_is_valid(server):
+    validate(requests.get(server.url + "/openapi.json").json())
+
+
+def test_fuzzing_finds_no_server_error_or_contract_break(server):
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {o.label for o in operations} >= {"POST /api/v1/captions", "GET /api/v1/model", "GET /healthz", "GET /readyz"}
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def call(case):
+            case.call_and_validate(checks=checks, timeout=30)
+
+        call()
