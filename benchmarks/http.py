@@ -1,0 +1,83 @@
+"""HTTP latency and throughput of the real gunicorn server on loopback, for several
+worker layouts and client concurrencies, each for a fixed time.
+
+Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--seconds 10]
+Writes benchmarks/results/http.json and http.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .floor import encoder_floor
+from .load import run_load
+from .server_process import GunicornServer
+
+RESULTS = Path(__file__).parent / "results"
+CONCURRENCY = (1, 2, 4, 8, 16)
+# (name, environment): one worker using both cores for onnxruntime, or one worker per core.
+LAYOUTS = (
+    ("1 worker x 2 onnxruntime threads", {"WEB_CONCURRENCY": "1", "CAPTION_INTRA_OP_THREADS": "2"}),
+    ("2 workers x 1 onnxruntime thread", {"WEB_CONCURRENCY": "2", "CAPTION_INTRA_OP_THREADS": "1"}),
+)
+
+
+def scene_jpeg() -> bytes:
+    """A 640x480 JPEG, the size of a typical upload."""
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).resize((640, 480)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def measure_layout(bundle: Path, env: dict, seconds: float) -> list[dict]:
+    server = GunicornServer({"CAPTION_BUNDLE": str(bundle), **env})
+    try:
+        server.wait_ready()
+        request = [({"files": {"image": scene_jpeg()}}, 200)]
+        run_load(server.url + "/api/v1/captions", request, 2, 2)  # warm every worker
+        return [{"concurrency": c, **run_load(server.url + "/api/v1/captions", request, c, seconds).summary()}
+                for c in CONCURRENCY]
+    finally:
+        server.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args(argv)
+    floor = encoder_floor(args.bundle)
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+               "floor": floor, "seconds_per_point": args.seconds,
+               "layouts": {name: measure_layout(args.bundle, env, args.seconds) for name, env in LAYOUTS}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "http.json").write_text(json.dumps(results, indent=2))
+    floor_ms = floor["floor_ms"]
+    lines = ["# HTTP latency and throughput", "",
+             f"Machine: {results['machine']}. Greedy captions of a 640x480 JPEG over loopback, {args.seconds:g} s "
+             f"per point, after warm-up. Encoder floor {floor_ms} ms, so 1000 / floor = {1000 / floor_ms:.1f} "
+             "captions/s. Written by `python -m benchmarks.http`.", "",
+             "| layout | concurrency | captions/s | x (1000 / floor) | p50 ms | p95 ms | p99 ms | p50 / floor | errors |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, points in results["layouts"].items():
+        for p in points:
+            errors = p["server_errors_5xx"] + p["connection_errors"] + p["unexpected_status"]
+            lines.append(f"| {name} | {p['concurrency']} | {p['throughput_rps']} | "
+                         f"{p['throughput_rps'] * floor_ms / 1000:.2f} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | "
+                         f"{p['p50_ms'] / floor_ms:.2f} | {errors} |")
+    (RESULTS / "http.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / "http.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
