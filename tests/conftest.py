@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.server_process import ROOT, GunicornServer
+
 PYTHON = sys.executable
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 

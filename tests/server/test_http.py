@@ -1,5 +1,4 @@
 """The real gunicorn server, every route, with good and bad requests."""
-import io
 import json
 import subprocess
 import sys
@@ -7,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from PIL import Image
 
 from benchmarks.server_process import ROOT, GunicornServer
 
