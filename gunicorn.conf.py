@@ -4,7 +4,7 @@
 | HOST              | 127.0.0.1  | address to bind                                           |
 | PORT              | 8000       | port to bind                                              |
 | WEB_CONCURRENCY   | 1          | worker processes (each loads its own copy of the model)   |
-| GUNICORN_WORKER_CONNECTIONS | 100 | open connections per worker (gevent)                |
+| GUNICORN_WORKER_CONNECTIONS | 1000 | open connections per worker (gevent)               |
 | GUNICORN_TIMEOUT  | 60         | seconds before a silent worker is killed and replaced     |
 The model's own settings are CAPTION_* variables (server/config.py).
 """
@@ -32,7 +32,7 @@ workers = _int("WEB_CONCURRENCY", 1)
 # connections froze a 2x2 gthread server (measured). Under gevent a slow client costs one
 # greenlet. Inference itself runs in onnxruntime's own native threads.
 worker_class = "gevent"
-worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 100)
+worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
 timeout = _int("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30
 keepalive = 5
