@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle)
     engine = CaptionEngine(bundle, Config(bundle=args.bundle))
     small, large = jpeg(640, 480), jpeg(4000, 3000)
-    preprocess = lambda data: to_model_input(decode_image(data, 40_000_000), engine.preprocessing)  # noqa: E731
+    side = 2 * max(engine.preprocessing["resize"])  # as server/captioning.py does
+    preprocess = lambda data: to_model_input(decode_image(data, 40_000_000, side), engine.preprocessing)  # noqa: E731
     image = preprocess(small)[None]
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

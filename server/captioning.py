@@ -42,7 +42,7 @@ def parse_options(values, config, max_length_limit: int) -> Options:
                    max_length=integer("max_length", max_length_limit, 1, max_length_limit))
 
 
-def decode_uploads(uploads: list[bytes], config) -> list:
+def decode_uploads(uploads: list[bytes], config, min_side: int = 0) -> list:
     """Decode every upload to an RGB image, in order; the first bad one fails the request."""
     if not uploads:
         raise RequestError(400, "missing_image", "send an image: a multipart field 'image' or an image request body")
@@ -51,7 +51,7 @@ def decode_uploads(uploads: list[bytes], config) -> list:
     images = []
     for index, data in enumerate(uploads):
         try:
-            images.append(decode_image(data, config.max_pixels))
+            images.append(decode_image(data, config.max_pixels, min_side))
         except ImageError as exc:
             prefix = f"image {index + 1}: " if len(uploads) > 1 else ""
             raise RequestError(exc.status, exc.code, prefix + exc.message) from None
@@ -62,7 +62,10 @@ def caption_uploads(engine: CaptionEngine, uploads: list[bytes], options: Option
     """Caption every upload in order. Returns JSON-ready captions (best beam), every beam,
     timings in ms, and the decoded images."""
     started = time.perf_counter()
-    images = decode_uploads(uploads, config)
+    # Draft-decode JPEGs to at least twice the model's input: on 2400x2400 uploads of held-out
+    # scenes that kept 97/100 greedy captions identical to a full decode (1x kept 85/100) and
+    # cut preprocessing from 52 to 7.5 ms.
+    images = decode_uploads(uploads, config, 2 * max(engine.preprocessing["resize"]))
     batch = np.stack([to_model_input(image, engine.preprocessing) for image in images])
     preprocessed = time.perf_counter()
     result = engine.caption(batch, options.beam_size, options.max_length, config.length_penalty)

@@ -104,3 +104,13 @@ def test_to_model_input_follows_the_manifest():
     array = to_model_input(Image.new("RGB", (640, 480), (255, 0, 127)), PREPROCESSING)
     assert array.shape == (299, 299, 3) and array.dtype == np.float32
     np.testing.assert_allclose(array[0, 0], [1.0, -1.0, 127 / 127.5 - 1], atol=1e-6)
+
+
+def test_large_jpegs_are_draft_decoded_but_never_below_the_requested_side():
+    data = encode(Image.new("RGB", (4000, 3000), (10, 120, 200)), "JPEG")
+    full = decode_image(data, LIMIT)
+    draft = decode_image(data, LIMIT, min_side=598)
+    assert full.size == (4000, 3000)
+    assert draft.size == (1000, 750) and min(draft.size) >= 598
+    assert decode_image(encode(Image.new("RGB", (640, 480)), "JPEG"), LIMIT, min_side=598).size == (640, 480)
+    assert decode_image(encode(Image.new("RGB", (4000, 3000)), "PNG"), LIMIT, min_side=598).size == (4000, 3000)
