@@ -37,15 +37,15 @@ def index():
 def upload():
     state = current_app.extensions["captions"]
     try:
-        upload = request.files.get("image")
-        if upload is None or not upload.filename:
+        file = request.files.get("image")
+        if file is None or not file.filename:
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
         options = parse_options(request.form, state.config, state.engine.max_length)
-        result = caption_uploads(state.engine, [upload.read()], options, state.config)
+        result = caption_uploads(state.engine, [file.read()], options, state.config)
     except RequestEntityTooLarge:
         return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
     except RequestError as exc:
         return _form(state, exc.status, error=exc.message[:1].upper() + exc.message[1:])
     return _form(state, caption=result["captions"][0]["caption"], beams=result["beams"][0],
                  timings=result["timings_ms"], preview=_preview(result["images"][0]),
-                 beam_size=options.beam_size, filename=upload.filename)
+                 beam_size=options.beam_size, filename=file.filename)
