@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .captioning import RequestError, caption_uploads, parse_options
+from .captioning import caption_uploads, parse_options
+from .errors import RequestError
 from .openapi import openapi_document
 
 api = Blueprint("api", __name__)

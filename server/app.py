@@ -13,7 +13,7 @@ from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .bundle import load_bundle
-from .captioning import RequestError
+from .errors import RequestError
 from .config import Config
 from .engine import CaptionEngine
 

@@ -7,15 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import CaptionEngine
+from .errors import RequestError
 from .preprocess import ImageError, decode_image, to_model_input
-
-
-class RequestError(Exception):
-    """A client mistake: an HTTP status, a machine-readable code and a readable message."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass

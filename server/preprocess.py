@@ -11,17 +11,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import RequestError
+
 SUPPORTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP",
                      "TIFF": "TIFF", "GIF": "GIF"}
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-class ImageError(Exception):
-    """An upload that cannot be captioned; carries the HTTP status and error code to report."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class ImageError(RequestError):
+    """An upload that cannot be captioned."""
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

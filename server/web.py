@@ -7,7 +7,8 @@ import io
 from flask import Blueprint, current_app, render_template, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .captioning import RequestError, caption_uploads, parse_options
+from .captioning import caption_uploads, parse_options
+from .errors import RequestError
 
 web = Blueprint("web", __name__)
 PREVIEW_SIZE = (640, 640)
