@@ -13,8 +13,9 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 # One stamp per requirements set, rebuilt when its files change.
-$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt | $(VENV)/bin/python
+$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed-dev

@@ -6,10 +6,18 @@
 | WEB_CONCURRENCY   | 1          | worker processes (each loads its own copy of the model)   |
 | GUNICORN_WORKER_CONNECTIONS | 1000 | open connections per worker (gevent)               |
 | GUNICORN_TIMEOUT  | 60         | seconds before a silent worker is killed and replaced     |
+| LOG_LEVEL         | info       | debug, info, warning, error                               |
+| LOG_FORMAT        | json       | json (one object per line, with request ids) or text      |
+| PROMETHEUS_MULTIPROC_DIR | a new temporary folder | where workers share their /metrics  |
 The model's own settings are CAPTION_* variables (server/config.py).
 """
 import os
+import shutil
 import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server.logs import TEXT_FORMAT, log_format  # noqa: E402  (plain stdlib; safe in the master)
 
 
 def _int(name: str, default: int, low: int = 1) -> int:
@@ -39,16 +47,41 @@ keepalive = 5
 wsgi_app = "server.wsgi:application"
 # Several servers may run on one machine (tests, blue/green); none needs gunicornc.
 control_socket_disable = True
-accesslog = "-"
+# The app logs one access line per request itself (with its request id and duration), so
+# gunicorn's own access log stays off.
+accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+try:
+    _format = log_format()
+except ValueError as exc:
+    sys.exit(f"error: {exc}")
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "server.logs.JsonFormatter"}, "text": {"format": TEXT_FORMAT}},
+    "filters": {"request_id": {"()": "server.logs.RequestIdFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+                             "formatter": _format, "filters": ["request_id"]}},
+    "loggers": {"gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False}},
+    "root": {"level": loglevel.upper(), "handlers": ["console"]},
+}
+# Workers share their Prometheus metrics through files in this folder (prometheus_client's
+# multiprocess mode); it must be set before any worker imports prometheus_client.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="caption-metrics-"))
 proc_name = "caption-server"
 
 
 def on_starting(server):
     """Check configuration and the bundle once in the master, so a bad setup stops start-up
     with one line and a non-zero exit before any worker starts."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    # Counters left by an earlier server in a reused folder would add to this one's.
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
 
     # Nothing here may import onnxruntime: a master that has loaded it forks workers that
     # abort at exit (its thread pools do not survive fork).
@@ -62,3 +95,15 @@ def on_starting(server):
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (in-flight requests, model info) from /metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -141,6 +141,7 @@ def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print) -
             "encoder_weights_random": random_encoder,
             "decoder": run["decoder"],
             "training": run["training"],
+            **({"notes": run["notes"]} if run.get("notes") else {}),
             "metrics": metrics,
             "parity": parity,
         },

@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from .captioning import caption_uploads, parse_options
 from .errors import RequestError
+from .observability import metrics_response, observe_stages
 from .openapi import openapi_document
 
 api = Blueprint("api", __name__)
@@ -43,6 +44,7 @@ def captions():
     uploads = read_uploads()
     options = parse_options(request.values, state.config, state.engine.max_length)
     result = caption_uploads(state.engine, uploads, options, state.config)
+    observe_stages(result["timings_ms"])
     return jsonify({"captions": result["captions"], "model": model_info(state), "timings_ms": result["timings_ms"]})
 
 
@@ -62,6 +64,11 @@ def readyz():
     if _state().ready.is_set():
         return jsonify({"status": "ready"})
     return jsonify({"status": "starting"}), 503
+
+
+@api.get("/metrics")
+def metrics():
+    return metrics_response()
 
 
 @api.get("/openapi.json")

@@ -70,8 +70,10 @@ def create_app(config: Config | None = None) -> Flask:
     else:
         state.ready.set()
 
+    from . import observability
     from .api import api
     from .web import web
+    observability.install(app, bundle.name, bundle.manifest.get("created"), engine.active_providers)
     app.register_blueprint(api)
     app.register_blueprint(web)
 

@@ -65,6 +65,10 @@ def openapi_document(config, max_length: int) -> dict:
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
                     "503": {"description": "Still starting",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of every worker", "operationId": "getMetrics",
+                "responses": {"200": {"description": "Prometheus text exposition format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {
                 "summary": "This document", "operationId": "getOpenApi",
                 "responses": {"200": {"description": "OpenAPI 3 document",

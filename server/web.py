@@ -9,6 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from .captioning import caption_uploads, parse_options
 from .errors import RequestError
+from .observability import observe_stages
 
 web = Blueprint("web", __name__)
 PREVIEW_SIZE = (640, 640)
@@ -43,6 +44,7 @@ def upload():
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
         options = parse_options(request.form, state.config, state.engine.max_length)
         result = caption_uploads(state.engine, [file.read()], options, state.config)
+        observe_stages(result["timings_ms"])
     except RequestEntityTooLarge:
         return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
     except RequestError as exc:

@@ -21,6 +21,14 @@ def load_image(path: Path, preprocessing: dict) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) * preprocessing["scale"] + preprocessing["offset"]
 
 
+def weights_digest(model) -> str:
+    """sha256 of a model's weights, so cached features follow the weights, not their name."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
 def _cache_key(paths: list[Path], encoder_id: str) -> str:
     digest = hashlib.sha256(encoder_id.encode())
     for path in paths:
@@ -29,16 +37,17 @@ def _cache_key(paths: list[Path], encoder_id: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def extract_features(encoder, paths: list[Path], preprocessing: dict, encoder_id: str,
+def extract_features(encoder, paths: list[Path], preprocessing: dict,
                      cache_dir: Path | None = None, batch_size: int = 16) -> np.ndarray:
     """Encoder features for `paths`, [N, 2048] float32, read from / written to `cache_dir`.
 
-    `encoder_id` names the encoder weights; the cache is keyed on it and on the files, so a
+    The cache is keyed on the encoder's weights, the preprocessing and the files, so a
     different encoder or a changed image never reuses stale features.
     """
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"features-{_cache_key(paths, encoder_id + json.dumps(preprocessing))}.npy"
+        encoder_id = weights_digest(encoder) + json.dumps(preprocessing)
+        cache = Path(cache_dir) / f"features-{_cache_key(paths, encoder_id)}.npy"
         if cache.exists():
             return np.load(cache)
     chunks = []

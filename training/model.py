@@ -34,6 +34,7 @@ class DecoderConfig:
     dropout: float = 0.3       # on the LSTM output; 0 <= dropout < 1
     image_dropout: float = 0.3  # on the standardised image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # par-inject: feed the projected image at every step
+    feature_norm: str = "standardise"  # "standardise" per dimension, or "l2-standardise": unit length first
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,7 @@ def build_encoder(weights: str, image_size: int = IMAGE_SIZE) -> keras.Model:
             raise ValueError(f"encoder weights {weights!r}: expected random:<integer seed>") from None
         keras.utils.set_random_seed(seed)
         model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg", input_shape=shape)
+        centre_stem_filters(model)
     else:
         path = Path(weights)
         if not path.is_file():
@@ -68,14 +70,46 @@ def build_encoder(weights: str, image_size: int = IMAGE_SIZE) -> keras.Model:
     return model
 
 
+def centre_stem_filters(model: keras.Model) -> None:
+    """Make each filter of the first convolution sum to zero over its 3x3xRGB window.
+
+    The stem convolution has 'valid' padding and no bias, so zero-sum filters make a random
+    encoder blind to a uniform brightness shift, as trained first layers are. With Keras' plain
+    random filters, background brightness swamped the shape signal in the pooled features:
+    ridge probes on 960 synthetic scenes read a lone object's shape 63 % right, and 88 % after
+    centring (colour 96 -> 98 %, size 84 -> 93 %).
+    """
+    stem = next(layer for layer in model.layers if isinstance(layer, layers.Conv2D))
+    kernel = stem.get_weights()[0]
+    stem.set_weights([kernel - kernel.mean(axis=(0, 1, 2), keepdims=True)])
+
+
+FEATURE_NORMS = ("standardise", "l2-standardise")
+
+
+def feature_statistics(features: np.ndarray, feature_norm: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of training features, after the unit-length step if `feature_norm` has one."""
+    if feature_norm == "l2-standardise":
+        features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return features.mean(0), np.maximum(features.std(0), 1e-8)
+
+
 def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: np.ndarray):
     """Build (training_model, init_model, step_model), all sharing one set of weights.
 
-    feature_mean/std standardise the encoder features inside the graph (the pooled features of
-    a random InceptionV3 are tiny, so the decoder would otherwise see a near-constant input).
+    feature_mean/std (from `feature_statistics`) standardise the encoder features inside the
+    graph (the pooled features of a random InceptionV3 are tiny, so the decoder would otherwise
+    see a near-constant input).
     """
     c = config
-    normalise = layers.Normalization(mean=feature_mean, variance=np.square(feature_std), name="feature_norm")
+    if c.feature_norm not in FEATURE_NORMS:
+        raise ValueError(f"feature_norm {c.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
+    standardise = layers.Normalization(mean=feature_mean, variance=np.square(feature_std), name="feature_norm")
+    unit_length = layers.UnitNormalization(name="unit_length") if c.feature_norm == "l2-standardise" else None
+
+    def normalise(features):
+        return standardise(unit_length(features) if unit_length else features)
+
     init_h = layers.Dense(c.units, activation="tanh", name="init_h")
     init_c = layers.Dense(c.units, activation="tanh", name="init_c")
     project = layers.Dense(c.embedding_dim, activation="relu", name="image_projection")

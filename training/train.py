@@ -31,6 +31,7 @@ class TrainConfig:
     dropout: float = 0.3          # on the LSTM output; 0 <= dropout < 1
     image_dropout: float = 0.3    # on the image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # feed the image at every step (par-inject), not only as the initial state
+    feature_norm: str = "standardise"  # or "l2-standardise": scale each image's features to unit length first
     learning_rate: float = 2e-3   # Adam
     weight_decay: float = 0.0     # AdamW decoupled weight decay; 0 = plain Adam
     batch_size: int = 64
@@ -48,6 +49,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
             "epochs": self.epochs > 0, "patience": self.patience > 0,
             "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
+            "feature_norm": self.feature_norm in ("standardise", "l2-standardise"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -63,6 +65,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}")
         return cls(**{k: type(getattr(cls(), k))(v) for k, v in data.items()})
+
+
+def config_notes(path: Path) -> dict:
+    """What a settings file says besides its settings (e.g. how the tuner found them), for provenance."""
+    data = json.loads(Path(path).read_text())
+    notes = {k: v for k, v in data.items() if k != "config"} if "config" in data else {}
+    return {"config_file": str(path), **notes}
 
 
 def caption_arrays(examples: list[Example], vocab: Vocabulary, max_length: int):
@@ -82,17 +91,23 @@ def _read_scenes(data: Path) -> dict | None:
     return json.loads(scenes.read_text())["scenes"] if scenes.exists() else None
 
 
-def train(args, config: TrainConfig, log=print) -> dict:
-    """Run the whole pipeline; returns the metrics written to metrics.json."""
-    import keras
+@dataclass
+class Prepared:
+    """A dataset with its vocabulary and cached encoder features, ready for decoder fitting."""
 
-    from .evaluate import attribute_accuracy, corpus_bleu, greedy_captions
+    splits: dict[str, list[Example]]
+    vocab: Vocabulary
+    max_length: int
+    features: dict[str, np.ndarray]
+    scenes: dict | None           # synthetic ground truth, for object-attribute accuracy
+    encoder: object               # the Keras encoder the features came from
+
+
+def prepare(args, config: TrainConfig, log=print) -> Prepared:
+    """Read the dataset, build the vocabulary and extract (or load cached) encoder features."""
     from .features import extract_features
-    from .model import FEATURE_DIM, PREPROCESSING, DecoderConfig, build_decoder, build_encoder
+    from .model import PREPROCESSING, build_encoder
 
-    started = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     splits = load_dataset(args.dataset, Path(args.data), args.image_dir)
     if args.limit:
         splits = {k: v[:args.limit if k == "train" else max(1, args.limit // 8)] for k, v in splits.items()}
@@ -110,18 +125,30 @@ def train(args, config: TrainConfig, log=print) -> dict:
         f"vocabulary {len(vocab)} words; captions up to {max_length} words")
 
     encoder = build_encoder(args.encoder_weights)
-    features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING,
-                                        args.encoder_weights, args.cache_dir)
+    features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, args.cache_dir)
                 for split, examples in splits.items()}
-    mean = features["train"].mean(0)
-    std = np.maximum(features["train"].std(0), 1e-8)
+    scenes = _read_scenes(args.data) if args.dataset == "shapes" else None
+    return Prepared(splits, vocab, max_length, features, scenes, encoder)
+
+
+def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None = None,
+                callbacks_for=None, verbose: int = 2):
+    """Train a decoder on the train split, early-stopped on the dev loss.
+
+    `callbacks_for(init_model, step_model)` may return extra Keras callbacks that use the models.
+    Returns (decoder_config, init_model, step_model, history).
+    """
+    import keras
+
+    from .model import DecoderConfig, build_decoder, feature_statistics
 
     keras.utils.set_random_seed(config.seed)
-    decoder_config = DecoderConfig(vocab_size=len(vocab), max_length=max_length, units=config.units,
-                                   embedding_dim=config.embedding_dim, dropout=config.dropout,
-                                   image_dropout=config.image_dropout,
-                                   image_every_step=config.image_every_step)
-    training_model, init_model, step_model = build_decoder(decoder_config, mean, std)
+    decoder_config = DecoderConfig(vocab_size=len(prepared.vocab), max_length=prepared.max_length,
+                                   units=config.units, embedding_dim=config.embedding_dim,
+                                   dropout=config.dropout, image_dropout=config.image_dropout,
+                                   image_every_step=config.image_every_step, feature_norm=config.feature_norm)
+    training_model, init_model, step_model = build_decoder(
+        decoder_config, *feature_statistics(prepared.features["train"], config.feature_norm))
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
                  if config.weight_decay else keras.optimizers.Adam(config.learning_rate))
     training_model.compile(optimizer=optimizer,
@@ -129,71 +156,104 @@ def train(args, config: TrainConfig, log=print) -> dict:
                            weighted_metrics=["accuracy"])
 
     def dataset(split):
-        index, inputs, targets, weights = caption_arrays(splits[split], vocab, max_length)
-        return [features[split][index], inputs], targets, weights
+        index, inputs, targets, weights = caption_arrays(prepared.splits[split], prepared.vocab, prepared.max_length)
+        return [prepared.features[split][index], inputs], targets, weights
 
     x_train, y_train, w_train = dataset("train")
     x_dev, y_dev, w_dev = dataset("dev")
-    checkpoint = out / "checkpoints" / "decoder.weights.h5"
-    checkpoint.parent.mkdir(exist_ok=True)
-    callbacks = [
+    every = [
         keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(checkpoint), save_best_only=True, save_weights_only=True),
         keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5),
     ]
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        every.append(keras.callbacks.ModelCheckpoint(str(checkpoint), save_best_only=True, save_weights_only=True))
     history = training_model.fit(x_train, y_train, sample_weight=w_train, validation_data=(x_dev, y_dev, w_dev),
-                                 batch_size=config.batch_size, epochs=config.epochs, callbacks=callbacks,
-                                 shuffle=True, verbose=2 if args.quiet else 1)
+                                 batch_size=config.batch_size, epochs=config.epochs,
+                                 callbacks=every + (callbacks_for(init_model, step_model) if callbacks_for else []),
+                                 shuffle=True, verbose=verbose)
+    return decoder_config, init_model, step_model, history
 
-    test_captions = greedy_captions(init_model, step_model, features["test"], vocab, max_length)
-    metrics = corpus_bleu(test_captions, [e.captions for e in splits["test"]])
-    scenes = _read_scenes(args.data) if args.dataset == "shapes" else None
-    if scenes is not None:
-        metrics.update(attribute_accuracy(test_captions, [scenes[e.image.name] for e in splits["test"]]))
+
+def evaluate_split(prepared: Prepared, init_model, step_model, split: str):
+    """Greedy captions for a split and their quality: BLEU-1..4 and, on synthetic scenes,
+    object-attribute accuracy. Returns (captions, metrics)."""
+    from .evaluate import attribute_accuracy, corpus_bleu, greedy_captions
+
+    examples = prepared.splits[split]
+    captions = greedy_captions(init_model, step_model, prepared.features[split], prepared.vocab, prepared.max_length)
+    metrics = corpus_bleu(captions, [e.captions for e in examples])
+    if prepared.scenes is not None:
+        metrics.update(attribute_accuracy(captions, [prepared.scenes[e.image.name] for e in examples]))
+    return captions, metrics
+
+
+def train(args, config: TrainConfig, log=print, notes: dict | None = None) -> dict:
+    """Run the whole pipeline; returns the metrics written to metrics.json.
+
+    `notes` (e.g. the tuning record of a --config file) are kept in run.json for the bundle's provenance.
+    """
+    from .model import FEATURE_DIM, PREPROCESSING
+
+    started = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(args, config, log)
+    decoder_config, init_model, step_model, history = fit_decoder(
+        prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5", verbose=2 if args.quiet else 1)
+
+    test_captions, metrics = evaluate_split(prepared, init_model, step_model, "test")
     metrics.update({
-        "test_images": len(splits["test"]),
+        "test_images": len(prepared.splits["test"]),
         "epochs_run": len(history.history["loss"]),
         "best_val_loss": float(min(history.history["val_loss"])),
         "train_seconds": round(time.time() - started, 1),
     })
 
-    encoder.save(out / "encoder.keras")
+    prepared.encoder.save(out / "encoder.keras")
     init_model.save(out / "decoder_init.keras")
     step_model.save(out / "decoder_step.keras")
-    vocab.save(out / "vocab.json")
+    prepared.vocab.save(out / "vocab.json")
     run = {
         "decoder": decoder_config.as_dict(),
         "training": asdict(config),
         "encoder": {"architecture": "InceptionV3", "weights": args.encoder_weights, "feature_dim": FEATURE_DIM,
                     "pooling": "global average"},
         "preprocessing": PREPROCESSING,
-        "special_tokens": vocab.special_ids,
-        "max_length": max_length,
+        "special_tokens": prepared.vocab.special_ids,
+        "max_length": prepared.max_length,
         "dataset": {"kind": args.dataset, "path": str(args.data),
-                    "images": {k: len(v) for k, v in splits.items()}},
+                    "images": {k: len(v) for k, v in prepared.splits.items()}},
     }
+    if notes:
+        run["notes"] = notes
     (out / "run.json").write_text(json.dumps(run, indent=2))
     heldout = [{"image": str(e.image), "references": e.captions, "keras_greedy": " ".join(words)}
-               for e, words in zip(splits["test"], test_captions)]
+               for e, words in zip(prepared.splits["test"], test_captions)]
     (out / "heldout.json").write_text(json.dumps(heldout, indent=1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log("test metrics: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return metrics
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train the caption decoder and evaluate it on held-out images.")
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which data and encoder features to use (shared with the tuner)."""
     parser.add_argument("--dataset", choices=("shapes", "flickr8k", "coco"), required=True)
     parser.add_argument("--data", type=Path, required=True,
                         help="dataset folder (shapes, flickr8k) or COCO captions JSON")
     parser.add_argument("--image-dir", type=Path, help="COCO image folder")
-    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
     parser.add_argument("--encoder-weights", default="random:0",
                         help="imagenet | random:SEED | path to a local InceptionV3 weights file")
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache"), help="encoder feature cache")
-    parser.add_argument("--config", type=Path, help="JSON file of training settings (flags below override it)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke runs)")
-    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    parser.add_argument("--quiet", action="store_true", help="less progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the caption decoder and evaluate it on held-out images.")
+    add_dataset_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument("--config", type=Path, help="JSON file of training settings (flags below override it)")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -208,11 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+        notes = config_notes(args.config) if args.config else {}
         for f in fields(TrainConfig):
             if getattr(args, f.name) is not None:
                 setattr(config, f.name, getattr(args, f.name))
         config.validate()
-        train(args, config)
+        train(args, config, notes=notes)
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from training.model import DecoderConfig, build_decoder, build_encoder
+from training.model import DecoderConfig, build_decoder, build_encoder, feature_statistics
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,14 @@ def test_random_encoder_is_deterministic_and_local_weights_load(tmp_path, image_
     assert np.array_equal(np.asarray(loaded(image_batch)), features)
 
 
+def test_random_encoder_ignores_a_uniform_brightness_shift(image_batch):
+    # Zero-sum stem filters: background brightness must not swamp what the features say.
+    encoder = build_encoder("random:0")
+    dimmer = np.clip(image_batch, -1, 0.8) - 0.2
+    brighter = dimmer + 0.3
+    np.testing.assert_allclose(np.asarray(encoder(brighter)), np.asarray(encoder(dimmer)), rtol=1e-3, atol=1e-7)
+
+
 def test_bad_encoder_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="random:<integer seed>"):
         build_encoder("random:x")
@@ -34,10 +42,11 @@ def test_bad_encoder_weights_are_refused(tmp_path):
         build_encoder(str(tmp_path / "other.weights.h5"))
 
 
-@pytest.mark.parametrize("image_every_step", [True, False])
-def test_step_model_reproduces_teacher_forcing(image_every_step):
+@pytest.mark.parametrize("image_every_step, feature_norm",
+                         [(True, "standardise"), (False, "standardise"), (True, "l2-standardise")])
+def test_step_model_reproduces_teacher_forcing(image_every_step, feature_norm):
     config = DecoderConfig(vocab_size=23, max_length=6, units=16, embedding_dim=8, dropout=0.5,
-                           image_every_step=image_every_step)
+                           image_every_step=image_every_step, feature_norm=feature_norm)
     rng = np.random.default_rng(1)
     training_model, init_model, step_model = build_decoder(config, rng.normal(size=2048).astype(np.float32),
                                                            rng.uniform(0.5, 2, size=2048).astype(np.float32))
@@ -53,3 +62,15 @@ def test_step_model_reproduces_teacher_forcing(image_every_step):
     for t in range(7):
         log_probs, h, c = (np.asarray(x) for x in step_model([tokens[:, t:t + 1], h, c, context]))
         np.testing.assert_allclose(log_probs, expected[:, t], atol=1e-5)
+
+
+def test_feature_statistics_follow_the_normalisation():
+    features = np.random.default_rng(2).uniform(0, 3, size=(50, 2048)).astype(np.float32)
+    mean, std = feature_statistics(features, "standardise")
+    np.testing.assert_allclose(mean, features.mean(0), rtol=1e-5)
+    mean, std = feature_statistics(features, "l2-standardise")
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    np.testing.assert_allclose(mean, unit.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std, unit.std(0), rtol=1e-4)
+    with pytest.raises(ValueError, match="feature_norm"):
+        build_decoder(DecoderConfig(vocab_size=5, max_length=3, feature_norm="whiten"), mean, std)

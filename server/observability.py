@@ -1,0 +1,85 @@
+"""Prometheus metrics, request ids and the per-request access log line.
+
+Under gunicorn every worker writes its metrics to PROMETHEUS_MULTIPROC_DIR (set by
+gunicorn.conf.py before any worker starts) and /metrics adds them up, so a scrape sees the
+whole server whichever worker answers it. Outside gunicorn the process's own registry is used.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest, multiprocess)
+
+access_log = logging.getLogger("caption.access")
+
+# Accept a caller's id only if it is short and plain, so it cannot forge log lines or headers.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("caption_http_requests_total", "HTTP requests answered, by route, method and status.",
+                   ["route", "method", "status"])
+REQUEST_SECONDS = Histogram("caption_http_request_seconds", "Time to answer an HTTP request, by route.",
+                            ["route"], buckets=LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("caption_stage_seconds", "Time per captioning stage of a request "
+                          "(preprocess, encode, decode, total).", ["stage"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("caption_http_requests_in_flight", "HTTP requests being answered now.",
+                  multiprocess_mode="livesum")
+MODEL_INFO = Gauge("caption_model_info", "The model bundle each worker serves (value 1).",
+                   ["model", "created", "providers"], multiprocess_mode="liveall")
+
+
+def request_id() -> str:
+    """The id of the current request (the caller's X-Request-ID when it is acceptable)."""
+    return g.get("request_id", "-")
+
+
+def observe_stages(timings_ms: dict[str, float]) -> None:
+    """Record a caption request's stage timings (milliseconds, as the API reports them)."""
+    for stage, ms in timings_ms.items():
+        STAGE_SECONDS.labels(stage).observe(ms / 1e3)
+
+
+def metrics_response() -> Response:
+    """The Prometheus text exposition of this server's metrics (every worker's, under gunicorn)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def install(app: Flask, model: str, created: str, providers: list[str]) -> None:
+    """Give every request an id, count and time it, and log one access line for it."""
+    MODEL_INFO.labels(model, created or "", ",".join(providers)).set(1)
+
+    @app.before_request
+    def start_request():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+        IN_FLIGHT.inc()
+        g.in_flight = True
+
+    @app.after_request
+    def finish_request(response):
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: bounded labels
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(route).observe(seconds)
+        response.headers["X-Request-ID"] = request_id()
+        access_log.info("%s %s %d", request.method, route, response.status_code,
+                        extra={"method": request.method, "route": route, "status": response.status_code,
+                               "duration_ms": round(seconds * 1e3, 3), "bytes_in": request.content_length or 0})
+        return response
+
+    @app.teardown_request
+    def end_request(exc=None):
+        if g.pop("in_flight", False):
+            IN_FLIGHT.dec()

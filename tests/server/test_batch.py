@@ -1,0 +1,97 @@
+"""The `caption` command: folders, files and globs in; JSON lines or CSV out; bad files skipped; resumable."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.server_process import ROOT
+
+CAPTION = Path(sys.executable).parent / "caption"  # the console entry point `make install` puts in the venv
+
+
+def caption(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CAPTION), *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def image_folder(trained_run, tmp_path_factory):
+    """Six held-out scenes in a folder tree, one non-image named .jpg, and the expected captions."""
+    heldout = json.loads((trained_run / "heldout.json").read_text())[:6]
+    root = tmp_path_factory.mktemp("photos")
+    (root / "nested").mkdir()
+    expected = {}
+    for i, item in enumerate(heldout):
+        target = root / ("nested" if i % 2 else ".") / f"scene{i}.jpg"
+        shutil.copy(item["image"], target)
+        expected[str(target.resolve())] = item["keras_greedy"]
+    (root / "notes.txt").write_text("not an image")      # skipped: not an image suffix
+    (root / "broken.jpg").write_text("not a jpeg either")  # tried, and reported
+    return root, expected
+
+
+def rows_by_path(path: Path) -> dict:
+    return {str(Path(r["path"]).resolve()): r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_folder_to_jsonl_matches_keras_and_reports_bad_files(bundle_dir, image_folder, tmp_path):
+    root, expected = image_folder
+    out = tmp_path / "captions.jsonl"
+    result = caption(root, "--bundle", bundle_dir, "--out", out, "--batch-size", "4")
+    assert result.returncode == 1, result.stderr  # one file was skipped
+    rows = rows_by_path(out)
+    assert {p: r["caption"] for p, r in rows.items() if "caption" in r} == expected
+    broken = rows[str((root / "broken.jpg").resolve())]
+    assert "caption" not in broken and "not" in broken["error"].lower()
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr
+    assert "6 captioned, 1 skipped" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resumes_where_an_earlier_run_stopped(bundle_dir, image_folder, tmp_path):
+    root, expected = image_folder
+    out = tmp_path / "captions.jsonl"
+    first = caption(f"{root}/*.jpg", "--bundle", bundle_dir, "--out", out, "--quiet")  # a glob: the top folder only
+    assert first.returncode == 1
+    done_first = rows_by_path(out)
+    assert len(done_first) == 4  # scene0, scene2, scene4 and broken.jpg
+    with open(out, "a") as f:
+        f.write('{"path": "half a li')  # as if killed mid-write
+    second = caption(root, "--bundle", bundle_dir, "--out", out, "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert "4 of 7 images already in" in second.stderr
+    rows = rows_by_path(out)
+    assert len(rows) == 7
+    assert {p: r["caption"] for p, r in rows.items() if "caption" in r} == expected
+
+
+def test_csv_output_and_explicit_files(bundle_dir, image_folder, tmp_path):
+    root, expected = image_folder
+    out = tmp_path / "captions.csv"
+    files = sorted(p for p in expected)[:2]
+    result = caption(*files, "--bundle", bundle_dir, "--out", out, "--beam-size", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["caption"] for r in rows] == [expected[p] for p in files]
+    assert all(float(r["log_prob"]) < 0 and r["error"] == "" for r in rows)
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["/no/such/folder"], "no such file"),
+    (["{folder}", "--bundle", "/no/such/bundle"], "bundle"),
+    (["{folder}", "--batch-size", "0"], "--batch-size"),
+    (["{folder}", "--beam-size", "99"], "--beam-size"),
+])
+def test_bad_arguments_exit_2_with_one_line(bundle_dir, image_folder, args, reason):
+    root, _ = image_folder
+    args = [a.format(folder=root) for a in args]
+    result = caption(*args, env={"CAPTION_BUNDLE": str(bundle_dir)})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("caption: error:") and reason in lines[0], result.stderr

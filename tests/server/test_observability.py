@@ -1,0 +1,75 @@
+"""Metrics across gunicorn workers, request ids, and JSON log lines, on the live server."""
+import json
+import re
+from pathlib import Path
+
+import requests
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of every sample of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def test_metrics_add_up_over_workers(server, trained_run):
+    image = Path(json.loads((trained_run / "heldout.json").read_text())[0]["image"]).read_bytes()
+    before = requests.get(server.url + "/metrics").text
+    route = "/api/v1/captions"
+    for _ in range(12):  # new connections, so both workers answer some
+        assert requests.post(server.url + route, files={"image": image}).status_code == 200
+    assert requests.post(server.url + route, data=b"not an image", headers={"Content-Type": "image/png"}).status_code == 415
+    requests.get(server.url + "/no/such/page")
+
+    response = requests.get(server.url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    after = response.text
+    ok = dict(route=route, method="POST", status="200")
+    assert metric(after, "caption_http_requests_total", **ok) - metric(before, "caption_http_requests_total", **ok) == 12
+    assert metric(after, "caption_http_requests_total", route=route, status="415") >= 1
+    # Raw paths never become labels: unknown pages share one.
+    assert metric(after, "caption_http_requests_total", route="unmatched", status="404") >= 1
+    assert "/no/such/page" not in after
+    for stage in ("preprocess", "encode", "decode", "total"):
+        gained = (metric(after, "caption_stage_seconds_count", stage=stage)
+                  - metric(before, "caption_stage_seconds_count", stage=stage))
+        assert gained == 12, stage
+    assert metric(after, "caption_http_request_seconds_count", route=route) >= 13
+    # Two live workers, each serving the same model; /metrics itself is in flight while it is scraped.
+    assert len([line for line in after.splitlines() if line.startswith("caption_model_info{")]) == 2
+    assert metric(after, "caption_http_requests_in_flight") == 1
+
+
+def test_request_ids_are_echoed_or_made(server):
+    given = requests.get(server.url + "/healthz", headers={"X-Request-ID": "client-42.a:b"})
+    assert given.headers["X-Request-ID"] == "client-42.a:b"
+    made = requests.get(server.url + "/healthz")
+    assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+    for hostile in ("x" * 129, "<script>", "a b"):
+        replaced = requests.get(server.url + "/healthz", headers={"X-Request-ID": hostile})
+        assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["X-Request-ID"])
+    error = requests.post(server.url + "/api/v1/captions", data=b"", headers={"X-Request-ID": "bad-upload-1",
+                                                                              "Content-Type": "image/jpeg"})
+    assert error.status_code == 400 and error.headers["X-Request-ID"] == "bad-upload-1"
+
+
+def test_logs_are_json_lines_with_the_request_id(server):
+    requests.get(server.url + "/readyz", headers={"X-Request-ID": "log-check-7"})
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    access = [e for e in lines if e.get("request_id") == "log-check-7"]
+    assert access, "no log line carries the request id"
+    entry = access[-1]
+    assert entry["logger"] == "caption.access" and entry["route"] == "/readyz" and entry["status"] == 200
+    assert entry["duration_ms"] >= 0 and entry["level"] == "info" and isinstance(entry["pid"], int)
+    # gunicorn's own lines (booting workers) are JSON too.
+    assert any(e["logger"] == "gunicorn.error" for e in lines)
+    non_json = [line for line in server.output().splitlines() if line.strip() and not line.startswith("{")]
+    assert not non_json, non_json[:5]
