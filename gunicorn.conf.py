@@ -85,12 +85,12 @@ def on_starting(server):
 
     # Nothing here may import onnxruntime: a master that has loaded it forks workers that
     # abort at exit (its thread pools do not survive fork).
-    from server.bundle import BundleError, load_bundle
+    from server.bundle import BundleError, load_bundles
     from server.config import Config, ConfigError
 
     try:
         config = Config.from_env()
-        load_bundle(config.bundle, verify_checksums=False)
+        load_bundles(config.bundle_paths, verify_checksums=False)
     except (BundleError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

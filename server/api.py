@@ -17,9 +17,9 @@ def _state():
     return current_app.extensions["captions"]
 
 
-def model_info(state) -> dict:
-    return {"name": state.engine.bundle.name, "created": state.engine.bundle.manifest.get("created"),
-            "providers": state.engine.active_providers}
+def model_info(engine) -> dict:
+    return {"name": engine.bundle.name, "created": engine.bundle.manifest.get("created"),
+            "providers": engine.active_providers}
 
 
 def read_uploads() -> list[bytes]:
@@ -42,16 +42,26 @@ def read_uploads() -> list[bytes]:
 def captions():
     state = _state()
     uploads = read_uploads()
-    options = parse_options(request.values, state.config, state.engine.max_length)
-    result = caption_uploads(state.engine, uploads, options, state.config)
+    engine = state.engine_for(request.values.get("model"))
+    options = parse_options(request.values, state.config, engine.max_length)
+    result = caption_uploads(engine, uploads, options, state.config)
     observe_stages(result["timings_ms"])
-    return jsonify({"captions": result["captions"], "model": model_info(state), "timings_ms": result["timings_ms"]})
+    return jsonify({"captions": result["captions"], "model": model_info(engine), "timings_ms": result["timings_ms"]})
+
+
+def model_summary(engine) -> dict:
+    return {**engine.bundle.summary(), "providers": engine.active_providers}
 
 
 @api.get("/api/v1/model")
 def model():
+    return jsonify(model_summary(_state().engine))
+
+
+@api.get("/api/v1/models")
+def models():
     state = _state()
-    return jsonify({**state.engine.bundle.summary(), "providers": state.engine.active_providers})
+    return jsonify({"default": state.default, "models": [model_summary(e) for e in state.engines.values()]})
 
 
 @api.get("/healthz")
@@ -74,4 +84,5 @@ def metrics():
 @api.get("/openapi.json")
 def openapi():
     state = _state()
-    return jsonify(openapi_document(state.config, state.engine.max_length))
+    return jsonify(openapi_document(state.config, max(e.max_length for e in state.engines.values()),
+                                    list(state.engines)))

@@ -12,7 +12,7 @@ import numpy as np
 from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .bundle import load_bundle
+from .bundle import load_bundles
 from .errors import RequestError
 from .config import Config
 from .engine import CaptionEngine
@@ -20,7 +20,8 @@ from .engine import CaptionEngine
 log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+                               "form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -37,18 +38,34 @@ class InMemoryRequest(Request):
 
 
 class ModelState:
-    """The engine of this process and whether its warm-up caption has run."""
+    """The engines of this process (one per model, the first is the default) and whether
+    their warm-up captions have run."""
 
-    def __init__(self, engine: CaptionEngine, config: Config):
-        self.engine, self.config = engine, config
+    def __init__(self, engines: dict[str, CaptionEngine], config: Config):
+        self.engines, self.config = engines, config
+        self.default = next(iter(engines))
         self.ready = threading.Event()
 
+    @property
+    def engine(self) -> CaptionEngine:
+        return self.engines[self.default]
+
+    def engine_for(self, name: str | None) -> CaptionEngine:
+        """The engine of model `name` (the default when empty); a RequestError names the choices."""
+        if not name:
+            return self.engine
+        if name not in self.engines:
+            raise RequestError(422, "unknown_model", f"no model named {name[:60]!r}; "
+                                                     f"choose from {', '.join(self.engines)}")
+        return self.engines[name]
+
     def warm_up(self) -> None:
-        height, width = self.engine.preprocessing["resize"][1], self.engine.preprocessing["resize"][0]
         try:
-            self.engine.caption(np.zeros((1, height, width, 3), np.float32), beam_size=2)
+            for engine in self.engines.values():
+                width, height = engine.preprocessing["resize"]
+                engine.caption(np.zeros((1, height, width, 3), np.float32), beam_size=2)
             self.ready.set()
-            log.info("ready: warm-up caption done")
+            log.info("ready: warm-up captions done for %s", ", ".join(self.engines))
         except Exception:  # readiness stays false, and /readyz says so
             log.exception("warm-up caption failed")
 
@@ -56,14 +73,14 @@ class ModelState:
 def create_app(config: Config | None = None) -> Flask:
     """Build the app: load and check the bundle, start the warm-up, register the routes."""
     config = config or Config.from_env()
-    bundle = load_bundle(config.bundle, config.verify_checksums)
-    engine = CaptionEngine(bundle, config)
+    engines = {name: CaptionEngine(bundle, config)
+               for name, bundle in load_bundles(config.bundle_paths, config.verify_checksums).items()}
 
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_upload_bytes
-    state = ModelState(engine, config)
+    state = ModelState(engines, config)
     app.extensions["captions"] = state
     if config.warmup:
         threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
@@ -73,7 +90,8 @@ def create_app(config: Config | None = None) -> Flask:
     from . import observability
     from .api import api
     from .web import web
-    observability.install(app, bundle.name, bundle.manifest.get("created"), engine.active_providers)
+    observability.install(app, [(name, e.bundle.manifest.get("created"), e.active_providers)
+                                for name, e in engines.items()])
     app.register_blueprint(api)
     app.register_blueprint(web)
 

@@ -88,3 +88,15 @@ def load_bundle(path: Path, verify_checksums: bool = True) -> Bundle:
     if len(words) != manifest["vocabulary"]["size"]:
         raise BundleError(f"{path}: vocabulary has {len(words)} words, bundle.json says {manifest['vocabulary']['size']}")
     return Bundle(path, manifest, words)
+
+
+def load_bundles(paths: list[Path], verify_checksums: bool = True) -> dict[str, Bundle]:
+    """Load several bundles, keyed by their manifest names (which must differ), in the given order."""
+    bundles: dict[str, Bundle] = {}
+    for path in paths:
+        bundle = load_bundle(path, verify_checksums)
+        if bundle.name in bundles:
+            raise BundleError(f"two bundles are named {bundle.name!r} ({bundles[bundle.name].path} and {path}); "
+                              "serve each model under its own name")
+        bundles[bundle.name] = bundle
+    return bundles

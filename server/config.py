@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 class Config:
     """Each field is read from the environment variable CAPTION_<FIELD NAME IN CAPITALS>."""
 
-    bundle: Path = Path("onnx_models/demo")   # model bundle folder
+    bundle: Path = Path("onnx_models/demo")   # the default model's bundle folder
+    extra_bundles: str = ""                   # more bundle folders to serve, comma-separated; chosen per request
     providers: str = "cpu"                    # execution providers, in order of preference: cpu, cuda, tensorrt
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
     intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
@@ -48,6 +49,11 @@ class Config:
             problems.append("length_penalty must be >= 0")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def bundle_paths(self) -> list[Path]:
+        """Every bundle to serve; the first is the default model."""
+        return [Path(self.bundle)] + [Path(p.strip()) for p in self.extra_bundles.split(",") if p.strip()]
 
     @property
     def provider_list(self) -> list[str]:

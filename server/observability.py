@@ -55,9 +55,11 @@ def metrics_response() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def install(app: Flask, model: str, created: str, providers: list[str]) -> None:
-    """Give every request an id, count and time it, and log one access line for it."""
-    MODEL_INFO.labels(model, created or "", ",".join(providers)).set(1)
+def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None:
+    """Publish the served models (name, created, providers); give every request an id, count
+    and time it, and log one access line for it."""
+    for name, created, providers in models:
+        MODEL_INFO.labels(name, created or "", ",".join(providers)).set(1)
 
     @app.before_request
     def start_request():

@@ -8,14 +8,16 @@ def _error(description: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def openapi_document(config, max_length: int) -> dict:
-    """OpenAPI 3.0 document for this server."""
+def openapi_document(config, max_length: int, models: list[str]) -> dict:
+    """OpenAPI 3.0 document for this server; `models` are the served model names, default first."""
     image_formats = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
     options = {
         "beam_size": {"type": "integer", "minimum": 1, "maximum": config.max_beam_size,
                       "default": config.default_beam_size, "description": "1 = greedy decoding"},
         "max_length": {"type": "integer", "minimum": 1, "maximum": max_length, "default": max_length,
                        "description": "longest caption in words"},
+        "model": {"type": "string", "enum": models, "default": models[0],
+                  "description": "which served model captions (GET /api/v1/models lists them)"},
     }
     number = {"type": "number"}
     return {
@@ -47,13 +49,20 @@ def openapi_document(config, max_length: int) -> dict:
                     "413": _error(f"Request over {config.max_upload_mb:g} MB, image over "
                                   f"{config.max_pixels:,} pixels, or over {config.max_images} images"),
                     "415": _error("Not an image in a supported format, or an unsupported content type"),
-                    "422": _error("Corrupt image or an invalid parameter"),
+                    "422": _error("Corrupt image, an invalid parameter or an unknown model"),
                 },
             }},
             "/api/v1/model": {"get": {
                 "summary": "The loaded model", "operationId": "getModel",
                 "responses": {"200": {"description": "Model summary from the bundle manifest",
                                       "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/api/v1/models": {"get": {
+                "summary": "Every served model", "operationId": "listModels",
+                "responses": {"200": {"description": "The default model's name and a summary of each model",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object", "required": ["default", "models"], "properties": {
+                                              "default": {"type": "string"},
+                                              "models": {"type": "array", "items": {"type": "object"}}}}}}}}}},
             "/healthz": {"get": {
                 "summary": "Liveness", "operationId": "getHealth",
                 "responses": {"200": {"description": "The process is alive",

@@ -24,8 +24,9 @@ def _preview(image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _form(state, status=200, **context):
-    defaults = {"model": state.engine.bundle.summary(), "max_beam": state.config.max_beam_size,
+def _form(state, status=200, engine=None, **context):
+    engine = engine or state.engine
+    defaults = {"model": engine.bundle.summary(), "models": list(state.engines), "max_beam": state.config.max_beam_size,
                 "beam_size": state.config.default_beam_size, "max_mb": state.config.max_upload_mb}
     return render_template("index.html", **{**defaults, **context}), status
 
@@ -38,17 +39,19 @@ def index():
 @web.post("/")
 def upload():
     state = current_app.extensions["captions"]
+    engine = state.engine
     try:
+        engine = state.engine_for(request.form.get("model"))
         file = request.files.get("image")
         if file is None or not file.filename:
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
-        options = parse_options(request.form, state.config, state.engine.max_length)
-        result = caption_uploads(state.engine, [file.read()], options, state.config)
+        options = parse_options(request.form, state.config, engine.max_length)
+        result = caption_uploads(engine, [file.read()], options, state.config)
         observe_stages(result["timings_ms"])
     except RequestEntityTooLarge:
         return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
     except RequestError as exc:
-        return _form(state, exc.status, error=exc.message[:1].upper() + exc.message[1:])
-    return _form(state, caption=result["captions"][0]["caption"], beams=result["beams"][0],
+        return _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:])
+    return _form(state, engine=engine, caption=result["captions"][0]["caption"], beams=result["beams"][0],
                  timings=result["timings_ms"], preview=_preview(result["images"][0]),
                  beam_size=options.beam_size, filename=file.filename)

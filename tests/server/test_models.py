@@ -1,0 +1,115 @@
+"""Several models in one server, chosen per request, and a new bundle going live without downtime."""
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from benchmarks.server_process import GunicornServer
+
+
+def renamed_copy(bundle_dir: Path, target: Path, name: str, **manifest_changes) -> Path:
+    """A copy of a bundle under another name (bundle.json is not among its checksummed files)."""
+    shutil.copytree(bundle_dir, target)
+    manifest = json.loads((target / "bundle.json").read_text())
+    manifest.update(name=name, **manifest_changes)
+    (target / "bundle.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.fixture(scope="module")
+def two_model_server(bundle_dir, tmp_path_factory):
+    short = renamed_copy(bundle_dir, tmp_path_factory.mktemp("extra") / "short", "short", max_length=3)
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_EXTRA_BUNDLES": str(short)})
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def test_models_are_listed_and_chosen_per_request(two_model_server, bundle_dir, trained_run):
+    url = two_model_server.url
+    listing = requests.get(url + "/api/v1/models").json()
+    assert listing["default"] == bundle_dir.name
+    assert [m["name"] for m in listing["models"]] == [bundle_dir.name, "short"]
+    assert [m["max_length"] for m in listing["models"]] == [json.loads((bundle_dir / "bundle.json").read_text())["max_length"], 3]
+
+    image = Path(json.loads((trained_run / "heldout.json").read_text())[0]["image"]).read_bytes()
+    default = requests.post(url + "/api/v1/captions", files={"image": image}).json()
+    short = requests.post(url + "/api/v1/captions", files={"image": image}, data={"model": "short"}).json()
+    assert default["model"]["name"] == bundle_dir.name and short["model"]["name"] == "short"
+    assert len(default["captions"][0]["tokens"]) > 3 >= len(short["captions"][0]["tokens"])
+    assert short["captions"][0]["tokens"] == default["captions"][0]["tokens"][:3]
+    by_query = requests.post(url + "/api/v1/captions?model=short", files={"image": image}).json()
+    assert by_query["model"]["name"] == "short"
+
+    unknown = requests.post(url + "/api/v1/captions?model=nope", files={"image": image})
+    assert unknown.status_code == 422
+    assert unknown.json()["error"]["code"] == "unknown_model" and "short" in unknown.json()["error"]["message"]
+    document = requests.get(url + "/openapi.json").json()
+    assert "/api/v1/models" in document["paths"]
+
+    # The web form offers the choice.
+    page = requests.get(url + "/").text
+    assert '<select id="model" name="model">' in page and '<option value="short">' in page
+    answer = requests.post(url + "/", files={"image": ("a.jpg", image)}, data={"model": "short"})
+    assert answer.status_code == 200 and "short · beam width" in answer.text
+
+
+def test_two_bundles_with_one_name_stop_start_up(bundle_dir, tmp_path):
+    twin = renamed_copy(bundle_dir, tmp_path / "twin", bundle_dir.name)
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_EXTRA_BUNDLES": str(twin)})
+    try:
+        assert srv.process.wait(30) != 0
+        assert "two bundles are named" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_new_bundle_goes_live_on_reload_without_failed_requests(bundle_dir, trained_run, tmp_path):
+    """The documented roll-out: CAPTION_BUNDLE is a symlink; point it at the new bundle, send SIGHUP."""
+    v1 = renamed_copy(bundle_dir, tmp_path / "v1", "model-v1")
+    v2 = renamed_copy(bundle_dir, tmp_path / "v2", "model-v2")
+    live = tmp_path / "live"
+    live.symlink_to(v1)
+    srv = GunicornServer({"CAPTION_BUNDLE": str(live), "WEB_CONCURRENCY": "2"})
+    srv.wait_ready()
+    image = Path(json.loads((trained_run / "heldout.json").read_text())[0]["image"]).read_bytes()
+    answers, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                response = requests.post(srv.url + "/api/v1/captions", files={"image": image}, timeout=30)
+                answers.append((response.status_code, response.json().get("model", {}).get("name")))
+            except requests.RequestException as exc:
+                answers.append((type(exc).__name__, None))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        old_workers = srv.workers()
+        next_link = tmp_path / "live.next"
+        next_link.symlink_to(v2)
+        os.replace(next_link, live)  # atomic swap
+        os.kill(srv.process.pid, signal.SIGHUP)
+        deadline = time.time() + 60
+        while time.time() < deadline and not (answers and answers[-1][1] == "model-v2"):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        workers_after = srv.workers()
+        srv.stop()
+    names = [name for _, name in answers]
+    assert "model-v1" in names and names[-1] == "model-v2", names[-5:]
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
+    assert not set(old_workers) & set(workers_after)  # every worker was replaced
