@@ -62,6 +62,18 @@ def soak(server: GunicornServer, scene: bytes, seconds: float, concurrency: int 
             "rss_growth_max": round(growth, 4)}
 
 
+def worker_logged_ready(log_text: str, pid: int) -> bool:
+    """Whether worker `pid` has logged its warm-up as done (the server logs JSON lines)."""
+    for line in log_text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("pid") == pid and entry.get("logger") == "server.app" and entry.get("message", "").startswith("ready"):
+            return True
+    return False
+
+
 def kill_worker_under_load(server: GunicornServer, scene: bytes, seconds: float = 12, concurrency: int = 4,
                            request_timeout: float = 30) -> dict:
     """kill -9 one worker a few seconds into a load; how many requests failed, how fast the
@@ -82,7 +94,7 @@ def kill_worker_under_load(server: GunicornServer, scene: bytes, seconds: float 
                 outcome["respawn_s"] = round(time.monotonic() - killed_at, 2)
                 new = (set(current) - set(workers)).pop()
                 while time.monotonic() - killed_at < 60:
-                    if f"[{new}] [INFO] server.app: ready" in server.output():
+                    if worker_logged_ready(server.output(), new):
                         outcome["ready_s"] = round(time.monotonic() - killed_at, 2)
                         return
                     time.sleep(0.05)
