@@ -96,9 +96,10 @@ def test_unknown_route_and_wrong_method(server):
 def test_openapi_document_matches_the_api(server):
     doc = requests.get(server.url + "/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    assert set(doc["paths"]) == {"/api/v1/captions", "/api/v1/model", "/healthz", "/readyz", "/openapi.json"}
+    assert set(doc["paths"]) == {"/api/v1/captions", "/api/v1/model", "/api/v1/models", "/healthz", "/readyz",
+                                 "/metrics", "/openapi.json"}
     post = doc["paths"]["/api/v1/captions"]["post"]
-    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length"}
+    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length", "model"}
     schema = doc["components"]["schemas"]["Captions"]
     assert set(schema["required"]) == {"captions", "model", "timings_ms"}
     for status in ("400", "413", "415", "422"):
