@@ -1,0 +1,92 @@
+"""The Dockerfile and Kubernetes manifests agree with the server they deploy (no container engine runs here)."""
+import re
+import shlex
+
+import yaml
+
+from benchmarks.server_process import ROOT
+from server.config import Config
+from server.openapi import openapi_document
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+MANIFESTS = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "deploy" / "k8s").glob("*.yaml")}
+GUNICORN_CONF = (ROOT / "gunicorn.conf.py").read_text()
+
+
+def instructions(keyword: str) -> list[str]:
+    """The arguments of every Dockerfile instruction `keyword`, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.startswith(keyword + " ")]
+
+
+def docker_env() -> dict:
+    env = {}
+    for args in instructions("ENV"):
+        env.update(dict(pair.split("=", 1) for pair in shlex.split(args)))
+    return env
+
+
+def container():
+    return MANIFESTS["deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def documented_settings() -> set[str]:
+    table = GUNICORN_CONF.split('"""')[1]
+    return set(re.findall(r"^\| ([A-Z_]+) ", table, re.M))
+
+
+def test_image_runs_what_make_serve_runs_without_tensorflow():
+    makefile = (ROOT / "Makefile").read_text()
+    serve = re.search(r"^serve:.*\n\t(.*)$", makefile, re.M).group(1)
+    assert "gunicorn -c gunicorn.conf.py" in serve
+    assert instructions("CMD") == ['["gunicorn", "-c", "gunicorn.conf.py"]']
+    installs = " ".join(instructions("RUN"))
+    assert "-r requirements-server.txt" in installs and "requirements-train" not in installs
+    packages = [line.split("==")[0].lower() for line in (ROOT / "requirements-server.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert packages and not [p for p in packages if p.startswith(("tensorflow", "keras", "tf2onnx"))]
+    for source in (args.split()[0] for args in instructions("COPY") if not args.startswith("${")):
+        assert (ROOT / source).exists(), source
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "data", "runs", "training"} <= set(ignored)
+
+
+def test_image_and_pod_settings_are_known_to_the_server():
+    for env in (docker_env(), {e["name"]: e["value"] for e in container()["env"]}):
+        caption = {k: v for k, v in env.items() if k.startswith("CAPTION_")}
+        Config.from_env(caption)  # raises on an unknown or invalid CAPTION_* setting
+        others = set(env) - set(caption) - {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR",
+                                            "PIP_DISABLE_PIP_VERSION_CHECK"}
+        assert others <= documented_settings(), others - documented_settings()
+        assert env["HOST"] == "0.0.0.0"
+
+
+def test_non_root_user_and_ports_agree():
+    uid = instructions("USER")[0]
+    assert uid != "0" and uid != "root"
+    pod = MANIFESTS["deployment"]["spec"]["template"]["spec"]
+    assert str(pod["securityContext"]["runAsUser"]) == uid and pod["securityContext"]["runAsNonRoot"]
+    port = container()["ports"][0]
+    assert str(port["containerPort"]) == docker_env()["PORT"] == instructions("EXPOSE")[0]
+    assert {e["name"]: e["value"] for e in container()["env"]}["PORT"] == str(port["containerPort"])
+    service = MANIFESTS["service"]["spec"]
+    assert service["ports"][0]["targetPort"] == port["name"]
+    assert service["selector"] == MANIFESTS["deployment"]["spec"]["selector"]["matchLabels"]
+    ingress = MANIFESTS["ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert ingress["name"] == MANIFESTS["service"]["metadata"]["name"]
+
+
+def test_probes_use_the_health_routes_and_shutdown_outlasts_gunicorn():
+    paths = openapi_document(Config(), 12, ["demo"])["paths"]
+    probes = {kind: container()[kind]["httpGet"]["path"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes == {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    assert set(probes.values()) <= set(paths)
+    graceful = int(re.search(r"^graceful_timeout = (\d+)", GUNICORN_CONF, re.M).group(1))
+    assert MANIFESTS["deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > graceful
+    # A read-only root needs a writable /tmp for gunicorn's heartbeat files and the metrics folder.
+    assert container()["securityContext"]["readOnlyRootFilesystem"]
+    assert any(m["mountPath"] == "/tmp" for m in container()["volumeMounts"])
+    env = {e["name"]: e["value"] for e in container()["env"]}
+    assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    annotations = MANIFESTS["deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] in paths
