@@ -6,7 +6,7 @@ PORT ?= 8000
 DEMO_IMAGES ?= 3000
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test demo install browser clean-demo
+.PHONY: serve test demo bench install browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ browser:
 
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
+
+# The speed suite on the demo bundle (about 10 minutes): component latency against Keras, HTTP
+# layouts x concurrency, then the target table. Results land in benchmarks/results/.
+bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
+	$(PY) -m benchmarks.latency
+	$(PY) -m benchmarks.http
+	$(PY) -m benchmarks.summary
 
 clean-demo:
 	rm -rf data/shapes data/cache runs/demo onnx_models/demo

@@ -2,7 +2,7 @@
 worker layouts and client concurrencies, each for a fixed time.
 
 Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--seconds 10]
-Writes benchmarks/results/http.json and http.md.
+Writes benchmarks/results/http.json and http.md (or under --results).
 """
 from __future__ import annotations
 
@@ -54,13 +54,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for http.json and http.md")
     args = parser.parse_args(argv)
     floor = encoder_floor(args.bundle)
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "floor": floor, "seconds_per_point": args.seconds,
                "layouts": {name: measure_layout(args.bundle, env, args.seconds) for name, env in LAYOUTS}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "http.json").write_text(json.dumps(results, indent=2))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "http.json").write_text(json.dumps(results, indent=2))
     floor_ms = floor["floor_ms"]
     lines = ["# HTTP latency and throughput", "",
              f"Machine: {results['machine']}. Greedy captions of a 640x480 JPEG over loopback, {args.seconds:g} s "
@@ -74,8 +75,8 @@ def main(argv=None) -> int:
             lines.append(f"| {name} | {p['concurrency']} | {p['throughput_rps']} | "
                          f"{p['throughput_rps'] * floor_ms / 1000:.2f} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | "
                          f"{p['p50_ms'] / floor_ms:.2f} | {errors} |")
-    (RESULTS / "http.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "http.md").read_text())
+    (args.results / "http.md").write_text("\n".join(lines) + "\n")
+    print((args.results / "http.md").read_text())
     return 0
 
 

@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the training run the bundle came from")
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for latency.json and latency.md")
     args = parser.parse_args(argv)
     bundle = load_bundle(args.bundle)
     engine = CaptionEngine(bundle, Config(bundle=args.bundle))
@@ -122,14 +123,14 @@ def main(argv=None) -> int:
     if (args.run / "encoder.keras").is_file():
         results.update(keras_latencies(args.run, image, bundle.manifest["special_tokens"], engine.max_length,
                                        args.runs))
-    write_results(results)
-    print((RESULTS / "latency.md").read_text())
+    write_results(results, args.results)
+    print((args.results / "latency.md").read_text())
     return 0
 
 
-def write_results(results: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latency.json").write_text(json.dumps(results, indent=2))
+def write_results(results: dict, folder: Path = RESULTS) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "latency.json").write_text(json.dumps(results, indent=2))
     floor = results["floor"]["floor_ms"]
     lines = ["# Component latency", "",
              f"Machine: {results['machine']}. Encoder: {results['floor']['encoder_gflop']} GFLOP; sgemm peak "
@@ -144,7 +145,7 @@ def write_results(results: dict) -> None:
         lines += ["", f"Whole greedy caption, onnxruntime vs Keras: "
                       f"{results['keras_predict']['caption_greedy']['p50'] / ort:.1f}x faster than `predict` per step, "
                       f"{results['keras_tf_function']['caption_greedy']['p50'] / ort:.2f}x faster than `tf.function`."]
-    (RESULTS / "latency.md").write_text("\n".join(lines) + "\n")
+    (folder / "latency.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

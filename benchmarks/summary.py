@@ -1,0 +1,104 @@
+"""The benchmark summary: every target of the speed work as a measured ratio, from results/*.json.
+
+Usage: python -m benchmarks.summary   (make bench runs it after the benchmarks)
+
+Writes results/summary.md and results/http.png, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str, results: Path) -> dict | None:
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str, bool | None]]:
+    """(what, measured, target, met) for every target of the speed work that has a measurement."""
+    rows = []
+    if latency:
+        floor = latency["floor"]["floor_ms"]
+        ort = latency["onnxruntime_fp32"]["caption_greedy"]["p50"]
+        rows.append(("greedy caption in-process (fp32) / encoder floor", f"{ort / floor:.2f}x", "-", None))
+        predict = latency["keras_predict"]["caption_greedy"]["p50"] / ort
+        rows.append(("onnxruntime vs seed-style Keras predict loop", f"{predict:.1f}x faster", ">= 5x", predict >= 5))
+        compiled = latency["keras_tf_function"]["caption_greedy"]["p50"] / ort
+        rows.append(("onnxruntime vs tf.function Keras", f"{compiled:.2f}x faster", ">= 1.3x", compiled >= 1.3))
+    if http:
+        floor = http["floor"]["floor_ms"]
+        single = min(points[0]["p50_ms"] for points in http["layouts"].values() if points[0]["concurrency"] == 1)
+        rows.append(("single image over HTTP, p50 / floor (fp32)", f"{single / floor:.2f}x", "<= 1.2x",
+                     single / floor <= 1.2))
+        best_layout, best = max(((name, p) for name, points in http["layouts"].items()
+                                 for p in points if p["concurrency"] == 8), key=lambda item: item[1]["throughput_rps"])
+        ratio = best["throughput_rps"] / (1000 / floor)
+        errors = best["server_errors_5xx"] + best["connection_errors"] + best["unexpected_status"]
+        rows.append((f"throughput at concurrency 8 / (1000 / floor), {best_layout}",
+                     f"{ratio:.2f} ({best['throughput_rps']:.1f}/s, {errors} errors)", ">= 0.85, 0 errors",
+                     ratio >= 0.85 and errors == 0))
+    return rows
+
+
+def markdown(rows, latency, http) -> str:
+    machine = (latency or http or {}).get("machine", "unknown machine")
+    lines = ["# Benchmark summary", "",
+             f"Machine: {machine}. Each ratio comes from one run of its benchmark "
+             "(`latency.json`, `http.json`); the floor is the encoder's FLOPs over the sgemm peak measured in that run.",
+             "", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
+    for what, measured, goal, met in rows:
+        lines.append(f"| {what} | {measured} | {goal} | {'-' if met is None else ('yes' if met else 'NO')} |")
+    if http:
+        lines += ["", "![HTTP throughput and latency by concurrency](http.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_http(http: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for index, (name, points) in enumerate(http["layouts"].items()):
+        colour = f"C{index}"
+        concurrency = [p["concurrency"] for p in points]
+        left.plot(concurrency, [p["throughput_rps"] for p in points], marker="o", color=colour, label=name)
+        right.plot(concurrency, [p["p50_ms"] for p in points], marker="o", color=colour, label=f"{name} p50")
+        right.plot(concurrency, [p["p99_ms"] for p in points], marker="x", linestyle="--", color=colour,
+                   label=f"{name} p99")
+    target = 0.85 * 1000 / http["floor"]["floor_ms"]
+    left.axhline(target, color="grey", linestyle=":", label="0.85 x 1000/floor")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="captions / s", title="Throughput")
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="Latency")
+    for axis in (left, right):
+        axis.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    latency, http = _load("latency", args.results), _load("http", args.results)
+    if latency is None and http is None:
+        print(f"error: no latency.json or http.json in {args.results}; run make bench", file=sys.stderr)
+        return 1
+    rows = targets(latency, http)
+    text = markdown(rows, latency, http)
+    (args.results / "summary.md").write_text(text)
+    if http:
+        plot_http(http, args.results / "http.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
