@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-DEMO_IMAGES ?= 3000
+DEMO_IMAGES ?= 4000
+DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
 .PHONY: serve test demo bench install browser clean-demo
@@ -21,9 +22,9 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements
 install: $(VENV)/.installed-dev
 
 # The built-in demo: synthetic scenes -> trained decoder -> ONNX bundle (about 10 minutes on 2 cores).
-$(DEMO_BUNDLE): | $(VENV)/.installed-dev
+$(DEMO_BUNDLE): $(DEMO_CONFIG) | $(VENV)/.installed-dev
 	$(PY) -m training.synthetic --out data/shapes --images $(DEMO_IMAGES) --seed 0
-	$(PY) -m training.train --dataset shapes --data data/shapes --out runs/demo --quiet
+	$(PY) -m training.train --dataset shapes --data data/shapes --out runs/demo --config $(DEMO_CONFIG) --quiet
 	$(PY) -m export --run runs/demo --out onnx_models/demo
 
 demo: $(DEMO_BUNDLE)

@@ -37,7 +37,8 @@ def trained_run(shapes_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run_cli("training.train", "--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
             "--cache-dir", str(out.parent / "cache"), "--units", "64", "--embedding-dim", "32",
-            "--epochs", "6", "--batch-size", "32", "--dropout", "0.1", "--quiet")
+            "--epochs", "6", "--batch-size", "32", "--dropout", "0.1",
+            "--feature-norm", "l2-standardise", "--quiet")  # as the demo: its export parity is tested here
     return out
 
 

@@ -42,6 +42,8 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        from .model import FEATURE_NORMS
+
         checks = {
             "units": self.units > 0, "embedding_dim": self.embedding_dim > 0,
             "dropout": 0 <= self.dropout < 1, "image_dropout": 0 <= self.image_dropout < 1,
@@ -49,7 +51,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
             "epochs": self.epochs > 0, "patience": self.patience > 0,
             "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
-            "feature_norm": self.feature_norm in ("standardise", "l2-standardise"),
+            "feature_norm": self.feature_norm in FEATURE_NORMS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
