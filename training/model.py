@@ -70,6 +70,10 @@ def build_encoder(weights: str, image_size: int = IMAGE_SIZE) -> keras.Model:
     return model
 
 
+RANDOM_WEIGHTS_NOTE = ("Keras' default initialisers with the given seed, not trained; each filter of the "
+                       "first convolution then centred to sum to zero (blind to uniform brightness)")
+
+
 def centre_stem_filters(model: keras.Model) -> None:
     """Make each filter of the first convolution sum to zero over its 3x3xRGB window.
 

@@ -195,7 +195,7 @@ def train(args, config: TrainConfig, log=print, notes: dict | None = None) -> di
 
     `notes` (e.g. the tuning record of a --config file) are kept in run.json for the bundle's provenance.
     """
-    from .model import FEATURE_DIM, PREPROCESSING
+    from .model import FEATURE_DIM, PREPROCESSING, RANDOM_WEIGHTS_NOTE
 
     started = time.time()
     out = Path(args.out)
@@ -220,7 +220,8 @@ def train(args, config: TrainConfig, log=print, notes: dict | None = None) -> di
         "decoder": decoder_config.as_dict(),
         "training": asdict(config),
         "encoder": {"architecture": "InceptionV3", "weights": args.encoder_weights, "feature_dim": FEATURE_DIM,
-                    "pooling": "global average"},
+                    "pooling": "global average",
+                    **({"random_weights": RANDOM_WEIGHTS_NOTE} if args.encoder_weights.startswith("random:") else {})},
         "preprocessing": PREPROCESSING,
         "special_tokens": prepared.vocab.special_ids,
         "max_length": prepared.max_length,

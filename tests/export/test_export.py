@@ -21,6 +21,7 @@ def test_manifest_describes_everything_the_runtime_needs(bundle_dir, trained_run
     assert set(manifest["tools"]) >= {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"}
     provenance = manifest["provenance"]
     assert provenance["encoder"]["weights"] == "random:0" and provenance["encoder_weights_random"] is True
+    assert "centred" in provenance["encoder"]["random_weights"]  # the manifest says how the random weights were made
     assert "seeded-random" in manifest["description"]
     assert provenance["dataset"]["kind"] == "shapes"
     assert {"bleu1", "bleu4", "objects_right_all"} <= set(provenance["metrics"])
