@@ -41,7 +41,7 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
-# The speed suite on the demo bundle (about 10 minutes): component latency against Keras, HTTP
+# The speed suite on the demo bundle (about 3 minutes): component latency against Keras, HTTP
 # layouts x concurrency, then the target table. Results land in benchmarks/results/.
 bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(PY) -m benchmarks.latency
