@@ -21,7 +21,7 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements
 
 install: $(VENV)/.installed-dev
 
-# The built-in demo: synthetic scenes -> trained decoder -> ONNX bundle (about 10 minutes on 2 cores).
+# The built-in demo: synthetic scenes -> trained decoder -> ONNX bundle (about 7 minutes on 2 cores; at most 10).
 $(DEMO_BUNDLE): $(DEMO_CONFIG) | $(VENV)/.installed-dev
 	$(PY) -m training.synthetic --out data/shapes --images $(DEMO_IMAGES) --seed 0
 	$(PY) -m training.train --dataset shapes --data data/shapes --out runs/demo --config $(DEMO_CONFIG) --quiet
