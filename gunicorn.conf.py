@@ -96,7 +96,6 @@ def on_starting(server):
         sys.exit(1)
 
 
-
 def child_exit(server, worker):
     """Drop a dead worker's live gauges (in-flight requests, model info) from /metrics."""
     from prometheus_client import multiprocess
@@ -105,5 +104,6 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
+    """Remove the metrics folder this configuration made (one given from outside stays)."""
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

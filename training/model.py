@@ -78,7 +78,7 @@ def centre_stem_filters(model: keras.Model) -> None:
     """Make each filter of the first convolution sum to zero over its 3x3xRGB window.
 
     The stem convolution has 'valid' padding and no bias, so zero-sum filters make a random
-    encoder blind to a uniform brightness shift, as trained first layers are. With Keras' plain
+    encoder blind to a uniform brightness shift, as trained first layers roughly are. With Keras' plain
     random filters, background brightness swamped the shape signal in the pooled features:
     ridge probes on 960 synthetic scenes read a lone object's shape 63 % right, and 88 % after
     centring (colour 96 -> 98 %, size 84 -> 93 %).
