@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from server.bundle import load_bundle
+from server.captioning import draft_side
 from server.config import Config
 from server.engine import CaptionEngine
 from server.preprocess import decode_image, to_model_input
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle)
     engine = CaptionEngine(bundle, Config(bundle=args.bundle))
     small, large = jpeg(640, 480), jpeg(4000, 3000)
-    side = 2 * max(engine.preprocessing["resize"])  # as server/captioning.py does
+    side = draft_side(engine)
     preprocess = lambda data: to_model_input(decode_image(data, 40_000_000, side), engine.preprocessing)  # noqa: E731
     image = preprocess(small)[None]
     results = {

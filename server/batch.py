@@ -90,9 +90,10 @@ class RowWriter:
 
 def caption_files(engine, paths: list[Path], config, beam_size: int, batch_size: int):
     """Yield one list of rows per batch: {"path", "caption", "tokens", "log_prob"} or {"path", "error"}."""
+    from .captioning import best_caption, draft_side
     from .preprocess import ImageError, decode_image, to_model_input
 
-    min_side = 2 * max(engine.preprocessing["resize"])
+    min_side = draft_side(engine)
     for first in range(0, len(paths), batch_size):
         rows, inputs, good = [], [], []
         for path in paths[first:first + batch_size]:
@@ -108,8 +109,7 @@ def caption_files(engine, paths: list[Path], config, beam_size: int, batch_size:
         if inputs:
             result = engine.caption(np.stack(inputs), beam_size, engine.max_length, config.length_penalty)
             for index, beams in zip(good, result.hypotheses):
-                words = engine.words(beams[0].tokens)
-                rows[index].update(caption=" ".join(words), tokens=words, log_prob=round(beams[0].log_prob, 6))
+                rows[index].update(best_caption(engine, beams))
         yield rows
 
 

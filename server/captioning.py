@@ -51,21 +51,30 @@ def decode_uploads(uploads: list[bytes], config, min_side: int = 0) -> list:
     return images
 
 
+def draft_side(engine: CaptionEngine) -> int:
+    """The smallest side a JPEG is draft-decoded to: twice the model input.
+
+    On 2400x2400 uploads of held-out scenes that kept 97/100 greedy captions identical to a full
+    decode (1x kept 85/100) and cut preprocessing from 52 to 7.5 ms.
+    """
+    return 2 * max(engine.preprocessing["resize"])
+
+
+def best_caption(engine: CaptionEngine, beams) -> dict:
+    """The best hypothesis of one image as the API reports it: caption, tokens, log_prob."""
+    words = engine.words(beams[0].tokens)
+    return {"caption": " ".join(words), "tokens": words, "log_prob": round(beams[0].log_prob, 6)}
+
+
 def caption_uploads(engine: CaptionEngine, uploads: list[bytes], options: Options, config) -> dict:
     """Caption every upload in order. Returns JSON-ready captions (best beam), every beam,
     timings in ms, and the decoded images."""
     started = time.perf_counter()
-    # Draft-decode JPEGs to at least twice the model's input: on 2400x2400 uploads of held-out
-    # scenes that kept 97/100 greedy captions identical to a full decode (1x kept 85/100) and
-    # cut preprocessing from 52 to 7.5 ms.
-    images = decode_uploads(uploads, config, 2 * max(engine.preprocessing["resize"]))
+    images = decode_uploads(uploads, config, draft_side(engine))
     batch = np.stack([to_model_input(image, engine.preprocessing) for image in images])
     preprocessed = time.perf_counter()
     result = engine.caption(batch, options.beam_size, options.max_length, config.length_penalty)
-    captions = []
-    for beams in result.hypotheses:
-        words = engine.words(beams[0].tokens)
-        captions.append({"caption": " ".join(words), "tokens": words, "log_prob": round(beams[0].log_prob, 6)})
+    captions = [best_caption(engine, beams) for beams in result.hypotheses]
     timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,
                "total": (time.perf_counter() - started) * 1e3}
     return {"captions": captions,

@@ -34,11 +34,6 @@ MODEL_INFO = Gauge("caption_model_info", "The model bundle each worker serves (v
                    ["model", "created", "providers"], multiprocess_mode="liveall")
 
 
-def request_id() -> str:
-    """The id of the current request (the caller's X-Request-ID when it is acceptable)."""
-    return g.get("request_id", "-")
-
-
 def observe_stages(timings_ms: dict[str, float]) -> None:
     """Record a caption request's stage timings (milliseconds, as the API reports them)."""
     for stage, ms in timings_ms.items():
@@ -75,7 +70,7 @@ def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None
         route = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: bounded labels
         REQUESTS.labels(route, request.method, str(response.status_code)).inc()
         REQUEST_SECONDS.labels(route).observe(seconds)
-        response.headers["X-Request-ID"] = request_id()
+        response.headers["X-Request-ID"] = g.get("request_id", "-")
         access_log.info("%s %s %d", request.method, route, response.status_code,
                         extra={"method": request.method, "route": route, "status": response.status_code,
                                "duration_ms": round(seconds * 1e3, 3), "bytes_in": request.content_length or 0})

@@ -83,18 +83,19 @@ def make_objective(prepared, base: TrainConfig, log):
     def objective(trial) -> float:
         config = suggest(trial, base)
         started = time.time()
-        reporter = {}
+        reporters = []
 
         def callbacks(init_model, step_model):
-            reporter["callback"] = ReportDevQuality(trial, init_model, step_model)
-            return [reporter["callback"]]
+            reporters.append(ReportDevQuality(trial, init_model, step_model))
+            return reporters
 
         _, init_model, step_model, history = fit_decoder(prepared, config, callbacks_for=callbacks, verbose=0)
         seconds = time.time() - started
         trial.set_user_attr("epochs", len(history.history["loss"]))
         trial.set_user_attr("seconds", round(seconds, 1))
-        if reporter["callback"].pruned_at is not None:
-            log(f"trial {trial.number}: pruned after epoch {reporter['callback'].pruned_at} ({seconds:.0f} s)")
+        pruned_at = reporters[0].pruned_at
+        if pruned_at is not None:
+            log(f"trial {trial.number}: pruned after epoch {pruned_at} ({seconds:.0f} s)")
             raise optuna.TrialPruned()
         _, metrics = evaluate_split(prepared, init_model, step_model, "dev")
         for name, value in metrics.items():
