@@ -51,11 +51,11 @@ def jpeg(width: int, height: int) -> bytes:
 
 def onnx_latencies(engine: CaptionEngine, image: np.ndarray, runs: int) -> dict:
     features = engine.encode(image)
-    state = engine.initial_state(features)
+    state = engine.decoder.initial_state(features)
     token = np.full((1, 1), engine.start_id, np.int32)
     return {
         "encoder": timed(lambda: engine.encode(image), runs),
-        "decoder_step": timed(lambda: engine.step(token, state), runs * 4),
+        "decoder_step": timed(lambda: engine.decoder.step(token, state), runs * 4),
         "caption_greedy": timed(lambda: engine.caption(image, beam_size=1), runs),
         "caption_beam3": timed(lambda: engine.caption(image, beam_size=3), runs),
     }

@@ -9,7 +9,6 @@ and writes bundle.json: everything the server needs, with provenance and parity 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checksums import sha256
 from .parity import ParityError, compare, load_image, onnx_greedy, random_inputs
 from .specs import graph_specs
 
@@ -26,14 +26,6 @@ BUNDLE_FORMAT = "caption-bundle/1"
 RANDOM_ENCODER_NOTE = ("The encoder's weights are seeded-random, not ImageNet-trained: ImageNet weights and "
                        "Flickr8k/COCO cannot be downloaded where this model was built. It captions the "
                        "synthetic shapes scenes it was trained on, not photographs.")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_parity(keras_models: dict, specs, paths: dict, run: dict, heldout: list[dict], vocab_words: list[str],

@@ -47,6 +47,7 @@ class Bundle:
             "metrics": {k: v for k, v in provenance.get("metrics", {}).items()
                         if k.startswith(("bleu", "objects_right"))},
             "opset": m.get("opset"),
+            "precision": m.get("precision", {role: "float32" for role in GRAPHS}),
         }
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
+IO_BINDING = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -22,6 +23,7 @@ class Config:
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
     intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
     inter_op_threads: int = 1
+    io_binding: str = "auto"                  # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     verify_checksums: bool = True             # hash the bundle's files at start-up
     use_optimized_graphs: bool = True         # load the onnxruntime-optimised copy when the bundle has one
     max_upload_mb: float = 10.0               # whole request body, checked before it is read
@@ -39,6 +41,8 @@ class Config:
         unknown = [p for p in requested if p not in PROVIDER_NAMES]
         if unknown or not requested:
             problems.append(f"providers={self.providers!r} (choose from {', '.join(PROVIDER_NAMES)})")
+        if self.io_binding not in IO_BINDING:
+            problems.append(f"io_binding={self.io_binding!r} (choose from {', '.join(IO_BINDING)})")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             problems.append("thread counts must be >= 0")
         if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.max_images <= 0:

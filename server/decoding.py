@@ -2,7 +2,9 @@
 
 The model is reached only through
     step(tokens: int32 [N, 1], state: tuple of arrays [N, ...]) -> (log_probs float [N, V], state)
-where N is images x beams, so every beam of every image goes through one step call.
+where N is images x beams, so every beam of every image goes through one step call. Beam search
+also reorders the state rows with `select(state, rows)`; the default indexes numpy arrays, and a
+runtime that keeps the state on a GPU passes its own.
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ class Hypothesis:
     tokens: list[int]
     log_prob: float
     score: float
+
+
+def select_rows(state: tuple, rows: np.ndarray) -> tuple:
+    """The state of the beams `rows` (numpy arrays, first axis)."""
+    return tuple(s[rows] for s in state)
 
 
 def _normalised(log_prob: float, length: int, length_penalty: float) -> float:
@@ -51,7 +58,7 @@ def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, ma
 
 
 def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
-                beam_size: int, length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+                beam_size: int, length_penalty: float = 0.0, select=select_rows) -> list[list[Hypothesis]]:
     """Beam search; for each image, up to `beam_size` hypotheses, best first.
 
     At each step all extensions of the live beams are ranked by total log-probability; in that
@@ -63,7 +70,7 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
     beam_size-th finished one.
     """
     k = beam_size
-    state = tuple(np.repeat(s, k, axis=0) for s in state)
+    state = select(state, np.repeat(np.arange(batch), k))
     tokens = np.full((batch * k, 1), start_id, dtype=np.int32)
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # one real beam per image at the start; the others are empty slots
@@ -98,7 +105,7 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
         histories = np.concatenate([np.take_along_axis(histories, parents[:, :, None], 1), words[:, :, None]], 2)
         scores = new_scores
         rows = (parents + np.arange(batch)[:, None] * k).reshape(-1)
-        state = tuple(s[rows] for s in state)
+        state = select(state, rows)
         tokens = words.reshape(-1, 1)
         if length_penalty == 0 and all(
                 len(f) >= k and scores[i].max() <= sorted(h.score for h in f)[-k] for i, f in enumerate(finished)):

@@ -37,3 +37,35 @@ def resolve_providers(requested: list[str], available: list[str], strict: bool =
             raise ProviderError(message + "; install onnxruntime-gpu or set CAPTION_STRICT_PROVIDERS=0")
         log.warning("%s; falling back to %s", message, ", ".join([c[0] for c in chosen] + ["CPUExecutionProvider"]))
     return chosen + ["CPUExecutionProvider"]
+
+
+def decoder_providers(providers: list) -> list:
+    """The providers for the small decoder graphs: TensorRT left out, since it would build an
+    engine for every new batch size of a graph that runs in well under a millisecond."""
+    return [p for p in providers if (p[0] if isinstance(p, tuple) else p) != ORT_NAMES["tensorrt"]]
+
+
+def load_gpu_libraries() -> None:
+    """Let onnxruntime-gpu find CUDA and cuDNN installed as pip packages (its `[cuda,cudnn]` extras);
+    system-wide installs are found without this."""
+    preload = getattr(__import__("onnxruntime"), "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a partial CUDA install must not stop a CPU fallback
+        log.warning("could not preload CUDA libraries: %s", exc)
+
+
+def check_active(chosen: list, active: list[str], strict: bool = False) -> None:
+    """onnxruntime drops a provider whose libraries fail to load (CUDA without cuDNN, say) and runs
+    on the CPU instead: say so, or raise ProviderError when `strict`."""
+    dropped = [p[0] if isinstance(p, tuple) else p for p in chosen]
+    dropped = [name for name in dropped if name not in active]
+    if not dropped:
+        return
+    message = (f"{', '.join(dropped)} could not start (its CUDA/cuDNN libraries did not load) and the model "
+               f"runs on {', '.join(active)}")
+    if strict:
+        raise ProviderError(message + "; see the README's GPU section, or set CAPTION_STRICT_PROVIDERS=0")
+    log.warning(message)

@@ -50,6 +50,14 @@ def bundle_dir(trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fp16_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx_models") / "tiny-fp16"
+    run_cli("export.fp16", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "32",
+            "--min-agreement", "0.9")  # a 6-epoch model: less settled than the demo (98-99 %)
+    return out
+
+
+@pytest.fixture(scope="session")
 def server(bundle_dir):
     """A live server on the test bundle (2 workers, so requests cross processes)."""
     srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "2"})

@@ -32,3 +32,15 @@ def test_latency_benchmark_compares_onnxruntime_with_keras(bundle_dir, trained_r
     assert latency["preprocess"]["jpeg_12mp"]["p50"] > latency["preprocess"]["jpeg_640x480"]["p50"]
     summary = run_cli("benchmarks.summary", "--results", str(tmp_path)).stdout
     assert "onnxruntime vs seed-style Keras predict loop" in summary and "onnxruntime vs tf.function Keras" in summary
+
+
+def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_bundle_dir, trained_run, tmp_path):
+    args = ["--bundle", str(bundle_dir), "--fp16", str(fp16_bundle_dir), "--run", str(trained_run),
+            "--images", "8", "--runs", "3", "--results", str(tmp_path)]
+    refused = run_cli("benchmarks.gpu", *args, check=False)  # this machine has no CUDA
+    assert refused.returncode == 2 and "no CUDAExecutionProvider" in refused.stderr
+    run_cli("benchmarks.gpu", *args, "--provider", "cpu")
+    gpu = json.loads((tmp_path / "gpu.json").read_text())
+    assert set(gpu["caption"]) == {"fp32, plain run", "fp32, fixed buffers", "fp16, plain run", "fp16, fixed buffers"}
+    assert gpu["agreement_with_cpu_fp32"]["fp32, fixed buffers"] == "8/8"
+    assert "| fp16, fixed buffers, batch 8 |" in (tmp_path / "gpu.md").read_text()

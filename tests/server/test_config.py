@@ -20,6 +20,7 @@ def test_defaults_and_environment():
     ({"CAPTION_WARMUP": "maybe"}, "is not a valid bool"),
     ({"CAPTION_PROVIDERS": "tpu"}, "providers='tpu'"),
     ({"CAPTION_MAX_BEAM_SIZE": "11"}, "max_beam_size <= 10"),
+    ({"CAPTION_IO_BINDING": "always"}, "io_binding='always' (choose from auto, on, off)"),
     ({"CAPTION_BUNDEL": "typo"}, "unknown setting CAPTION_BUNDEL"),
 ])
 def test_bad_settings_are_refused_clearly(env, message):

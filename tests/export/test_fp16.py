@@ -1,0 +1,82 @@
+"""The fp16 variant: a float16 encoder behind float32 inputs and outputs, checked against its
+source bundle before it is written, and served like any bundle."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import export.fp16 as fp16
+from server.bundle import load_bundle
+from server.config import Config
+from server.engine import CaptionEngine
+from tests.conftest import run_cli
+
+
+def test_variant_manifest_says_what_it_is(fp16_bundle_dir, bundle_dir, trained_run):
+    manifest = json.loads((fp16_bundle_dir / "bundle.json").read_text())
+    source = json.loads((bundle_dir / "bundle.json").read_text())
+    assert manifest["precision"] == {"encoder": "float16", "decoder_init": "float32", "decoder_step": "float32"}
+    assert manifest["provenance"]["variant_of"]["name"] == source["name"]
+    assert "optimized_file" not in manifest["graphs"]["encoder"]
+    figures = manifest["provenance"]["parity"]["fp16_vs_fp32"]
+    heldout = json.loads((trained_run / "heldout.json").read_text())
+    assert figures["images"] == min(32, len(heldout)) and figures["agreement"] >= 0.9
+    assert figures["providers"][0] == "CPUExecutionProvider"  # no GPU here; CUDA is used where there is one
+    assert 0 < figures["max_abs_feature_diff"] < figures["feature_spread"]
+    assert manifest["tools"]["onnxconverter-common"]
+    assert manifest["graphs"]["decoder_step"] == source["graphs"]["decoder_step"]
+
+
+def test_encoder_weights_are_float16_and_its_io_float32(fp16_bundle_dir, bundle_dir):
+    model = onnx.load(str(fp16_bundle_dir / "encoder.onnx"))
+    weights = [t for t in model.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert (fp16_bundle_dir / "encoder.onnx").stat().st_size < 0.6 * (bundle_dir / "encoder.onnx").stat().st_size
+
+
+def test_the_server_loads_and_captions_with_it(fp16_bundle_dir, bundle_dir, shapes_dataset):
+    from server.preprocess import decode_image, to_model_input
+
+    variant = CaptionEngine(load_bundle(fp16_bundle_dir), Config(bundle=fp16_bundle_dir))
+    source = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
+    assert variant.bundle.summary()["precision"]["encoder"] == "float16"
+    paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:4]
+    images = np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), variant.preprocessing) for p in paths])
+    got = [h[0].tokens for h in variant.caption(images).hypotheses]
+    assert all(got) and got == [h[0].tokens for h in source.caption(images).hypotheses]
+
+
+def test_a_disagreeing_variant_is_not_written(bundle_dir, trained_run, tmp_path, monkeypatch):
+    convert = fp16.convert_encoder
+
+    def broken(source, target):  # the real conversion, then the first convolution's filters negated
+        clamped = convert(source, target)
+        model = onnx.load(str(target))
+        conv = next(n for n in model.graph.node if n.op_type == "Conv")
+        weights = next(t for t in model.graph.initializer if t.name in conv.input[1:])
+        array = onnx.numpy_helper.to_array(weights)
+        weights.CopyFrom(onnx.numpy_helper.from_array(-array, weights.name))
+        onnx.save(model, str(target))
+        return clamped
+
+    monkeypatch.setattr(fp16, "convert_encoder", broken)
+    with pytest.raises(fp16.VariantError, match="below --min-agreement"):
+        fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 16, 0.98, ["CPUExecutionProvider"],
+                          log=lambda m: None)
+    assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
+
+
+def test_refuses_bad_arguments_in_one_line(fp16_bundle_dir, bundle_dir, trained_run, tmp_path):
+    cases = [
+        (["--bundle", str(tmp_path), "--run", str(trained_run)], 2, "has no bundle.json"),
+        (["--bundle", str(bundle_dir), "--run", str(tmp_path)], 2, "has no heldout.json"),
+        (["--bundle", str(bundle_dir), "--run", str(trained_run), "--min-agreement", "2"], 2, "--min-agreement"),
+        (["--bundle", str(fp16_bundle_dir), "--run", str(trained_run)], 1, "already a float16 bundle"),
+    ]
+    for args, code, message in cases:
+        result = run_cli("export.fp16", *args, "--out", str(tmp_path / "out"), check=False)
+        assert result.returncode == code, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
