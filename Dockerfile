@@ -1,6 +1,7 @@
 # The serving image: numpy + onnxruntime + Pillow + Flask + gunicorn, no TensorFlow, non-root.
 # Build after `make demo` (the demo bundle is baked in):   docker build -t caption-server .
 # Another bundle:   docker build --build-arg BUNDLE=onnx_models/mymodel -t caption-server .
+# For GPUs:         docker build --build-arg GPU=1 --build-arg BUNDLE=onnx_models/demo-fp16 -t caption-server:gpu .
 # Or mount one:     docker run -v $PWD/onnx_models/mymodel:/models/mymodel:ro -e CAPTION_BUNDLE=/models/mymodel ...
 FROM python:3.11-slim
 
@@ -10,8 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY requirements-server.txt ./
-RUN pip install -r requirements-server.txt
+COPY requirements-server.txt requirements-gpu.txt ./
+# A GPU image: --build-arg GPU=1 swaps onnxruntime for onnxruntime-gpu with NVIDIA's CUDA 13 and
+# cuDNN 9 libraries; run it with `--gpus all -e CAPTION_PROVIDERS=cuda,cpu`.
+ARG GPU=0
+RUN pip install -r requirements-server.txt \
+    && if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi
 
 COPY pyproject.toml gunicorn.conf.py ./
 COPY server/ server/

@@ -7,7 +7,7 @@ DEMO_IMAGES ?= 4000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test demo bench install browser clean-demo
+.PHONY: serve test demo demo-fp16 bench install install-gpu browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ $(DEMO_BUNDLE): $(DEMO_CONFIG) | $(VENV)/.installed-dev
 
 demo: $(DEMO_BUNDLE)
 
+# The demo's fp16 variant, for GPUs (about a minute: conversion, then 200 held-out captions checked).
+onnx_models/demo-fp16/bundle.json: $(DEMO_BUNDLE)
+	$(PY) -m export.fp16 --bundle onnx_models/demo --run runs/demo --out onnx_models/demo-fp16
+
+demo-fp16: onnx_models/demo-fp16/bundle.json
+
+# onnxruntime-gpu in place of onnxruntime (both install the same module, so one goes first).
+install-gpu: $(VENV)/.installed-dev
+	$(PY) -m pip uninstall --quiet --yes onnxruntime
+	$(PY) -m pip install --quiet -r requirements-gpu.txt
+
 serve: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
@@ -41,12 +52,14 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
-# The speed suite on the demo bundle (about 3 minutes): component latency against Keras, HTTP
-# layouts x concurrency, then the target table. Results land in benchmarks/results/.
+# The speed suite on the demo bundle (about 7 minutes): component latency against Keras, HTTP
+# layouts x concurrency, the serving-layout study, then the target table. Results land in
+# benchmarks/results/.
 bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(PY) -m benchmarks.latency
 	$(PY) -m benchmarks.http
+	$(PY) -m benchmarks.layouts
 	$(PY) -m benchmarks.summary
 
 clean-demo:
-	rm -rf data/shapes data/cache runs/demo onnx_models/demo
+	rm -rf data/shapes data/cache runs/demo onnx_models/demo onnx_models/demo-fp16

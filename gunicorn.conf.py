@@ -32,13 +32,16 @@ def _int(name: str, default: int, low: int = 1) -> int:
 
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000, 0)}"
-# One worker whose onnxruntime sessions use both cores serves a single image fastest on a
-# 2-core machine.
+# The layout study (python -m benchmarks.layouts, results/layouts.md) chose one worker whose
+# encoder uses both cores, with spinning off and micro-batching on: 1.38x the encoder floor for
+# a single image and ~32 captions/s at concurrency 8, with fair tails (p95 276 ms against 567 ms
+# unbatched). Two one-thread workers serve ~33/s but take 2.3x the floor for a single image.
 workers = _int("WEB_CONCURRENCY", 1)
 # gevent, not gthread: gthread hands a connection to a thread as soon as its first bytes
 # arrive, and a client that then sends its headers slowly holds that thread; 40 such
 # connections froze a 2x2 gthread server (measured). Under gevent a slow client costs one
-# greenlet. Inference itself runs in onnxruntime's own native threads.
+# greenlet. Inference runs in a native thread (server/batching.py), so the worker keeps
+# reading requests meanwhile and batches those that queue up.
 worker_class = "gevent"
 worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
 timeout = _int("GUNICORN_TIMEOUT", 60)

@@ -38,14 +38,14 @@ def scene_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def measure_layout(bundle: Path, env: dict, seconds: float) -> list[dict]:
+def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple = CONCURRENCY) -> list[dict]:
     server = GunicornServer({"CAPTION_BUNDLE": str(bundle), **env})
     try:
         server.wait_ready()
         request = [({"files": {"image": scene_jpeg()}}, 200)]
         run_load(server.url + "/api/v1/captions", request, 2, 2)  # warm every worker
         return [{"concurrency": c, **run_load(server.url + "/api/v1/captions", request, c, seconds).summary()}
-                for c in CONCURRENCY]
+                for c in concurrency]
     finally:
         server.stop()
 

@@ -44,7 +44,7 @@ def captions():
     uploads = read_uploads()
     engine = state.engine_for(request.values.get("model"))
     options = parse_options(request.values, state.config, engine.max_length)
-    result = caption_uploads(engine, uploads, options, state.config)
+    result = caption_uploads(engine, uploads, options, state.config, state.caption_function(engine))
     observe_stages(result["timings_ms"])
     return jsonify({"captions": result["captions"], "model": model_info(engine), "timings_ms": result["timings_ms"]})
 

@@ -12,6 +12,7 @@ import numpy as np
 from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from .batching import MicroBatcher
 from .bundle import load_bundles
 from .errors import RequestError
 from .config import Config
@@ -45,6 +46,8 @@ class ModelState:
         self.engines, self.config = engines, config
         self.default = next(iter(engines))
         self.ready = threading.Event()
+        self.batchers = ({name: MicroBatcher(engine, config.max_images) for name, engine in engines.items()}
+                         if config.micro_batching else {})
 
     @property
     def engine(self) -> CaptionEngine:
@@ -59,11 +62,18 @@ class ModelState:
                                                      f"choose from {', '.join(self.engines)}")
         return self.engines[name]
 
+    def caption_function(self, engine: CaptionEngine):
+        """What captions for `engine`: its micro-batcher when batching is on, else the engine itself."""
+        batcher = self.batchers.get(engine.bundle.name)
+        return batcher.caption if batcher else engine.caption
+
     def warm_up(self) -> None:
         try:
             for engine in self.engines.values():
+                # The largest batch a request (or a micro-batch) can make: onnxruntime's memory
+                # arena grows to its peak now, at start-up, rather than under load.
                 width, height = engine.preprocessing["resize"]
-                engine.caption(np.zeros((1, height, width, 3), np.float32), beam_size=2)
+                engine.caption(np.zeros((self.config.max_images, height, width, 3), np.float32), beam_size=2)
             self.ready.set()
             log.info("ready: warm-up captions done for %s", ", ".join(self.engines))
         except Exception:  # readiness stays false, and /readyz says so

@@ -66,14 +66,14 @@ def best_caption(engine: CaptionEngine, beams) -> dict:
     return {"caption": " ".join(words), "tokens": words, "log_prob": round(beams[0].log_prob, 6)}
 
 
-def caption_uploads(engine: CaptionEngine, uploads: list[bytes], options: Options, config) -> dict:
-    """Caption every upload in order. Returns JSON-ready captions (best beam), every beam,
-    timings in ms, and the decoded images."""
+def caption_uploads(engine: CaptionEngine, uploads: list[bytes], options: Options, config, caption=None) -> dict:
+    """Caption every upload in order, with `caption` (engine.caption unless given: a MicroBatcher's).
+    Returns JSON-ready captions (best beam), every beam, timings in ms, and the decoded images."""
     started = time.perf_counter()
     images = decode_uploads(uploads, config, draft_side(engine))
     batch = np.stack([to_model_input(image, engine.preprocessing) for image in images])
     preprocessed = time.perf_counter()
-    result = engine.caption(batch, options.beam_size, options.max_length, config.length_penalty)
+    result = (caption or engine.caption)(batch, options.beam_size, options.max_length, config.length_penalty)
     captions = [best_caption(engine, beams) for beams in result.hypotheses]
     timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,
                "total": (time.perf_counter() - started) * 1e3}

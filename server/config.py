@@ -23,12 +23,15 @@ class Config:
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
     intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
     inter_op_threads: int = 1
+    spinning: bool = False                    # onnxruntime's idle encoder threads spin (faster wake-up, busy cores)
+    cpu_arena: bool = True                    # onnxruntime's CPU memory arena (reuses activation buffers)
     io_binding: str = "auto"                  # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     verify_checksums: bool = True             # hash the bundle's files at start-up
     use_optimized_graphs: bool = True         # load the onnxruntime-optimised copy when the bundle has one
     max_upload_mb: float = 10.0               # whole request body, checked before it is read
     max_pixels: int = 40_000_000              # decoded image size, checked before decoding
     max_images: int = 16                      # images per request
+    micro_batching: bool = True               # caption requests that queue up together, in arrival order
     default_beam_size: int = 1                # 1 = greedy
     max_beam_size: int = 10
     length_penalty: float = 1.0               # beam score = log_prob / length ** length_penalty

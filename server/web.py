@@ -46,7 +46,7 @@ def upload():
         if file is None or not file.filename:
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
         options = parse_options(request.form, state.config, engine.max_length)
-        result = caption_uploads(engine, [file.read()], options, state.config)
+        result = caption_uploads(engine, [file.read()], options, state.config, state.caption_function(engine))
         observe_stages(result["timings_ms"])
     except RequestEntityTooLarge:
         return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")

@@ -44,3 +44,15 @@ def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_
     assert set(gpu["caption"]) == {"fp32, plain run", "fp32, fixed buffers", "fp16, plain run", "fp16, fixed buffers"}
     assert gpu["agreement_with_cpu_fp32"]["fp32, fixed buffers"] == "8/8"
     assert "| fp16, fixed buffers, batch 8 |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_layout_study_measures_every_layout(bundle_dir, tmp_path):
+    run_cli("benchmarks.layouts", "--bundle", str(bundle_dir), "--seconds", "0.3", "--results", str(tmp_path))
+    study = json.loads((tmp_path / "layouts.json").read_text())
+    from benchmarks.layouts import LAYOUTS
+    assert list(study["layouts"]) == [name for name, _ in LAYOUTS]
+    for entry in study["layouts"].values():
+        assert [p["concurrency"] for p in entry["points"]] == [1, 8]
+        assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0
+                   for p in entry["points"])
+    assert "| 1 worker x 2 threads, spinning off, batching on |" in (tmp_path / "layouts.md").read_text()

@@ -47,6 +47,10 @@ def test_image_runs_what_make_serve_runs_without_tensorflow():
     assert packages and not [p for p in packages if p.startswith(("tensorflow", "keras", "tf2onnx"))]
     for source in (args.split()[0] for args in instructions("COPY") if not args.startswith("${")):
         assert (ROOT / source).exists(), source
+    gpu = [line.split("==")[0] for line in (ROOT / "requirements-gpu.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+    assert "-r requirements-gpu.txt" in installs and "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert "uninstall -y onnxruntime" in installs  # both packages install one module: never both at once
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "data", "runs", "training"} <= set(ignored)
 

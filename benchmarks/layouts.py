@@ -1,0 +1,80 @@
+"""The serving layout study: gunicorn workers x onnxruntime threads x thread spinning x memory
+arena x micro-batching, each measured over HTTP for single-image latency (concurrency 1) and
+throughput (concurrency 8), so the defaults in gunicorn.conf.py and server/config.py follow
+the winner.
+
+Usage: python -m benchmarks.layouts [--bundle onnx_models/demo] [--seconds 8]
+Writes benchmarks/results/layouts.json and layouts.md (or under --results).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+from .floor import encoder_floor
+from .http import measure_layout
+
+RESULTS = Path(__file__).parent / "results"
+CONCURRENCY = (1, 8)
+
+
+def layout(workers: int, threads: int, spinning: bool, batching: bool, arena: bool = True) -> tuple:
+    name = (f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
+            f"spinning {'on' if spinning else 'off'}, batching {'on' if batching else 'off'}"
+            + ("" if arena else ", arena off"))
+    return name, {"WEB_CONCURRENCY": str(workers), "CAPTION_INTRA_OP_THREADS": str(threads),
+                  "CAPTION_SPINNING": str(int(spinning)), "CAPTION_MICRO_BATCHING": str(int(batching)),
+                  "CAPTION_CPU_ARENA": str(int(arena))}
+
+
+LAYOUTS = (
+    layout(1, 2, spinning=True, batching=False),
+    layout(1, 2, spinning=False, batching=False),
+    layout(1, 2, spinning=True, batching=True),
+    layout(1, 2, spinning=False, batching=True),
+    layout(2, 1, spinning=True, batching=False),
+    layout(2, 1, spinning=True, batching=True),
+    layout(2, 2, spinning=False, batching=True),
+    layout(2, 1, spinning=True, batching=True, arena=False),
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for layouts.json and layouts.md")
+    args = parser.parse_args(argv)
+    floor = encoder_floor(args.bundle)
+    floor_ms = floor["floor_ms"]
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+               "floor": floor, "seconds_per_point": args.seconds, "layouts": {}}
+    for name, env in LAYOUTS:
+        results["layouts"][name] = {"env": env, "points": measure_layout(args.bundle, env, args.seconds, CONCURRENCY)}
+        one, eight = results["layouts"][name]["points"]
+        print(f"{name}: c=1 p50 {one['p50_ms']} ms ({one['p50_ms'] / floor_ms:.2f}x floor); c=8 "
+              f"{eight['throughput_rps']}/s ({eight['throughput_rps'] * floor_ms / 1000:.2f}x), p95 {eight['p95_ms']} ms",
+              flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "layouts.json").write_text(json.dumps(results, indent=2))
+    lines = ["# Serving layouts", "",
+             f"Machine: {results['machine']}. Greedy captions of a 640x480 JPEG over loopback, {args.seconds:g} s per "
+             f"point. Encoder floor {floor_ms} ms. Written by `python -m benchmarks.layouts`.", "",
+             "| layout | c=1 p50 ms | c=1 p50 / floor | c=8 captions/s | c=8 x (1000 / floor) | c=8 p50 ms | c=8 p95 ms "
+             "| c=8 p99 ms | errors |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in results["layouts"].items():
+        one, eight = entry["points"]
+        errors = sum(p["server_errors_5xx"] + p["connection_errors"] + p["unexpected_status"] for p in entry["points"])
+        lines.append(f"| {name} | {one['p50_ms']} | {one['p50_ms'] / floor_ms:.2f} | {eight['throughput_rps']} | "
+                     f"{eight['throughput_rps'] * floor_ms / 1000:.2f} | {eight['p50_ms']} | {eight['p95_ms']} | "
+                     f"{eight['p99_ms']} | {errors} |")
+    (args.results / "layouts.md").write_text("\n".join(lines) + "\n")
+    print((args.results / "layouts.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Micro-batching: concurrent requests are captioned together, oldest first, each gets its own
+captions back, and a lone request is captioned at once."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from server.batching import MicroBatcher
+from server.bundle import load_bundle
+from server.config import Config
+from server.decoding import Hypothesis
+from server.engine import CaptionEngine, CaptionResult
+
+
+class SlowEngine:
+    """Captions image i as [i] after `delay` seconds, and records every batch it ran."""
+
+    def __init__(self, delay=0.3, fail_on=None):
+        self.delay, self.fail_on, self.batches = delay, fail_on, []
+
+    def caption(self, images, beam_size=1, max_length=None, length_penalty=0.0):
+        ids = [int(image[0, 0, 0]) for image in images]
+        self.batches.append((ids, beam_size))
+        time.sleep(self.delay)
+        if self.fail_on in ids:
+            raise RuntimeError(f"engine failed on {self.fail_on}")
+        return CaptionResult([[Hypothesis([i], 0.0, 0.0)] for i in ids], {"encode": 1.0, "decode": 2.0})
+
+
+def images(*ids):
+    return np.stack([np.full((2, 2, 3), i, np.float32) for i in ids])
+
+
+def submit_while_busy(batcher, requests):
+    """Start the first request, then the rest while it runs; returns {index: result or error}."""
+    out = {}
+
+    def call(i, ids, beam):
+        try:
+            out[i] = batcher.caption(images(*ids), beam_size=beam)
+        except Exception as exc:  # collected for the assertions
+            out[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i, *r)) for i, r in enumerate(requests)]
+    threads[0].start()
+    wait_for(lambda: batcher.engine.batches)  # the first is now running alone
+    for queued, t in enumerate(threads[1:], 1):
+        t.start()
+        wait_for(lambda: len(batcher.pending) == queued)  # a definite arrival order
+    for t in threads:
+        t.join()
+    return out
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_lone_request_runs_at_once():
+    engine = SlowEngine(delay=0)
+    result = MicroBatcher(engine, 16, run=lambda fn: fn()).caption(images(7, 8))
+    assert [h[0].tokens for h in result.hypotheses] == [[7], [8]]
+    assert engine.batches == [([7, 8], 1)] and result.timings_ms["queue"] < 5
+
+
+def test_requests_queued_meanwhile_share_a_batch_in_arrival_order():
+    engine = SlowEngine()
+    out = submit_while_busy(MicroBatcher(engine, 16, run=lambda fn: fn()),
+                            [([1], 1), ([2, 3], 1), ([4], 3), ([5], 1)])
+    assert engine.batches == [([1], 1), ([2, 3, 5], 1), ([4], 3)]  # beam 3 cannot join a greedy batch
+    for i, want in enumerate([[1], [2, 3], [4], [5]]):
+        assert [h[0].tokens[0] for h in out[i].hypotheses] == want
+    assert out[3].timings_ms["queue"] > 200  # it waited for the first batch (300 ms)
+
+
+def test_a_batch_never_exceeds_max_images():
+    engine = SlowEngine()
+    submit_while_busy(MicroBatcher(engine, 3, run=lambda fn: fn()), [([1], 1), ([2, 3], 1), ([4, 5], 1), ([6], 1)])
+    assert [ids for ids, _ in engine.batches] == [[1], [2, 3, 6], [4, 5]]
+
+
+def test_an_engine_error_reaches_every_request_of_its_batch_and_the_next_batch_runs():
+    engine = SlowEngine(fail_on=3)
+    out = submit_while_busy(MicroBatcher(engine, 2, run=lambda fn: fn()), [([1], 1), ([2], 1), ([3], 1), ([4], 1)])
+    assert [h[0].tokens[0] for h in out[0].hypotheses] == [1]
+    assert isinstance(out[1], RuntimeError) and isinstance(out[2], RuntimeError)  # batch [2, 3]
+    assert [h[0].tokens[0] for h in out[3].hypotheses] == [4]
+
+
+def test_real_engine_batched_captions_equal_single_ones(bundle_dir, shapes_dataset):
+    from server.preprocess import decode_image, to_model_input
+
+    engine = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
+    paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:6]
+    batch = np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), engine.preprocessing) for p in paths])
+    want = [h[0].tokens for h in engine.caption(batch).hypotheses]
+    batcher, got = MicroBatcher(engine, 16), {}
+
+    def call(i):
+        got[i] = batcher.caption(batch[i:i + 1]).hypotheses[0][0].tokens
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(paths))] == want
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False)])
+def test_micro_batching_is_a_setting(value, expected):
+    assert Config.from_env({"CAPTION_MICRO_BATCHING": value}).micro_batching is expected
