@@ -42,7 +42,7 @@ class GunicornServer:
             try:
                 if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"gunicorn not ready in {timeout}s:\n{self.output()}")

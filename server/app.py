@@ -7,12 +7,13 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from functools import partial
 
 import numpy as np
 from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .batching import MicroBatcher
+from .batching import MicroBatcher, off_event_loop
 from .bundle import load_bundles
 from .errors import RequestError
 from .config import Config
@@ -72,8 +73,10 @@ class ModelState:
             for engine in self.engines.values():
                 # The largest batch a request (or a micro-batch) can make: onnxruntime's memory
                 # arena grows to its peak now, at start-up, rather than under load.
+                # Off the event loop, so /healthz and /readyz keep answering meanwhile.
                 width, height = engine.preprocessing["resize"]
-                engine.caption(np.zeros((self.config.max_images, height, width, 3), np.float32), beam_size=2)
+                blank = np.zeros((self.config.max_images, height, width, 3), np.float32)
+                off_event_loop(partial(engine.caption, blank, beam_size=2))
             self.ready.set()
             log.info("ready: warm-up captions done for %s", ", ".join(self.engines))
         except Exception:  # readiness stays false, and /readyz says so

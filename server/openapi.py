@@ -94,7 +94,8 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                     "name": {"type": "string"}, "created": {"type": "string", "nullable": True},
                     "providers": {"type": "array", "items": {"type": "string"}}}},
                 "timings_ms": {"type": "object", "required": ["preprocess", "encode", "decode", "total"],
-                               "properties": {k: number for k in ("preprocess", "encode", "decode", "total")}},
+                               "description": "queue: time waiting for the model (micro-batching)",
+                               "properties": {k: number for k in ("preprocess", "queue", "encode", "decode", "total")}},
             }},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["code", "message"],
