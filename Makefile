@@ -52,7 +52,7 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
-# The speed suite on the demo bundle (about 7 minutes): component latency against Keras, HTTP
+# The speed suite on the demo bundle (about 6 minutes): component latency against Keras, HTTP
 # layouts x concurrency, the serving-layout study, then the target table. Results land in
 # benchmarks/results/.
 bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)

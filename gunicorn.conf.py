@@ -33,9 +33,10 @@ def _int(name: str, default: int, low: int = 1) -> int:
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000, 0)}"
 # The layout study (python -m benchmarks.layouts, results/layouts.md) chose one worker whose
-# encoder uses both cores, with spinning off and micro-batching on: 1.38x the encoder floor for
-# a single image and ~32 captions/s at concurrency 8, with fair tails (p95 276 ms against 567 ms
-# unbatched). Two one-thread workers serve ~33/s but take 2.3x the floor for a single image.
+# encoder uses both cores, with onnxruntime's spinning on and micro-batching on. In its two
+# runs that served a single image in 35.4 and 35.7 ms (spinning off: 36.0, 37.0) and 31.6-31.8
+# captions/s at concurrency 8 with fair tails (p95 273-297 ms; 567-639 ms unbatched). Two
+# one-thread workers serve 33.6-35.5/s but take 56-60 ms for a single image.
 workers = _int("WEB_CONCURRENCY", 1)
 # gevent, not gthread: gthread hands a connection to a thread as soon as its first bytes
 # arrive, and a client that then sends its headers slowly holds that thread; 40 such

@@ -40,7 +40,7 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
         ratio = best["throughput_rps"] / (1000 / floor)
         errors = best["server_errors_5xx"] + best["connection_errors"] + best["unexpected_status"]
         rows.append((f"throughput at concurrency 8 / (1000 / floor), {best_layout}",
-                     f"{ratio:.2f} ({best['throughput_rps']:.1f}/s, {errors} errors)", ">= 0.85, 0 errors",
+                     f"{ratio:.3f} ({best['throughput_rps']:.1f}/s, {errors} errors)", ">= 0.85, 0 errors",
                      ratio >= 0.85 and errors == 0))
     return rows
 

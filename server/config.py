@@ -23,7 +23,7 @@ class Config:
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
     intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
     inter_op_threads: int = 1
-    spinning: bool = False                    # onnxruntime's idle encoder threads spin (faster wake-up, busy cores)
+    spinning: bool = True                     # onnxruntime's idle encoder threads spin (faster wake-up, busy cores)
     cpu_arena: bool = True                    # onnxruntime's CPU memory arena (reuses activation buffers)
     io_binding: str = "auto"                  # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     verify_checksums: bool = True             # hash the bundle's files at start-up
