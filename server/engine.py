@@ -101,7 +101,7 @@ class CaptionEngine:
             return None
 
     def _binding_mode(self, role: str, config) -> str | None:
-        """"cuda" (CUDA graphs), "cpu" (fixed CPU buffers, for tests) or None (plain `run`)."""
+        """Where `role` runs over fixed buffers: on "cuda" (as CUDA graphs), on "cpu" (tests), or None (plain run)."""
         on_cuda = self.sessions[role].get_providers()[0] == "CUDAExecutionProvider"
         if config.io_binding == "off" or (config.io_binding == "auto" and not on_cuda):
             return None

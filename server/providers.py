@@ -48,7 +48,9 @@ def decoder_providers(providers: list) -> list:
 def load_gpu_libraries() -> None:
     """Let onnxruntime-gpu find CUDA and cuDNN installed as pip packages (its `[cuda,cudnn]` extras);
     system-wide installs are found without this."""
-    preload = getattr(__import__("onnxruntime"), "preload_dlls", None)
+    import onnxruntime
+
+    preload = getattr(onnxruntime, "preload_dlls", None)
     if preload is None:
         return
     try:
