@@ -114,7 +114,7 @@ def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int,
         manifest["tools"]["onnxconverter-common"] = version("onnxconverter-common")
         manifest["provenance"]["variant_of"] = {"name": source_name, "path": str(source),
                                                 "bundle_json_sha256": sha256(source / "bundle.json")}
-        manifest["provenance"]["parity"] = {"fp16_vs_fp32": figures}
+        manifest["provenance"]["parity"]["fp16_vs_fp32"] = figures  # beside the fp32 export's own parity
         (staging / "bundle.json").write_text(json.dumps(manifest, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

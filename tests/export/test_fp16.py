@@ -19,6 +19,7 @@ def test_variant_manifest_says_what_it_is(fp16_bundle_dir, bundle_dir, trained_r
     assert manifest["precision"] == {"encoder": "float16", "decoder_init": "float32", "decoder_step": "float32"}
     assert manifest["provenance"]["variant_of"]["name"] == source["name"]
     assert "optimized_file" not in manifest["graphs"]["encoder"]
+    assert manifest["provenance"]["parity"]["onnx"] == source["provenance"]["parity"]["onnx"]  # kept
     figures = manifest["provenance"]["parity"]["fp16_vs_fp32"]
     heldout = json.loads((trained_run / "heldout.json").read_text())
     assert figures["images"] == min(32, len(heldout)) and figures["agreement"] >= 0.9
