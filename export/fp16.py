@@ -26,9 +26,6 @@ import numpy as np
 from .checksums import sha256
 from .parity import load_image, onnx_greedy
 
-ROLES = ("encoder", "decoder_init", "decoder_step")
-
-
 class VariantError(RuntimeError):
     """The source bundle cannot be converted, or the variant disagrees with it."""
 
@@ -80,7 +77,7 @@ def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int,
     """Convert, check and write the fp16 variant of `source`; returns its manifest."""
     manifest = json.loads((source / "bundle.json").read_text())
     source_name = manifest["name"]
-    source_graphs = {role: source / manifest["graphs"][role]["file"] for role in ROLES}
+    source_graphs = {role: source / graph["file"] for role, graph in manifest["graphs"].items()}
     if manifest.get("precision", {}).get("encoder", "float32") != "float32":
         raise VariantError(f"{source} is already a {manifest['precision']['encoder']} bundle; convert its fp32 source")
     heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
@@ -92,19 +89,20 @@ def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int,
         clamped = convert_encoder(source_graphs["encoder"], staging / "encoder.onnx")
         log(f"converted the encoder to float16 in {time.time() - started:.1f}s ({clamped} weights clamped "
             "into float16's range)")
-        for role in ("decoder_init", "decoder_step"):
-            for key in ("file", "optimized_file"):
-                if manifest["graphs"][role].get(key):
-                    shutil.copy(source / manifest["graphs"][role][key], staging)
+        for role, graph in manifest["graphs"].items():
+            if role != "encoder":  # the decoder graphs, plain and optimised, as they are
+                for key in ("file", "optimized_file"):
+                    if graph.get(key):
+                        shutil.copy(source / graph[key], staging)
         shutil.copy(source / manifest["vocabulary"]["file"], staging)
         # The CPU-optimised encoder copy is not converted: onnxruntime optimises the fp16 graph
         # for whichever provider loads it.
         manifest["graphs"]["encoder"] = {k: v for k, v in manifest["graphs"]["encoder"].items()
                                          if k != "optimized_file"}
         manifest.update(name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        precision={"encoder": "float16", "decoder_init": "float32", "decoder_step": "float32"})
+                        precision={role: "float16" if role == "encoder" else "float32" for role in manifest["graphs"]})
         manifest["description"] += " fp16 variant: float16 encoder for GPU serving, float32 decoder."
-        figures = compare(source_graphs, {role: staging / manifest["graphs"][role]["file"] for role in ROLES},
+        figures = compare(source_graphs, {role: staging / graph["file"] for role, graph in manifest["graphs"].items()},
                           heldout, manifest, providers, log)
         figures["clamped_weights"] = clamped
         if figures["agreement"] < min_agreement:
