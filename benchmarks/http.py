@@ -1,7 +1,8 @@
 """HTTP latency and throughput of the real gunicorn server on loopback, for several
-worker layouts and client concurrencies, each for a fixed time.
+worker layouts and client concurrencies, each for a fixed time; the same layouts again on the
+bundle's int8 variant where it exists.
 
-Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--seconds 10]
+Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--int8 onnx_models/demo-int8] [--seconds 10]
 Writes benchmarks/results/http.json and http.md (or under --results).
 """
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from server.bundle import load_bundle
 
 from .floor import encoder_floor
 from .load import run_load
@@ -53,6 +56,8 @@ def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple =
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--int8", type=Path, default=Path("onnx_models/demo-int8"),
+                        help="the bundle's int8 variant (python -m export.int8); measured when it exists")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for http.json and http.md")
     args = parser.parse_args(argv)
@@ -60,6 +65,11 @@ def main(argv=None) -> int:
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "floor": floor, "seconds_per_point": args.seconds,
                "layouts": {name: measure_layout(args.bundle, env, args.seconds) for name, env in LAYOUTS}}
+    if (args.int8 / "bundle.json").is_file():
+        int8 = {f"{name}, int8 encoder": measure_layout(args.int8, env, args.seconds) for name, env in LAYOUTS}
+        results["layouts"].update(int8)
+        results["int8_layouts"] = list(int8)
+        results["int8_check"] = load_bundle(args.int8).variant_check()
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "http.json").write_text(json.dumps(results, indent=2))
     floor_ms = floor["floor_ms"]

@@ -1,8 +1,10 @@
 """Component latency: preprocessing, encoder, one decoder step and whole captions, for Keras
 as the seed project ran it (`model.predict` per step), Keras at its best (`tf.function`) and
-onnxruntime, each also as a multiple of the encoder's compute floor.
+onnxruntime (fp32, and int8 where the bundle's int8 variant exists), each also as a multiple
+of the encoder's compute floor.
 
-Usage: python -m benchmarks.latency [--bundle onnx_models/demo] [--run runs/demo] [--runs 50]
+Usage: python -m benchmarks.latency [--bundle onnx_models/demo] [--int8 onnx_models/demo-int8] [--run runs/demo]
+       [--runs 50]
 Writes benchmarks/results/latency.json and latency.md.
 """
 from __future__ import annotations
@@ -49,13 +51,14 @@ def jpeg(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def onnx_latencies(engine: CaptionEngine, image: np.ndarray, runs: int) -> dict:
+def onnx_latencies(engine: CaptionEngine, image: np.ndarray, runs: int, decoder: bool = True) -> dict:
+    """The encoder, one decoder step (unless `decoder` is off: variants share the fp32 decoder) and whole captions."""
     features = engine.encode(image)
     state = engine.decoder.initial_state(features)
     token = np.full((1, 1), engine.start_id, np.int32)
     return {
         "encoder": timed(lambda: engine.encode(image), runs),
-        "decoder_step": timed(lambda: engine.decoder.step(token, state), runs * 4),
+        **({"decoder_step": timed(lambda: engine.decoder.step(token, state), runs * 4)} if decoder else {}),
         "caption_greedy": timed(lambda: engine.caption(image, beam_size=1), runs),
         "caption_beam3": timed(lambda: engine.caption(image, beam_size=3), runs),
     }
@@ -104,6 +107,8 @@ def keras_latencies(run_dir: Path, image: np.ndarray, special: dict, max_length:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--int8", type=Path, default=Path("onnx_models/demo-int8"),
+                        help="the bundle's int8 variant (python -m export.int8); measured when it exists")
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the training run the bundle came from")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for latency.json and latency.md")
@@ -121,6 +126,11 @@ def main(argv=None) -> int:
                        "jpeg_12mp": timed(lambda: preprocess(large), max(10, args.runs // 5))},
         "onnxruntime_fp32": onnx_latencies(engine, image, args.runs),
     }
+    if (args.int8 / "bundle.json").is_file():
+        int8 = load_bundle(args.int8)
+        results["onnxruntime_int8"] = onnx_latencies(CaptionEngine(int8, Config(bundle=args.int8)), image, args.runs,
+                                                     decoder=False)
+        results["int8_check"] = int8.variant_check()
     if (args.run / "encoder.keras").is_file():
         results.update(keras_latencies(args.run, image, bundle.manifest["special_tokens"], engine.max_length,
                                        args.runs))
@@ -138,7 +148,7 @@ def write_results(results: dict, folder: Path = RESULTS) -> None:
              f"{results['floor']['sgemm_peak_gflops']} GFLOP/s; floor {floor} ms. Batch 1, one process. "
              "Written by `python -m benchmarks.latency`.", "",
              "| what | p50 ms | p95 ms | p99 ms | p50 / floor |", "| --- | --- | --- | --- | --- |"]
-    for group in ("preprocess", "onnxruntime_fp32", "keras_tf_function", "keras_predict"):
+    for group in ("preprocess", "onnxruntime_fp32", "onnxruntime_int8", "keras_tf_function", "keras_predict"):
         for name, t in results.get(group, {}).items():
             lines.append(f"| {group} {name} | {t['p50']} | {t['p95']} | {t['p99']} | {t['p50'] / floor:.2f} |")
     if "keras_predict" in results:
@@ -146,6 +156,12 @@ def write_results(results: dict, folder: Path = RESULTS) -> None:
         lines += ["", f"Whole greedy caption, onnxruntime vs Keras: "
                       f"{results['keras_predict']['caption_greedy']['p50'] / ort:.1f}x faster than `predict` per step, "
                       f"{results['keras_tf_function']['caption_greedy']['p50'] / ort:.2f}x faster than `tf.function`."]
+    if "onnxruntime_int8" in results:
+        int8, fp32, check = results["onnxruntime_int8"], results["onnxruntime_fp32"], results["int8_check"]
+        lines += ["", f"int8 encoder: {fp32['encoder']['p50'] / int8['encoder']['p50']:.2f}x faster than fp32; "
+                      f"its greedy captions equal fp32's on {check['greedy_captions_identical']} held-out images "
+                      f"(mean feature error {check['mean_abs_feature_diff'] / check['feature_spread']:.1%} of the "
+                      "features' spread across images)."]
     (folder / "latency.md").write_text("\n".join(lines) + "\n")
 
 

@@ -30,6 +30,11 @@ class Bundle:
         graph = self.manifest["graphs"][role]
         return self.path / (graph["optimized_file"] if optimized and graph.get("optimized_file") else graph["file"])
 
+    def variant_check(self) -> dict | None:
+        """For a reduced-precision variant, how its captions compared with its float32 source's."""
+        parity = self.manifest.get("provenance", {}).get("parity", {})
+        return next((figures for key, figures in parity.items() if key.endswith("_vs_fp32")), None)
+
     def summary(self) -> dict:
         """What the API tells clients about the model."""
         m = self.manifest
@@ -48,6 +53,7 @@ class Bundle:
                         if k.startswith(("bleu", "objects_right"))},
             "opset": m.get("opset"),
             "precision": m.get("precision", {role: "float32" for role in GRAPHS}),
+            **({"agreement_with_float32": check["agreement"]} if (check := self.variant_check()) else {}),
         }
 
 

@@ -58,6 +58,16 @@ def fp16_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def int8_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx_models") / "tiny-int8"
+    # Agreement gate off: the tests check the variant's form and that the figures are recorded,
+    # and a random encoder quantises poorly (the demo's agreement is in the README).
+    run_cli("export.int8", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "8",
+            "--calibration-images", "8", "--min-agreement", "0")
+    return out
+
+
+@pytest.fixture(scope="session")
 def server(bundle_dir):
     """A live server on the test bundle (2 workers, so requests cross processes)."""
     srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "2"})

@@ -5,10 +5,11 @@ import json
 from tests.conftest import run_cli
 
 
-def test_http_benchmark_and_summary(bundle_dir, tmp_path):
-    run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--seconds", "0.5", "--results", str(tmp_path))
+def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
+    run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--seconds", "0.5",
+            "--results", str(tmp_path))
     http = json.loads((tmp_path / "http.json").read_text())
-    assert len(http["layouts"]) == 2
+    assert len(http["layouts"]) == 4 and len(http["int8_layouts"]) == 2
     for points in http["layouts"].values():
         assert [p["concurrency"] for p in points] == [1, 2, 4, 8, 16]
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
@@ -17,21 +18,29 @@ def test_http_benchmark_and_summary(bundle_dir, tmp_path):
     printed = run_cli("benchmarks.summary", "--results", str(tmp_path)).stdout
     summary = (tmp_path / "summary.md").read_text()
     assert printed.strip() == summary.strip()
-    single = min(p[0]["p50_ms"] for p in http["layouts"].values())
-    assert f"| single image over HTTP, p50 / floor (fp32) | {single / http['floor']['floor_ms']:.2f}x |" in summary
-    assert "throughput at concurrency 8" in summary
+    floor = http["floor"]["floor_ms"]
+    for precision, names in (("fp32", set(http["layouts"]) - set(http["int8_layouts"])),
+                             ("int8 encoder", http["int8_layouts"])):
+        single = min(http["layouts"][name][0]["p50_ms"] for name in names)
+        assert f"| single image over HTTP, p50 / floor ({precision}) | {single / floor:.2f}x |" in summary
+    assert summary.count("throughput at concurrency 8") == 2
+    check = http["int8_check"]
+    assert f"| int8 greedy captions equal to fp32's (held-out images) | {check['greedy_captions_identical']} (" in summary
     assert (tmp_path / "http.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_latency_benchmark_compares_onnxruntime_with_keras(bundle_dir, trained_run, tmp_path):
-    run_cli("benchmarks.latency", "--bundle", str(bundle_dir), "--run", str(trained_run), "--runs", "6",
-            "--results", str(tmp_path))
+def test_latency_benchmark_compares_onnxruntime_with_keras(bundle_dir, int8_bundle_dir, trained_run, tmp_path):
+    run_cli("benchmarks.latency", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--run", str(trained_run),
+            "--runs", "6", "--results", str(tmp_path))
     latency = json.loads((tmp_path / "latency.json").read_text())
-    for group in ("onnxruntime_fp32", "keras_predict", "keras_tf_function"):
+    assert "decoder_step" not in latency["onnxruntime_int8"]  # the variant's decoder is fp32's
+    assert "int8 encoder:" in (tmp_path / "latency.md").read_text()
+    for group in ("onnxruntime_fp32", "onnxruntime_int8", "keras_predict", "keras_tf_function"):
         assert latency[group]["caption_greedy"]["p50"] > 0
     assert latency["preprocess"]["jpeg_12mp"]["p50"] > latency["preprocess"]["jpeg_640x480"]["p50"]
     summary = run_cli("benchmarks.summary", "--results", str(tmp_path)).stdout
     assert "onnxruntime vs seed-style Keras predict loop" in summary and "onnxruntime vs tf.function Keras" in summary
+    assert "greedy caption in-process (int8 encoder) / encoder floor" in summary
 
 
 def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_bundle_dir, trained_run, tmp_path):

@@ -75,7 +75,7 @@ def test_refuses_bad_arguments_in_one_line(fp16_bundle_dir, bundle_dir, trained_
         (["--bundle", str(tmp_path), "--run", str(trained_run)], 2, "has no bundle.json"),
         (["--bundle", str(bundle_dir), "--run", str(tmp_path)], 2, "has no heldout.json"),
         (["--bundle", str(bundle_dir), "--run", str(trained_run), "--min-agreement", "2"], 2, "--min-agreement"),
-        (["--bundle", str(fp16_bundle_dir), "--run", str(trained_run)], 1, "already a float16 bundle"),
+        (["--bundle", str(fp16_bundle_dir), "--run", str(trained_run)], 1, "already a variant (float16 encoder)"),
     ]
     for args, code, message in cases:
         result = run_cli("export.fp16", *args, "--out", str(tmp_path / "out"), check=False)

@@ -1,0 +1,187 @@
+"""Reduced-precision variants of a bundle: the encoder converted, the decoder graphs kept as
+they are, and the result checked against its source before it is written.
+
+`export.fp16` (float16, for GPUs) and `export.int8` (static int8, for CPUs) differ only in how
+they convert the encoder; everything else (staging, the caption check, the manifest, the
+command line) lives here. A variant whose greedy captions agree with its source's on fewer
+than --min-agreement of the held-out images is refused and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checksums import sha256
+from .parity import load_image, onnx_greedy
+
+
+class VariantError(RuntimeError):
+    """The source bundle cannot be converted, or the variant disagrees with it."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One kind of variant: its encoder's precision, how it is made, and what it is for."""
+
+    name: str             # "float16", "int8": the manifest's precision for the encoder
+    short: str            # "fp16", "int8": for messages and the parity key
+    purpose: str          # appended to the bundle's description
+    tool: str             # the package whose version the manifest records
+    # convert(source_encoder, target_encoder, context) -> figures for the manifest
+    convert: Callable[[Path, Path, "Context"], dict]
+
+
+@dataclass
+class Context:
+    """What a converter may need besides the two paths."""
+
+    manifest: dict                  # the source bundle's manifest
+    calibration: list[dict]         # held-out entries not used for the caption check
+    log: Callable[[str], None]
+
+
+def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dict], manifest: dict,
+            providers: list[str], short: str, log=print) -> dict:
+    """Features and greedy captions of the variant's graphs against the source's, on the same providers."""
+    import onnxruntime as ort
+
+    reference, converted = ({role: ort.InferenceSession(str(path), providers=providers) for role, path in graphs.items()}
+                            for graphs in (source, variant))
+    preprocessing, special, max_length = manifest["preprocessing"], manifest["special_tokens"], manifest["max_length"]
+    same, worst, spread, error = 0, 0.0, [], []
+    for first in range(0, len(heldout), 16):
+        images = np.stack([load_image(Path(h["image"]), preprocessing) for h in heldout[first:first + 16]])
+        (want,) = reference["encoder"].run(["features"], {"image": images})
+        (got,) = converted["encoder"].run(["features"], {"image": images})
+        worst = max(worst, float(np.abs(want - got).max()))
+        error.append(np.abs(want - got).mean())
+        spread.append(want)
+        a = onnx_greedy(reference, images, special, max_length)
+        b = onnx_greedy(converted, images, special, max_length)
+        same += sum(x == y for x, y in zip(a, b))
+    feature_spread = float(np.concatenate(spread).std(0).mean())
+    figures = {"providers": converted["encoder"].get_providers(),
+               "images": len(heldout),
+               "greedy_captions_identical": f"{same}/{len(heldout)}",
+               "agreement": round(same / len(heldout), 4),
+               "max_abs_feature_diff": worst,
+               "mean_abs_feature_diff": float(np.mean(error)),
+               "feature_spread": feature_spread}
+    log(f"{short} on {figures['providers'][0]}: greedy captions {same}/{len(heldout)} identical to the source's, "
+        f"mean |feature diff| {figures['mean_abs_feature_diff']:.2e}, max {worst:.2e} "
+        f"(features vary by {feature_spread:.2e} across images)")
+    return figures
+
+
+def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, name: str, images: int,
+                 min_agreement: float, providers: list[str], calibration_images: int = 0, log=print) -> dict:
+    """Convert, check and write a variant of `source`; returns its manifest.
+
+    The caption check uses the first `images` held-out images (or all there are) and calibration
+    up to `calibration_images` of the rest, so a converter never calibrates on the images it is
+    judged on.
+    """
+    from importlib.metadata import version
+
+    manifest = json.loads((source / "bundle.json").read_text())
+    source_name = manifest["name"]
+    source_graphs = {role: source / graph["file"] for role, graph in manifest["graphs"].items()}
+    current = manifest.get("precision", {}).get("encoder", "float32")
+    if current != "float32":
+        raise VariantError(f"{source} is already a variant ({current} encoder); convert its float32 source")
+    heldout = json.loads((run_dir / "heldout.json").read_text())
+    compared, calibration = heldout[:images], heldout[images:images + calibration_images]
+    if calibration_images and not calibration:
+        raise VariantError(f"{run_dir} holds {len(heldout)} held-out images, none left to calibrate on after "
+                           f"the {len(compared)} compared; lower --images")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        started = time.time()
+        context = Context(manifest, calibration, log)
+        conversion = precision.convert(source_graphs["encoder"], staging / "encoder.onnx", context)
+        log(f"converted the encoder to {precision.name} in {time.time() - started:.1f}s")
+        for role, graph in manifest["graphs"].items():
+            if role != "encoder":  # the decoder graphs, plain and optimised, as they are
+                for key in ("file", "optimized_file"):
+                    if graph.get(key):
+                        shutil.copy(source / graph[key], staging)
+        shutil.copy(source / manifest["vocabulary"]["file"], staging)
+        # The source's optimised encoder is not converted: onnxruntime optimises the variant's
+        # graph for whichever provider loads it.
+        manifest["graphs"]["encoder"] = {k: v for k, v in manifest["graphs"]["encoder"].items()
+                                         if k != "optimized_file"}
+        manifest.update(name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        precision={role: precision.name if role == "encoder" else "float32"
+                                   for role in manifest["graphs"]})
+        manifest["description"] += f" {precision.short} variant: {precision.purpose}"
+        figures = compare(source_graphs, {role: staging / graph["file"] for role, graph in manifest["graphs"].items()},
+                          compared, manifest, providers, precision.short, log)
+        figures.update(conversion)
+        if figures["agreement"] < min_agreement:
+            raise VariantError(f"{precision.short} greedy captions agree with float32 on "
+                               f"{figures['greedy_captions_identical']} held-out images, below --min-agreement "
+                               f"{min_agreement}; not written")
+        manifest["checksums"] = {p.name: "sha256:" + sha256(p) for p in sorted(staging.iterdir())}
+        manifest["tools"][precision.tool] = version(precision.tool)
+        manifest["provenance"]["variant_of"] = {"name": source_name, "path": str(source),
+                                                "bundle_json_sha256": sha256(source / "bundle.json")}
+        # Beside the float32 export's own parity figures, which the variant keeps.
+        manifest["provenance"]["parity"][f"{precision.short}_vs_fp32"] = figures
+        (staging / "bundle.json").write_text(json.dumps(manifest, indent=2))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return manifest
+
+
+def main(precision: Precision, argv: list[str] | None, description: str, example_out: str,
+         providers: Callable[[], list[str]], calibration_default: int = 0) -> int:
+    """The command line every variant tool shares; exit 2 for bad arguments, 1 for a refused variant."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--bundle", type=Path, required=True, help="the float32 bundle, e.g. onnx_models/demo")
+    parser.add_argument("--run", type=Path, required=True, help="its training run (held-out images for the check)")
+    parser.add_argument("--out", type=Path, required=True, help=f"variant folder to write, e.g. {example_out}")
+    parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
+    parser.add_argument("--images", type=int, default=200, help="held-out images to compare captions on")
+    parser.add_argument("--min-agreement", type=float, default=0.98,
+                        help="share of greedy captions that must equal float32's (default 0.98)")
+    if calibration_default:
+        parser.add_argument("--calibration-images", type=int, default=calibration_default,
+                            help=f"held-out images, after the compared ones, to calibrate on (default {calibration_default})")
+    args = parser.parse_args(argv)
+    calibration = getattr(args, "calibration_images", 0)
+    problems = []
+    if not (args.bundle / "bundle.json").is_file():
+        problems.append(f"{args.bundle} has no bundle.json")
+    if not (args.run / "heldout.json").is_file():
+        problems.append(f"{args.run} has no heldout.json (not a finished training run)")
+    if args.images <= 0:
+        problems.append("--images must be > 0")
+    if calibration_default and calibration <= 0:
+        problems.append("--calibration-images must be > 0")
+    if not 0 <= args.min_agreement <= 1:
+        problems.append("--min-agreement must be between 0 and 1")
+    if problems:
+        print(f"error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    try:
+        make_variant(precision, args.bundle, args.run, args.out, args.name or args.out.name, args.images,
+                     args.min_agreement, providers(), calibration)
+    except VariantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote bundle {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,86 @@
+"""The int8 variant: a statically quantised encoder calibrated on held-out images it is not
+judged on, with its agreement recorded, and served like any bundle."""
+import json
+
+import numpy as np
+import onnx
+
+from server.bundle import load_bundle
+from server.config import Config
+from server.engine import CaptionEngine
+from tests.conftest import run_cli
+
+
+def test_variant_manifest_records_precision_and_agreement(int8_bundle_dir, bundle_dir, trained_run):
+    manifest = json.loads((int8_bundle_dir / "bundle.json").read_text())
+    source = json.loads((bundle_dir / "bundle.json").read_text())
+    assert manifest["precision"] == {"encoder": "int8", "decoder_init": "float32", "decoder_step": "float32"}
+    assert manifest["provenance"]["variant_of"]["name"] == source["name"]
+    figures = manifest["provenance"]["parity"]["int8_vs_fp32"]
+    heldout = json.loads((trained_run / "heldout.json").read_text())
+    assert figures["images"] == 8 and figures["calibration_images"] == min(8, len(heldout) - 8)
+    assert figures["greedy_captions_identical"] == f"{round(figures['agreement'] * 8)}/8"
+    assert 0 < figures["mean_abs_feature_diff"] <= figures["max_abs_feature_diff"]
+    assert "int8" in manifest["description"] and manifest["tools"]["onnxruntime"]
+    assert manifest["graphs"]["decoder_step"] == source["graphs"]["decoder_step"]
+
+
+def test_encoder_is_quantised_per_channel(int8_bundle_dir, bundle_dir):
+    model = onnx.load(str(int8_bundle_dir / "encoder.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    convs = ops.count("Conv")
+    assert convs == 94 and ops.count("QuantizeLinear") >= convs and ops.count("DequantizeLinear") >= 2 * convs
+    weights = [t for t in model.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    scales = {t.name: t for t in model.graph.initializer}
+    weight_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == weights[0].name)
+    assert scales[weight_dq.input[1]].dims[0] == weights[0].dims[0]  # one scale per output channel
+    assert (int8_bundle_dir / "encoder.onnx").stat().st_size < 0.35 * (bundle_dir / "encoder.onnx").stat().st_size
+
+
+def test_the_server_captions_with_it(int8_bundle_dir, bundle_dir, shapes_dataset):
+    from server.preprocess import decode_image, to_model_input
+
+    variant = CaptionEngine(load_bundle(int8_bundle_dir), Config(bundle=int8_bundle_dir))
+    source = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
+    assert variant.bundle.summary()["precision"]["encoder"] == "int8"
+    paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:4]
+    images = np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), variant.preprocessing) for p in paths])
+    want, got = source.encode(images), variant.encode(images)
+    # Quantisation moves the features by a fraction of how much they vary across images.
+    assert 0 < np.abs(got - want).mean() < want.std(0).mean()
+    assert all(h[0].tokens for h in variant.caption(images).hypotheses)
+
+
+def test_refuses_what_it_cannot_do_in_one_line(int8_bundle_dir, bundle_dir, trained_run, tmp_path):
+    heldout = len(json.loads((trained_run / "heldout.json").read_text()))
+    cases = [
+        (["--bundle", str(bundle_dir), "--run", str(trained_run), "--calibration-images", "0"], 2, "--calibration-images"),
+        (["--bundle", str(bundle_dir), "--run", str(trained_run), "--images", str(heldout)], 1, "none left to calibrate"),
+        (["--bundle", str(int8_bundle_dir), "--run", str(trained_run)], 1, "already a variant (int8 encoder)"),
+        (["--bundle", str(bundle_dir), "--run", str(trained_run), "--images", "8", "--calibration-images", "8",
+          "--min-agreement", "1.0001"], 2, "--min-agreement"),
+    ]
+    for args, code, message in cases:
+        result = run_cli("export.int8", *args, "--out", str(tmp_path / "out"), check=False)
+        assert result.returncode == code, result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_variant_that_disagrees_serves_with_a_warning(int8_bundle_dir, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from server.app import create_app
+
+    bundle = tmp_path / "drifted"
+    shutil.copytree(int8_bundle_dir, bundle)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["provenance"]["parity"]["int8_vs_fp32"].update(agreement=0.5, greedy_captions_identical="4/8")
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        app = create_app(Config(bundle=bundle, warmup=False))
+    assert "equal its float32 source's on only 4/8 held-out images" in caplog.text
+    summary = app.test_client().get("/api/v1/models").get_json()
+    assert summary["models"][0]["agreement_with_float32"] == 0.5
