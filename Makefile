@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-DEMO_IMAGES ?= 4000
+DEMO_IMAGES ?= 5000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
@@ -21,7 +21,7 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements
 
 install: $(VENV)/.installed-dev
 
-# The built-in demo: synthetic scenes -> trained decoder -> ONNX bundle (about 7 minutes on 2 cores; at most 10).
+# The built-in demo: synthetic scenes -> trained decoder -> ONNX bundle (7.5 to 9.5 minutes on 2 cores; at most 10).
 $(DEMO_BUNDLE): $(DEMO_CONFIG) | $(VENV)/.installed-dev
 	$(PY) -m training.synthetic --out data/shapes --images $(DEMO_IMAGES) --seed 0
 	$(PY) -m training.train --dataset shapes --data data/shapes --out runs/demo --config $(DEMO_CONFIG) --quiet

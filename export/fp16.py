@@ -16,7 +16,9 @@ import warnings
 from pathlib import Path
 
 from . import variant
-from .variant import VariantError  # noqa: F401  (part of this module's interface)
+from .variant import VariantError
+
+__all__ = ["VariantError", "convert_encoder", "make_variant", "main"]
 
 
 def convert_encoder(source: Path, target: Path) -> int:

@@ -17,7 +17,9 @@ import numpy as np
 
 from . import variant
 from .parity import load_image
-from .variant import VariantError  # noqa: F401  (part of this module's interface)
+from .variant import VariantError
+
+__all__ = ["VariantError", "quantize_encoder", "make_variant", "main"]
 
 CALIBRATION_BATCH = 8
 

@@ -35,7 +35,6 @@ class DecoderConfig:
     image_dropout: float = 0.3  # on the standardised image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # par-inject: feed the projected image at every step
     feature_norm: str = "standardise"  # "standardise" per dimension, or "l2-standardise": unit length first
-    image_hidden: int = 0      # units of a ReLU layer between the features and the LSTM's image inputs; 0 = none
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,12 +122,9 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
     lstm = layers.LSTM(c.units, return_sequences=True, return_state=True, name="lstm")
     output_dropout = layers.Dropout(c.dropout, name="output_dropout")
     to_vocab = layers.Dense(c.vocab_size, name="logits")
-    hidden = layers.Dense(c.image_hidden, activation="relu", name="image_hidden") if c.image_hidden else None
 
     def image_inputs(features):
         normalised = feature_dropout(normalise(features))
-        if hidden:
-            normalised = hidden(normalised)
         return init_h(normalised), init_c(normalised), project(normalised)
 
     # Teacher-forced training model over whole captions.

@@ -32,7 +32,6 @@ class TrainConfig:
     image_dropout: float = 0.3    # on the image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # feed the image at every step (par-inject), not only as the initial state
     feature_norm: str = "standardise"  # or "l2-standardise": scale each image's features to unit length first
-    image_hidden: int = 0         # a ReLU layer of this many units on the image features; 0 = none
     learning_rate: float = 2e-3   # Adam
     weight_decay: float = 0.0     # AdamW decoupled weight decay; 0 = plain Adam
     batch_size: int = 64
@@ -52,7 +51,6 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
             "epochs": self.epochs > 0, "patience": self.patience > 0,
             "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
-            "image_hidden": self.image_hidden >= 0,
             "feature_norm": self.feature_norm in FEATURE_NORMS,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -150,8 +148,7 @@ def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None
     decoder_config = DecoderConfig(vocab_size=len(prepared.vocab), max_length=prepared.max_length,
                                    units=config.units, embedding_dim=config.embedding_dim,
                                    dropout=config.dropout, image_dropout=config.image_dropout,
-                                   image_every_step=config.image_every_step, feature_norm=config.feature_norm,
-                                   image_hidden=config.image_hidden)
+                                   image_every_step=config.image_every_step, feature_norm=config.feature_norm)
     training_model, init_model, step_model = build_decoder(
         decoder_config, *feature_statistics(prepared.features["train"], config.feature_norm))
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)

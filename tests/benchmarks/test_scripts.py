@@ -13,6 +13,7 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     for points in http["layouts"].values():
         assert [p["concurrency"] for p in points] == [1, 2, 4, 8, 16]
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
+        assert all(0 < p["client_cpu_ms_per_request"] < p["p50_ms"] for p in points)
     assert http["floor"]["floor_ms"] > 0
 
     printed = run_cli("benchmarks.summary", "--results", str(tmp_path)).stdout
