@@ -35,7 +35,7 @@ onnx_models/demo-fp16/bundle.json: $(DEMO_BUNDLE)
 
 demo-fp16: onnx_models/demo-fp16/bundle.json
 
-# The demo's int8 variant, for CPUs (about a minute). Refused below 98 % caption agreement with
+# The demo's int8 variant, for CPUs (half a minute). Refused below 98 % caption agreement with
 # fp32 unless INT8_MIN_AGREEMENT says otherwise; make bench lowers it to measure the speed.
 INT8_MIN_AGREEMENT ?= 0.98
 onnx_models/demo-int8/bundle.json: $(DEMO_BUNDLE)
