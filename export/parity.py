@@ -57,10 +57,15 @@ def compare(keras_model, session: ort.InferenceSession, spec: GraphSpec, feeds: 
 def onnx_greedy(sessions: dict, images: np.ndarray, special: dict, max_length: int) -> list[list[int]]:
     """Greedy token ids with onnxruntime alone (stops at <end> or max_length)."""
     (features,) = sessions["encoder"].run(["features"], {"image": images})
+    return greedy_from_features(sessions, features, special, max_length)
+
+
+def greedy_from_features(sessions: dict, features: np.ndarray, special: dict, max_length: int) -> list[list[int]]:
+    """Greedy token ids from encoder features, with the decoder graphs of `sessions`."""
     h, c, context = sessions["decoder_init"].run(["h", "c", "context"], {"features": features})
-    tokens = np.full((len(images), 1), special["start"], dtype=np.int32)
-    out = [[] for _ in images]
-    done = np.zeros(len(images), dtype=bool)
+    tokens = np.full((len(features), 1), special["start"], dtype=np.int32)
+    out = [[] for _ in features]
+    done = np.zeros(len(features), dtype=bool)
     for _ in range(max_length):
         log_probs, h, c = sessions["decoder_step"].run(None, {"token": tokens, "h": h, "c": c, "context": context})
         tokens = log_probs.argmax(-1).astype(np.int32)[:, None]

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .checksums import sha256
-from .parity import load_image, onnx_greedy
+from .parity import greedy_from_features, load_image
 
 
 class VariantError(RuntimeError):
@@ -64,8 +64,8 @@ def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dic
         worst = max(worst, float(np.abs(want - got).max()))
         error.append(np.abs(want - got).mean())
         spread.append(want)
-        a = onnx_greedy(reference, images, special, max_length)
-        b = onnx_greedy(converted, images, special, max_length)
+        a = greedy_from_features(reference, want, special, max_length)
+        b = greedy_from_features(converted, got, special, max_length)
         same += sum(x == y for x, y in zip(a, b))
     feature_spread = float(np.concatenate(spread).std(0).mean())
     figures = {"providers": converted["encoder"].get_providers(),
