@@ -14,6 +14,11 @@ PROVIDER_OPTIONS = {
 }
 
 
+def provider_name(provider) -> str:
+    """The onnxruntime name of an entry of a `providers` list: a name, or (name, options)."""
+    return provider[0] if isinstance(provider, tuple) else provider
+
+
 class ProviderError(RuntimeError):
     """A requested provider is not available and strict mode forbids falling back."""
 
@@ -42,7 +47,7 @@ def resolve_providers(requested: list[str], available: list[str], strict: bool =
 def decoder_providers(providers: list) -> list:
     """The providers for the small decoder graphs: TensorRT left out, since it would build an
     engine for every new batch size of a graph that runs in well under a millisecond."""
-    return [p for p in providers if (p[0] if isinstance(p, tuple) else p) != ORT_NAMES["tensorrt"]]
+    return [p for p in providers if provider_name(p) != ORT_NAMES["tensorrt"]]
 
 
 def load_gpu_libraries() -> None:
@@ -62,8 +67,7 @@ def load_gpu_libraries() -> None:
 def check_active(chosen: list, active: list[str], strict: bool = False) -> None:
     """onnxruntime drops a provider whose libraries fail to load (CUDA without cuDNN, say) and runs
     on the CPU instead: say so, or raise ProviderError when `strict`."""
-    dropped = [p[0] if isinstance(p, tuple) else p for p in chosen]
-    dropped = [name for name in dropped if name not in active]
+    dropped = [provider_name(p) for p in chosen if provider_name(p) not in active]
     if not dropped:
         return
     message = (f"{', '.join(dropped)} could not start (its CUDA/cuDNN libraries did not load) and the model "
