@@ -43,7 +43,8 @@ workers = _int("WEB_CONCURRENCY", 1)
 # connections froze a 2x2 gthread server (measured). Under gevent a slow client costs one
 # greenlet. Inference runs in a native thread (server/batching.py), so the worker keeps
 # reading requests meanwhile and batches those that queue up.
-worker_class = "gevent"
+# (server/gunicorn_worker.py: gevent's worker, with gunicorn's own error pages in JSON.)
+worker_class = "server.gunicorn_worker.CaptionWorker"
 worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
 timeout = _int("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30
@@ -80,6 +81,11 @@ proc_name = "caption-server"
 def on_starting(server):
     """Check configuration and the bundle once in the master, so a bad setup stops start-up
     with one line and a non-zero exit before any worker starts."""
+    # C libraries (libtiff) write raw lines to stderr; in JSON mode they are wrapped as records.
+    if _format == "json":
+        from server.logs import StderrRelay
+
+        server.stderr_relay = StderrRelay()
     # Counters left by an earlier server in a reused folder would add to this one's.
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)
@@ -100,6 +106,13 @@ def on_starting(server):
         sys.exit(1)
 
 
+def post_worker_init(worker):
+    """Let the app see when this worker starts to drain (readiness 503, no new work)."""
+    from server import lifecycle
+
+    lifecycle.attach(worker)
+
+
 def child_exit(server, worker):
     """Drop a dead worker's live gauges (in-flight requests, model info) from /metrics."""
     from prometheus_client import multiprocess
@@ -108,6 +121,9 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the metrics folder this configuration made (one given from outside stays)."""
+    """Remove the metrics folder this configuration made (one given from outside stays), and
+    let the stderr relay write its last lines."""
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    if getattr(server, "stderr_relay", None):
+        server.stderr_relay.close()

@@ -18,6 +18,7 @@ class LoadResult:
     statuses: list[int] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     expected: list[int] = field(default_factory=list)
+    retry_after_missing: int = 0  # 503 answers without a Retry-After header
 
     @property
     def sent(self) -> int:
@@ -39,7 +40,13 @@ class LoadResult:
             "p99_ms": round(float(np.percentile(latencies, 99)), 1),
             "max_ms": round(float(latencies.max()), 1),
             "client_cpu_ms_per_request": round(1e3 * self.client_cpu_s / max(1, self.sent), 2),
+            "shed_503": self.count(lambda s: s == 503),
+            "shed_503_without_retry_after": self.retry_after_missing,
         }
+
+    def latency_max_ms(self, status: int) -> float:
+        """The longest answer with `status` (0 when none)."""
+        return round(max((ms for s, ms in zip(self.statuses, self.latencies_ms) if s == status), default=0.0), 1)
 
 
 def run_load(url: str, requests_to_send, concurrency: int, duration_s: float, timeout_s: float = 30) -> LoadResult:
@@ -63,12 +70,15 @@ def run_load(url: str, requests_to_send, concurrency: int, duration_s: float, ti
             i += 1
             started = time.perf_counter()
             try:
-                status = session.send(request, timeout=timeout_s).status_code
-            except requests.RequestException:
-                status = 0
+                response = session.send(request, timeout=timeout_s)
+                status = response.status_code
+                missing = status == 503 and "Retry-After" not in response.headers
+            except requests.RequestException:  # a timeout closes the connection: the client has left
+                status, missing = 0, False
                 session = requests.Session()
             elapsed = (time.perf_counter() - started) * 1e3
             with lock:
+                result.retry_after_missing += missing
                 result.statuses.append(status)
                 result.latencies_ms.append(elapsed)
                 result.expected.append(expected)

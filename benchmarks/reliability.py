@@ -1,5 +1,6 @@
-"""Reliability figures against the real server: a soak mixing good and bad requests, kill -9
-of a worker under load, slow clients, and start-up with broken bundles.
+"""Reliability figures against the real server: overload (bounded queue, deadlines, abandoned
+work), a request of huge images, a soak mixing good and bad requests, kill -9 of a worker under
+load, slow clients, and start-up with broken bundles.
 
 Usage: python -m benchmarks.reliability [--bundle onnx_models/demo] [--soak-seconds 120]
 Writes benchmarks/results/reliability.json and .md. The tests run the same functions.
@@ -17,10 +18,13 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import requests
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from .load import run_load
 from .server_process import GunicornServer, rss_kb
@@ -32,6 +36,105 @@ def _png(size, colour) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+class HealthProbe:
+    """Times GET /healthz every `period` seconds in a thread while the `with` block runs."""
+
+    def __init__(self, url: str, period: float = 0.05):
+        self.url, self.period, self.latencies_ms, self.failed = url + "/healthz", period, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        session = requests.Session()
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            try:
+                ok = session.get(self.url, timeout=10).status_code == 200
+            except requests.RequestException:
+                ok, session = False, requests.Session()
+            self.latencies_ms.append((time.perf_counter() - started) * 1e3)
+            self.failed += not ok
+            self.stop.wait(self.period)
+
+    def __enter__(self) -> "HealthProbe":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self) -> dict:
+        ms = np.array(self.latencies_ms or [0.0])
+        return {"checks": len(self.latencies_ms), "failed": self.failed, "p50_ms": round(float(np.median(ms)), 1),
+                "p99_ms": round(float(np.percentile(ms, 99)), 1), "max_ms": round(float(ms.max()), 1)}
+
+
+def metric(server: GunicornServer, name: str, **labels) -> float:
+    """The sum of a metric's samples (with these labels) on the server's /metrics."""
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def overload(server: GunicornServer, scene: bytes, clients: int = 48, images: int = 4, seconds: float = 15,
+             abandon_after_s: float = 0.8) -> dict:
+    """`clients` clients sending `images`-image requests as fast as they are answered, first
+    patient (30 s timeout), then impatient (they hang up after `abandon_after_s`); /healthz is
+    timed throughout. After the impatient clients leave, how much work the server still did."""
+    url = server.url + "/api/v1/captions"
+    load = [({"files": [("image", ("scene.png", scene, "image/png"))] * images}, 200)]
+    with HealthProbe(server.url) as health:
+        patient = run_load(url, load, clients, seconds, timeout_s=30)
+    computed = metric(server, "caption_batch_images_sum")
+    gone_before = metric(server, "caption_requests_shed_total", reason="client_gone")
+    impatient = run_load(url, load, clients, seconds, timeout_s=abandon_after_s)
+    left_at = time.monotonic()
+    at_leave = last = metric(server, "caption_batch_images_sum")
+    last_change = left_at
+    while time.monotonic() - last_change < 1.0 and time.monotonic() - left_at < 30:
+        time.sleep(0.05)
+        now = metric(server, "caption_batch_images_sum")
+        if now != last:
+            last, last_change = now, time.monotonic()
+    return {
+        "clients": clients, "images_per_request": images, "seconds": seconds,
+        "patient": {**patient.summary(), "statuses": dict(Counter(map(str, patient.statuses))),
+                    "max_200_ms": patient.latency_max_ms(200), "max_503_ms": patient.latency_max_ms(503)},
+        "healthz": health.summary(),
+        "impatient": {**impatient.summary(), "timeout_s": abandon_after_s,
+                      "statuses": dict(Counter(map(str, impatient.statuses))),
+                      "images_computed": at_leave - computed,
+                      "dropped_because_client_left": metric(server, "caption_requests_shed_total",
+                                                            reason="client_gone") - gone_before,
+                      "images_computed_after_clients_left": last - at_leave,
+                      "busy_after_clients_left_s": round(last_change - left_at, 2)},
+    }
+
+
+def huge_images(server: GunicornServer, images: int = 16, size: tuple = (7200, 5400)) -> dict:
+    """One request of `images` PNGs of `size` (39 MP each, about 2 MB together), then one such
+    PNG alone; /healthz timed throughout, worker memory before and after."""
+    png = _png(size, (200, 30, 30))
+    url = server.url + "/api/v1/captions"
+    before = {pid: rss_kb(pid) for pid in server.workers()}
+    with HealthProbe(server.url, period=0.02) as health:
+        started = time.perf_counter()
+        many = requests.post(url, files=[("image", ("big.png", png, "image/png"))] * images, timeout=60)
+        many_ms = (time.perf_counter() - started) * 1e3
+        started = time.perf_counter()
+        one = requests.post(url, files={"image": ("big.png", png, "image/png")}, timeout=60)
+        one_ms = (time.perf_counter() - started) * 1e3
+    after = {pid: rss_kb(pid) for pid in server.workers()}
+    return {"images": images, "megapixels_each": round(size[0] * size[1] / 1e6, 1),
+            "body_mb": round(images * len(png) / 2**20, 2),
+            "many": {"status": many.status_code, "code": many.json().get("error", {}).get("code"),
+                     "ms": round(many_ms, 1)},
+            "one": {"status": one.status_code, "ms": round(one_ms, 1)},
+            "healthz": health.summary(),
+            "rss_growth_mb": round(max((after[p] - before[p]) / 1024 for p in before if p in after), 1)}
 
 
 def mixed_requests(scene: bytes) -> list:
@@ -171,13 +274,41 @@ def broken_bundles(bundle: Path) -> dict:
     return results
 
 
+def machine() -> str:
+    """The processor and its speed, as the benchmarks' results state them."""
+    from .floor import sgemm_peak_gflops
+
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    features = ", ".join(sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")))
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"numpy sgemm peak {sgemm_peak_gflops():.0f} GFLOP/s, {features or 'no AVX2'}")
+
+
 def write_results(results: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "reliability.json").write_text(json.dumps(results, indent=2))
     s, k, w = results["soak"], results["kill_worker"], results["slow_clients"]
+    o, h = results["overload"], results["huge_images"]
+    p, i = o["patient"], o["impatient"]
     lines = [
         "# Reliability", "", f"Machine: {results['machine']}. Written by `python -m benchmarks.reliability`.", "",
+        f"Overload and huge images: the default server (1 worker, default settings: {results['defaults']}). "
+        f"The rest: {results['workers']} workers.", "",
         "| check | result |", "| --- | --- |",
+        f"| overload: {o['clients']} clients x {o['images_per_request']}-image requests for {o['seconds']} s | "
+        f"{p['requests']} answers: {p['statuses']}; {p['shed_503_without_retry_after']} 503 without Retry-After, "
+        f"{p['connection_errors']} lost; slowest 200 in {p['max_200_ms']} ms, slowest 503 in {p['max_503_ms']} ms; "
+        f"p50 {p['p50_ms']} ms |",
+        f"| overload: /healthz every 50 ms meanwhile | {o['healthz']['checks']} checks, {o['healthz']['failed']} failed; "
+        f"p50 {o['healthz']['p50_ms']} ms, p99 {o['healthz']['p99_ms']} ms, max {o['healthz']['max_ms']} ms |",
+        f"| overload: the same clients hanging up after {i['timeout_s']} s | {i['requests']} requests "
+        f"({i['statuses']}; 0 = the client gave up); {i['images_computed']:g} images computed, "
+        f"{i['dropped_because_client_left']:g} requests dropped because their client had left; after the last "
+        f"client left: {i['images_computed_after_clients_left']:g} images computed, busy {i['busy_after_clients_left_s']} s |",
+        f"| {h['images']} PNGs of {h['megapixels_each']} MP in one request ({h['body_mb']} MB) | "
+        f"{h['many']['status']} {h['many']['code']} in {h['many']['ms']} ms; one such PNG alone: "
+        f"{h['one']['status']} in {h['one']['ms']} ms; /healthz max {h['healthz']['max_ms']} ms "
+        f"({h['healthz']['checks']} checks); worker grew {h['rss_growth_mb']} MB |",
         f"| soak: {s['seconds']} s at concurrency {s['concurrency']}, good and bad requests mixed | "
         f"{s['requests']} requests, {s['server_errors_5xx']} 5xx, {s['connection_errors']} lost, "
         f"{s['unexpected_status']} with an unexpected status; p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms |",
@@ -200,18 +331,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
     parser.add_argument("--soak-seconds", type=float, default=120)
+    parser.add_argument("--overload-seconds", type=float, default=15)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     if not (args.bundle / "bundle.json").is_file():
         print(f"error: no bundle at {args.bundle} (run 'make demo')")
         return 2
     scene = _png((299, 299), (90, 90, 90))
+    from server.config import Config
+
+    defaults = Config()
+    results = {"machine": machine(), "workers": args.workers,
+               "defaults": f"queue {defaults.max_queue_images} images, deadline {defaults.request_timeout_s:g} s, "
+                           f"batches of {defaults.max_batch_size}, {defaults.max_request_pixels / 1e6:g} MP per request"}
+    server = GunicornServer({"CAPTION_BUNDLE": str(args.bundle)})
+    try:
+        server.wait_ready()
+        results["overload"] = overload(server, scene, seconds=args.overload_seconds)
+        results["huge_images"] = huge_images(server)
+    finally:
+        server.stop()
     server = GunicornServer({"CAPTION_BUNDLE": str(args.bundle), "WEB_CONCURRENCY": str(args.workers)})
     try:
         server.wait_ready()
-        results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-                   "workers": args.workers,
-                   "soak": soak(server, scene, args.soak_seconds),
+        results |= {"soak": soak(server, scene, args.soak_seconds),
                    "slow_clients": slow_clients(server, scene),
                    "kill_worker": kill_worker_under_load(server, scene)}
     finally:

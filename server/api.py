@@ -1,11 +1,13 @@
 """JSON API routes: captions, model summary, health, readiness and the OpenAPI document."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from .captioning import caption_uploads, parse_options
+from . import observability as metrics
+from .captioning import parse_options
+from .client_probe import client_connected
 from .errors import RequestError
-from .observability import metrics_response, observe_stages
 from .openapi import openapi_document
 
 api = Blueprint("api", __name__)
@@ -22,10 +24,24 @@ def model_info(engine) -> dict:
             "providers": engine.active_providers}
 
 
-def read_uploads() -> list[bytes]:
+def read_raw_body(limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes however it is sent."""
+    if request.content_length is not None:  # werkzeug has refused one declared over the limit
+        return request.get_data(cache=False)
+    # Chunked: werkzeug would stop reading at the limit and hand over a truncated image.
+    data = request.environ["wsgi.input"].read(limit + 1)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
+    return data
+
+
+def read_uploads(limit: int) -> list[bytes]:
     """Image bytes in upload order: every multipart field 'image', or the raw request body."""
     content_type = request.mimetype or ""
     if content_type == "multipart/form-data":
+        if not request.mimetype_params.get("boundary"):
+            raise RequestError(400, "malformed_multipart",
+                               "the multipart/form-data Content-Type has no boundary parameter")
         files = request.files.getlist("image")
         if not files:
             others = sorted(request.files)
@@ -33,7 +49,7 @@ def read_uploads() -> list[bytes]:
             raise RequestError(400, "missing_image", "send the image in the multipart field 'image'" + hint)
         return [f.read() for f in files]
     if content_type.startswith(RAW_BODY_TYPES):
-        return [request.get_data(cache=False)]
+        return [read_raw_body(limit)]
     raise RequestError(415, "unsupported_media_type",
                        "send multipart/form-data with a field 'image', or an image body with an image/* content type")
 
@@ -41,12 +57,13 @@ def read_uploads() -> list[bytes]:
 @api.post("/api/v1/captions")
 def captions():
     state = _state()
-    uploads = read_uploads()
-    engine = state.engine_for(request.values.get("model"))
-    options = parse_options(request.values, state.config, engine.max_length)
-    result = caption_uploads(engine, uploads, options, state.config, state.caption_function(engine))
-    observe_stages(result["timings_ms"])
-    return jsonify({"captions": result["captions"], "model": model_info(engine), "timings_ms": result["timings_ms"]})
+    state.check_accepting()
+    uploads = read_uploads(state.config.max_upload_bytes)
+    model = state.model_named_in(request.values)
+    options = parse_options(request.values, state.config, model.engine.max_length)
+    result = model.caption_uploads(uploads, options, g.started, client_connected(request.environ))
+    return jsonify({"captions": result["captions"], "model": model_info(model.engine),
+                    "timings_ms": result["timings_ms"]})
 
 
 def model_summary(engine) -> dict:
@@ -71,14 +88,14 @@ def healthz():
 
 @api.get("/readyz")
 def readyz():
-    if _state().ready.is_set():
-        return jsonify({"status": "ready"})
-    return jsonify({"status": "starting"}), 503
+    """200 when this worker should get traffic; 503 while it starts, drains or has a full queue."""
+    status = _state().status()
+    return jsonify({"status": status}), 200 if status == "ready" else 503
 
 
 @api.get("/metrics")
-def metrics():
-    return metrics_response()
+def prometheus_metrics():
+    return metrics.metrics_response()
 
 
 @api.get("/openapi.json")

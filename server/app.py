@@ -13,11 +13,14 @@ import numpy as np
 from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .batching import MicroBatcher, off_event_loop
+from . import lifecycle
+from .batching import off_event_loop
 from .bundle import load_bundles
-from .errors import RequestError
+from .captioning import ServedModel
 from .config import Config
 from .engine import CaptionEngine
+from .errors import RequestError, unavailable
+from .observability import REQUESTS_SHED
 
 log = logging.getLogger(__name__)
 # The variant tools refuse below this by default; a bundle written with the gate lowered
@@ -43,33 +46,54 @@ class InMemoryRequest(Request):
 
 
 class ModelState:
-    """The engines of this process (one per model, the first is the default) and whether
-    their warm-up captions have run."""
+    """The models of this process (the first is the default), each behind its own queue, and
+    whether their warm-up captions have run."""
 
     def __init__(self, engines: dict[str, CaptionEngine], config: Config):
-        self.engines, self.config = engines, config
-        self.default = next(iter(engines))
+        self.config = config
+        # One set of decoding slots for the whole worker: at most this many uploads' pixels in memory.
+        slots = threading.BoundedSemaphore(config.preprocess_threads)
+        self.models = {name: ServedModel(engine, config, slots) for name, engine in engines.items()}
+        self.default = next(iter(self.models))
         self.ready = threading.Event()
-        self.batchers = ({name: MicroBatcher(engine, config.max_images) for name, engine in engines.items()}
-                         if config.micro_batching else {})
+
+    @property
+    def engines(self) -> dict[str, CaptionEngine]:
+        return {name: model.engine for name, model in self.models.items()}
 
     @property
     def engine(self) -> CaptionEngine:
-        return self.engines[self.default]
+        return self.models[self.default].engine
 
-    def engine_for(self, name: str | None) -> CaptionEngine:
-        """The engine of model `name` (the default when empty); a RequestError names the choices."""
-        if not name:
-            return self.engine
-        if name not in self.engines:
+    def model(self, name: str | None) -> ServedModel:
+        """Model `name` (the default when None); a RequestError names the choices."""
+        if name is None:
+            return self.models[self.default]
+        if name not in self.models:
             raise RequestError(422, "unknown_model", f"no model named {name[:60]!r}; "
-                                                     f"choose from {', '.join(self.engines)}")
-        return self.engines[name]
+                                                     f"choose from {', '.join(self.models)}")
+        return self.models[name]
 
-    def caption_function(self, engine: CaptionEngine):
-        """What captions for `engine`: its micro-batcher when batching is on, else the engine itself."""
-        batcher = self.batchers.get(engine.bundle.name)
-        return batcher.caption if batcher else engine.caption
+    def model_named_in(self, values) -> ServedModel:
+        """The model a request's `model` values name (query and form; every one must be served)."""
+        chosen = [self.model(name) for name in values.getlist("model")]
+        return chosen[0] if chosen else self.model(None)
+
+    def check_accepting(self) -> None:
+        """A worker that is shutting down takes no new work, and closes the connection that brought it."""
+        if lifecycle.draining():
+            REQUESTS_SHED.labels("draining").inc()
+            raise unavailable("draining", "this server is shutting down; retry", 1, close=True)
+
+    def status(self) -> str:
+        """ready, or why a load balancer should send work elsewhere: starting, draining, saturated."""
+        if not self.ready.is_set():
+            return "starting"
+        if lifecycle.draining():
+            return "draining"
+        if any(model.batcher.saturated for model in self.models.values()):
+            return "saturated"
+        return "ready"
 
     def warm_up(self) -> None:
         try:
@@ -78,7 +102,8 @@ class ModelState:
                 # arena grows to its peak now, at start-up, rather than under load.
                 # Off the event loop, so /healthz and /readyz keep answering meanwhile.
                 width, height = engine.preprocessing["resize"]
-                blank = np.zeros((self.config.max_images, height, width, 3), np.float32)
+                largest = max(self.config.max_images, self.config.max_batch_size)
+                blank = np.zeros((largest, height, width, 3), np.float32)
                 off_event_loop(partial(engine.caption, blank, beam_size=2))
             self.ready.set()
             log.info("ready: warm-up captions done for %s", ", ".join(self.engines))
@@ -118,13 +143,15 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         message = {413: f"the request is larger than {config.max_upload_mb:g} MB"}.get(exc.code, exc.description)
-        return error_response(exc.code or 500, code, message)
+        # Keep what the exception says beyond its HTML body: Allow on a 405 (RFC 9110), say.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(exc.code or 500, code, message, headers)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception):
@@ -140,8 +167,9 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, headers: dict | None = None):
     """The one error shape of the API: {"error": {"code", "message"}}."""
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
+    response.headers.update(headers or {})
     return response

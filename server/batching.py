@@ -1,22 +1,32 @@
-"""Micro-batching: requests that arrive while the engine is busy are captioned together, in
-arrival order.
+"""The per-worker queue in front of the model: bounded, with deadlines, micro-batching requests
+that arrive while the model is busy, in arrival order.
 
-There is no batching window. One request at a time leads: it takes every waiting request with
-the same decoding options (up to `max_images` images, first come first served) and captions them
-as one batch, in a native thread under gevent so the worker keeps reading requests meanwhile.
-Then it hands the lead to the oldest request still waiting. A lone request never waits, and
-under load a batch holds whatever queued during the previous one.
+One request at a time leads: it takes every waiting request with the same decoding options (up
+to `max_batch_size` images, first come first served) and captions them as one batch, in a native
+thread under gevent so the worker keeps reading requests meanwhile. Then it hands the lead to the
+oldest request still waiting. A lone request never waits (unless `max_queue_delay_s` asks a batch
+to wait for company), and under load a batch holds whatever queued during the previous one.
+
+Overload is an answer, not a hang (as in Triton's queue policy): past `max_queue_images` waiting
+images a request is refused at once with a 503 and Retry-After; a request still waiting at its
+deadline is answered 503 and dropped; and a request whose client has hung up is dropped before it
+reaches the model.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
+from . import observability as metrics
+from .decoding import DEFAULT_LENGTH_PENALTY
 from .engine import CaptionEngine, CaptionResult
+from .errors import RequestError, unavailable
 
 
 def off_event_loop(fn):
@@ -31,66 +41,151 @@ def off_event_loop(fn):
     return fn()
 
 
+@dataclass
+class BatchLimits:
+    """The queue's bounds, as Triton's dynamic batcher names them."""
+
+    max_batch_size: int = 16          # images in one model run (a larger request runs alone)
+    max_queue_images: int = 32        # images waiting; a request that would go past it is refused
+    max_queue_delay_s: float = 0.0    # how long a batch may wait for others to fill it
+    combine: bool = True              # False: one request per model run (micro-batching off)
+
+    @classmethod
+    def from_config(cls, config) -> "BatchLimits":
+        return cls(config.max_batch_size, config.max_queue_images, config.max_queue_delay_ms / 1e3,
+                   config.micro_batching)
+
+
+def always_connected() -> bool:
+    return True
+
+
 @dataclass(eq=False)  # jobs are compared by identity (deque.remove), never by their arrays
 class _Job:
     images: np.ndarray
     options: tuple                      # (beam_size, max_length, length_penalty): only equal ones share a batch
-    queued: float = field(default_factory=time.perf_counter)
+    deadline: float                     # on the batcher's clock
+    connected: Callable[[], bool]
+    queued: float
     wake: threading.Event = field(default_factory=threading.Event)
     leads: bool = False
+    taken: bool = False                 # in a batch that is running: it will get its result
     result: CaptionResult | None = None
     error: BaseException | None = None
 
 
 class MicroBatcher:
-    """`caption(...)` as CaptionEngine.caption, with concurrent callers batched together."""
+    """`caption(...)` as CaptionEngine.caption, with concurrent callers batched together, behind a
+    bounded queue with deadlines."""
 
-    def __init__(self, engine: CaptionEngine, max_images: int, run=off_event_loop):
-        self.engine, self.max_images, self.run = engine, max_images, run
+    def __init__(self, engine: CaptionEngine, limits: BatchLimits | None = None, run=off_event_loop,
+                 clock=time.perf_counter):
+        self.engine, self.limits, self.run, self.clock = engine, limits or BatchLimits(), run, clock
         self.pending: deque[_Job] = deque()
+        self.queued_images = 0
         self.lock = threading.Lock()
         self.busy = False
+        self.seconds_per_image = 0.05   # a running estimate, for Retry-After
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the queue is full: a new request would be refused."""
+        return self.queued_images >= self.limits.max_queue_images
+
+    def retry_after_s(self) -> float:
+        """How long the work queued now should take."""
+        return (self.queued_images + 1) * self.seconds_per_image
 
     def caption(self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
-                length_penalty: float = 0.0) -> CaptionResult:
-        job = _Job(images, (beam_size, max_length, length_penalty))
+                length_penalty: float = DEFAULT_LENGTH_PENALTY, deadline: float = math.inf,
+                connected: Callable[[], bool] = always_connected) -> CaptionResult:
+        """Caption `images` in the next batch that has room; `deadline` is on this batcher's clock.
+
+        Raises a 503 RequestError when the queue is full or the deadline passes before the
+        images reach the model.
+        """
+        job = _Job(images, (beam_size, max_length, length_penalty), deadline, connected, self.clock())
         with self.lock:
-            self.pending.append(job)
+            if self.pending and self.queued_images + len(images) > self.limits.max_queue_images:
+                metrics.REQUESTS_SHED.labels("queue_full").inc()
+                raise unavailable("overloaded", f"the server is busy ({self.queued_images} images waiting); "
+                                                "retry later", self.retry_after_s())
+            self._enqueue(job)
             if not self.busy:
                 self.busy = job.leads = True
         if not job.leads:
-            job.wake.wait()  # set with a result by a leader, or to make this job the leader
+            self._wait(job)
         if job.result is None and job.error is None:
             self._lead()
         if job.error is not None:
             raise job.error
         return job.result
 
+    def _enqueue(self, job: _Job) -> None:
+        self.pending.append(job)
+        self.queued_images += len(job.images)
+        metrics.QUEUE_IMAGES.inc(len(job.images))
+
+    def _dequeue(self, job: _Job) -> None:
+        self.pending.remove(job)
+        self.queued_images -= len(job.images)
+        metrics.QUEUE_IMAGES.dec(len(job.images))
+
+    def _wait(self, job: _Job) -> None:
+        """Until a leader finishes `job` or hands it the lead; at its deadline, leave the queue."""
+        remaining = job.deadline - self.clock()
+        if job.wake.wait(max(0.0, remaining) if math.isfinite(remaining) else None):
+            return
+        with self.lock:
+            if not (job.taken or job.leads):
+                self._dequeue(job)
+                self._drop(job, "deadline")
+                return
+        job.wake.wait()  # already in a running batch (or just made leader): at most one batch more
+
+    def _drop(self, job: _Job, reason: str) -> None:
+        metrics.REQUESTS_SHED.labels(reason).inc()
+        if reason == "client_gone":
+            job.error = RequestError(499, "client_closed_request", "the client closed the connection")
+        else:
+            job.error = unavailable("deadline_exceeded", "the request waited past its deadline; retry later",
+                                    self.retry_after_s())
+        job.wake.set()
+
     def _take(self) -> list[_Job]:
-        """The oldest job, and after it every waiting job with the same options while the images fit."""
-        first = self.pending.popleft()
-        batch, images = [first], len(first.images)
+        """The oldest live job, and after it every waiting live job with the same options while
+        the images fit; jobs past their deadline or whose client has gone are dropped on the way."""
+        now, batch, images = self.clock(), [], 0
         for job in list(self.pending):
-            if job.options == first.options and images + len(job.images) <= self.max_images:
-                self.pending.remove(job)
-                batch.append(job)
-                images += len(job.images)
+            if batch and (not self.limits.combine or job.options != batch[0].options
+                          or images + len(job.images) > self.limits.max_batch_size):
+                continue
+            if job.deadline <= now or not job.connected():
+                self._dequeue(job)
+                self._drop(job, "deadline" if job.deadline <= now else "client_gone")
+                continue
+            self._dequeue(job)
+            job.taken = True
+            batch.append(job)
+            images += len(job.images)
         return batch
 
+    def _gather(self) -> None:
+        """With a queue delay, let a batch that is not full wait for more requests."""
+        if not self.limits.combine or not self.pending:
+            return
+        until = self.pending[0].queued + self.limits.max_queue_delay_s
+        while self.clock() < until and self.queued_images < self.limits.max_batch_size:
+            time.sleep(min(0.001, until - self.clock()))
+
     def _lead(self) -> None:
+        self._gather()
         with self.lock:
             batch = self._take()
-        started = time.perf_counter()
+        started = self.clock()
         try:
-            beam_size, max_length, length_penalty = batch[0].options
-            images = np.concatenate([job.images for job in batch])
-            result = self.run(lambda: self.engine.caption(images, beam_size, max_length, length_penalty))
-            first = 0
-            for job in batch:
-                n = len(job.images)
-                job.result = CaptionResult(result.hypotheses[first:first + n],
-                                           {"queue": (started - job.queued) * 1e3, **result.timings_ms})
-                first += n
+            if batch:
+                self._run(batch, started)
         except BaseException as exc:  # every caller of the batch gets the error, and the lead moves on
             for job in batch:
                 job.error = exc
@@ -103,3 +198,22 @@ class MicroBatcher:
                     self.busy = False
             for job in batch:
                 job.wake.set()
+
+    def _run(self, batch: list[_Job], started: float) -> None:
+        beam_size, max_length, length_penalty = batch[0].options
+        images = np.concatenate([job.images for job in batch])
+        result = self.run(lambda: self.engine.caption(images, beam_size, max_length, length_penalty))
+        total = len(images)
+        seconds = (self.clock() - started)
+        self.seconds_per_image = 0.8 * self.seconds_per_image + 0.2 * seconds / total
+        metrics.BATCH_IMAGES.observe(total)
+        first = 0
+        for job in batch:
+            n = len(job.images)
+            queue_ms = (started - job.queued) * 1e3
+            job.result = CaptionResult(result.hypotheses[first:first + n], {"queue": queue_ms, **result.timings_ms})
+            # Each request is charged its share of the batch's time, so the stage sums add up to
+            # the model's busy time however many requests shared a batch.
+            metrics.observe_stages({"queue": queue_ms, **{stage: ms * n / total
+                                                          for stage, ms in result.timings_ms.items()}})
+            first += n

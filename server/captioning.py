@@ -1,54 +1,56 @@
-"""Request-level captioning shared by the API and the web form: uploads in, captions out."""
+"""Request-level captioning shared by the API and the web form: uploads in, captions out.
+
+A request's images are decoded in a native thread (never on the event loop), one at a time,
+each shrunk to the model's input before the next is decoded, within a pixel budget per request
+that is checked from the headers before any pixel is decoded.
+"""
 from __future__ import annotations
 
-import time
+import io
+import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import observability as metrics
+from .batching import BatchLimits, MicroBatcher, off_event_loop
 from .engine import CaptionEngine
-from .errors import RequestError
-from .preprocess import ImageError, decode_image, to_model_input
+from .errors import RequestError, unavailable
+from .preprocess import ImageError, load_rgb, open_image, to_model_input
+
+PREVIEW_SIZE = (640, 640)
+DIGITS = re.compile(r"^[0-9]+$")
 
 
 @dataclass
 class Options:
     beam_size: int
     max_length: int
+    timeout_s: float
 
 
 def parse_options(values, config, max_length_limit: int) -> Options:
-    """beam_size and max_length from query/form values, validated against the configuration."""
+    """beam_size, max_length and timeout_ms from query/form values, validated against the configuration."""
     def integer(name: str, default: int, low: int, high: int) -> int:
-        raw = values.get(name)
-        if raw is None or str(raw).strip() == "":
-            return default
-        try:
-            value = int(str(raw).strip())
-        except ValueError:
-            raise RequestError(422, "invalid_parameter", f"{name} must be an integer, got {str(raw)[:40]!r}") from None
-        if not low <= value <= high:
-            raise RequestError(422, "invalid_parameter", f"{name} must be between {low} and {high}, got {value}")
-        return value
+        # Every value counts (query and form both, or a name repeated): a bad one is refused, not shadowed.
+        raws = [str(raw).strip() for raw in values.getlist(name)] if hasattr(values, "getlist") else \
+            [str(values[name]).strip()] if values.get(name) is not None else []
+        checked = []
+        for text in raws:
+            if not DIGITS.match(text):  # int() also takes "+3", "1_0" and non-ASCII digits
+                raise RequestError(422, "invalid_parameter", f"{name} must be an integer, got {text[:40]!r}")
+            value = int(text) if len(text) <= 12 else high + 1
+            if not low <= value <= high:
+                raise RequestError(422, "invalid_parameter",
+                                   f"{name} must be between {low} and {high}, got {text[:40]}")
+            checked.append(value)
+        return checked[0] if checked else default
 
+    timeout_limit_ms = int(config.request_timeout_s * 1000)
     return Options(beam_size=integer("beam_size", config.default_beam_size, 1, config.max_beam_size),
-                   max_length=integer("max_length", max_length_limit, 1, max_length_limit))
-
-
-def decode_uploads(uploads: list[bytes], config, min_side: int = 0) -> list:
-    """Decode every upload to an RGB image, in order; the first bad one fails the request."""
-    if not uploads:
-        raise RequestError(400, "missing_image", "send an image: a multipart field 'image' or an image request body")
-    if len(uploads) > config.max_images:
-        raise RequestError(413, "too_many_images", f"at most {config.max_images} images per request, got {len(uploads)}")
-    images = []
-    for index, data in enumerate(uploads):
-        try:
-            images.append(decode_image(data, config.max_pixels, min_side))
-        except ImageError as exc:
-            prefix = f"image {index + 1}: " if len(uploads) > 1 else ""
-            raise RequestError(exc.status, exc.code, prefix + exc.message) from None
-    return images
+                   max_length=integer("max_length", max_length_limit, 1, max_length_limit),
+                   timeout_s=integer("timeout_ms", timeout_limit_ms, 1, timeout_limit_ms) / 1e3)
 
 
 def draft_side(engine: CaptionEngine) -> int:
@@ -60,25 +62,98 @@ def draft_side(engine: CaptionEngine) -> int:
     return 2 * max(engine.preprocessing["resize"])
 
 
+def preview_of(image) -> bytes:
+    """A small JPEG of an upload, for the web form."""
+    thumbnail = image.copy()
+    thumbnail.thumbnail(PREVIEW_SIZE)
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def preprocess_uploads(uploads: list[bytes], config, engine: CaptionEngine, previews: bool = False):
+    """Every upload as the model's input, in order, and (when asked) a preview JPEG of each.
+
+    The first bad upload fails the request; so does a request whose images together would
+    decode to more than `config.max_request_pixels`, before any of them is decoded.
+    """
+    if not uploads:
+        raise RequestError(400, "missing_image", "send an image: a multipart field 'image' or an image request body")
+    if len(uploads) > config.max_images:
+        raise RequestError(413, "too_many_images", f"at most {config.max_images} images per request, got {len(uploads)}")
+
+    def labelled(index: int, exc: ImageError) -> RequestError:
+        prefix = f"image {index + 1}: " if len(uploads) > 1 else ""
+        return RequestError(exc.status, exc.code, prefix + exc.message)
+
+    opened = []
+    for index, data in enumerate(uploads):
+        try:
+            opened.append(open_image(data, config.max_pixels, draft_side(engine)))
+        except ImageError as exc:
+            raise labelled(index, exc) from None
+    pixels = sum(image.size[0] * image.size[1] for image in opened)
+    if pixels > config.max_request_pixels:
+        raise RequestError(413, "request_too_large",
+                           f"the images decode to {pixels:,} pixels together, over the limit of "
+                           f"{config.max_request_pixels:,} per request; send them in several requests")
+    inputs, shown = [], []
+    for index in range(len(opened)):
+        image, opened[index] = opened[index], None  # the full-size image is freed once it is shrunk
+        try:
+            rgb = load_rgb(image)
+        except ImageError as exc:
+            raise labelled(index, exc) from None
+        inputs.append(to_model_input(rgb, engine.preprocessing))
+        if previews:
+            shown.append(preview_of(rgb))
+        del rgb, image
+    return np.stack(inputs), shown
+
+
 def best_caption(engine: CaptionEngine, beams) -> dict:
     """The best hypothesis of one image as the API reports it: caption, tokens, log_prob."""
     words = engine.words(beams[0].tokens)
     return {"caption": " ".join(words), "tokens": words, "log_prob": round(beams[0].log_prob, 6)}
 
 
-def caption_uploads(engine: CaptionEngine, uploads: list[bytes], options: Options, config, caption=None) -> dict:
-    """Caption every upload in order, with `caption` (engine.caption unless given: a MicroBatcher's).
-    Returns JSON-ready captions (best beam), every beam, timings in ms, and the decoded images."""
-    started = time.perf_counter()
-    images = decode_uploads(uploads, config, draft_side(engine))
-    batch = np.stack([to_model_input(image, engine.preprocessing) for image in images])
-    preprocessed = time.perf_counter()
-    result = (caption or engine.caption)(batch, options.beam_size, options.max_length, config.length_penalty)
-    captions = [best_caption(engine, beams) for beams in result.hypotheses]
-    timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,
-               "total": (time.perf_counter() - started) * 1e3}
-    return {"captions": captions,
-            "beams": [[{"caption": " ".join(engine.words(h.tokens)), "log_prob": h.log_prob, "score": h.score}
-                       for h in beams] for beams in result.hypotheses],
-            "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-            "images": images}
+class ServedModel:
+    """One served model behind the routes: its engine, its queue, and the request's whole path
+    from uploaded bytes to JSON-ready captions."""
+
+    def __init__(self, engine: CaptionEngine, config, preprocess_slots: threading.Semaphore):
+        self.engine, self.config = engine, config
+        self.batcher = MicroBatcher(engine, BatchLimits.from_config(config))
+        self.preprocess_slots = preprocess_slots
+        self.clock = self.batcher.clock
+
+    def caption_uploads(self, uploads: list[bytes], options: Options, started: float,
+                        connected=lambda: True, previews: bool = False) -> dict:
+        """Caption every upload in order. `started` (on time.perf_counter's clock) begins the
+        request's deadline. Returns JSON-ready captions (best beam), every beam, timings in ms
+        and, when asked, preview JPEGs."""
+        deadline = started + options.timeout_s
+        if not self.preprocess_slots.acquire(timeout=max(0.0, deadline - self.clock())):
+            metrics.REQUESTS_SHED.labels("deadline").inc()
+            raise unavailable("deadline_exceeded", "the server is busy decoding other uploads; retry later",
+                              self.batcher.retry_after_s())
+        try:
+            batch, shown = off_event_loop(lambda: preprocess_uploads(uploads, self.config, self.engine, previews))
+        finally:
+            self.preprocess_slots.release()
+        preprocessed = self.clock()
+        if preprocessed >= deadline:
+            metrics.REQUESTS_SHED.labels("deadline").inc()
+            raise unavailable("deadline_exceeded", "the request passed its deadline while its images were "
+                                                   "decoded; retry later", self.batcher.retry_after_s())
+        result = self.batcher.caption(batch, options.beam_size, options.max_length, self.config.length_penalty,
+                                      deadline=deadline, connected=connected)
+        engine = self.engine
+        timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,
+                   "total": (self.clock() - started) * 1e3}
+        metrics.observe_stages({"preprocess": timings["preprocess"], "total": timings["total"]})
+        return {"captions": [best_caption(engine, beams) for beams in result.hypotheses],
+                "beams": [[{"caption": " ".join(engine.words(h.tokens)), "log_prob": h.log_prob, "score": h.score}
+                           for h in beams] for beams in result.hypotheses],
+                "timings_ms": {k: round(v, 3) for k, v in timings.items()},
+                "previews": shown}

@@ -1,12 +1,21 @@
 """Server configuration from environment variables, validated once at start-up."""
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .decoding import DEFAULT_LENGTH_PENALTY
+
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
 IO_BINDING = ("auto", "on", "off")
+# Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, <SERVICE>_PORT_80_TCP_ADDR, ...
+# for each Service of its namespace (unless enableServiceLinks is false): a Service named
+# caption-server makes CAPTION_SERVER_*. Those are addresses, not settings, and are ignored.
+SERVICE_LINK = re.compile(r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$")
+INTEGER = re.compile(r"^-?[0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -28,13 +37,20 @@ class Config:
     io_binding: str = "auto"                  # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     verify_checksums: bool = True             # hash the bundle's files at start-up
     use_optimized_graphs: bool = True         # load the onnxruntime-optimised copy when the bundle has one
-    max_upload_mb: float = 10.0               # whole request body, checked before it is read
-    max_pixels: int = 40_000_000              # decoded image size, checked before decoding
+    max_upload_mb: float = 10.0               # whole request body, checked as it is read
+    max_pixels: int = 40_000_000              # one image's size, read from its header before decoding
+    max_request_pixels: int = 50_000_000      # decoded pixels of all a request's images together (JPEGs count
+                                              # at their draft-decoded size); a 40 MP PNG takes 0.4-1.4 s
+    preprocess_threads: int = 2               # requests decoded at once, off the event loop (bounds their memory)
     max_images: int = 16                      # images per request
     micro_batching: bool = True               # caption requests that queue up together, in arrival order
+    max_batch_size: int = 16                  # images in one model run, at most (a larger request runs alone)
+    max_queue_delay_ms: float = 0.0           # how long a batch may wait for more requests to fill it
+    max_queue_images: int = 32                # images waiting per worker; beyond, a 503 with Retry-After at once
+    request_timeout_s: float = 5.0            # deadline per request (a request may ask for less with timeout_ms)
     default_beam_size: int = 1                # 1 = greedy
     max_beam_size: int = 10
-    length_penalty: float = 1.0               # beam score = log_prob / length ** length_penalty
+    length_penalty: float = DEFAULT_LENGTH_PENALTY  # beam score = log_prob / length ** length_penalty
     warmup: bool = True                       # caption one image before reporting ready
 
     def __post_init__(self):
@@ -48,8 +64,12 @@ class Config:
             problems.append(f"io_binding={self.io_binding!r} (choose from {', '.join(IO_BINDING)})")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             problems.append("thread counts must be >= 0")
-        if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.max_images <= 0:
-            problems.append("max_upload_mb, max_pixels and max_images must be > 0")
+        positive = ("max_upload_mb", "max_pixels", "max_request_pixels", "preprocess_threads", "max_images",
+                    "max_batch_size", "max_queue_images", "request_timeout_s")
+        if any(getattr(self, name) <= 0 for name in positive):
+            problems.append(", ".join(positive) + " must be > 0")
+        if self.max_queue_delay_ms < 0:
+            problems.append("max_queue_delay_ms must be >= 0")
         if not 1 <= self.max_beam_size <= 10 or not 1 <= self.default_beam_size <= self.max_beam_size:
             problems.append("need 1 <= default_beam_size <= max_beam_size <= 10")
         if self.length_penalty < 0:
@@ -75,7 +95,8 @@ class Config:
         """Build from CAPTION_* variables; unknown CAPTION_* names and bad values are refused."""
         environ = os.environ if environ is None else environ
         known = {f"CAPTION_{f.name.upper()}": f for f in fields(cls)}
-        unknown = sorted(k for k in environ if k.startswith("CAPTION_") and k not in known)
+        unknown = sorted(k for k in environ
+                         if k.startswith("CAPTION_") and k not in known and not SERVICE_LINK.match(k))
         if unknown:
             raise ConfigError(f"unknown setting {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         values = {}
@@ -96,6 +117,16 @@ def _parse(key: str, raw: str, kind: type):
             raise ValueError
         if issubclass(kind, Path):
             return Path(raw)
+        if kind is int:
+            if not INTEGER.match(raw):  # int() also takes "1_0", "+3" and non-ASCII digits
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            value = float(raw) if raw.isascii() and "_" not in raw else math.nan
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
+        noun = {"int": "integer", "float": "finite number", "bool": "boolean (1/0, true/false, yes/no, on/off)"}
+        raise ConfigError(f"{key}={raw!r} is not a valid {noun.get(kind.__name__, kind.__name__)}") from None

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# What the server ranks finished beams by unless CAPTION_LENGTH_PENALTY says otherwise: log_prob
+# per generated token, so that short captions do not win just by having fewer terms to add up.
+# The engine, the micro-batcher, the warm-up and the benchmarks all use it.
+DEFAULT_LENGTH_PENALTY = 1.0
+
 
 @dataclass
 class Hypothesis:
@@ -58,7 +63,7 @@ def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, ma
 
 
 def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
-                beam_size: int, length_penalty: float = 0.0, select=select_rows) -> list[list[Hypothesis]]:
+                beam_size: int, length_penalty: float = DEFAULT_LENGTH_PENALTY, select=select_rows) -> list[list[Hypothesis]]:
     """Beam search; for each image, up to `beam_size` hypotheses, best first.
 
     At each step all extensions of the live beams are ranked by total log-probability; in that

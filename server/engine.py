@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from .bundle import GRAPHS, Bundle, BundleError
 from .decoder_loop import BoundDecoder, HostDecoder
-from .decoding import Hypothesis, decode_beam, decode_greedy
+from .decoding import DEFAULT_LENGTH_PENALTY, Hypothesis, decode_beam, decode_greedy
 from .encoder_binding import BoundEncoder
 from .providers import check_active, decoder_providers, load_gpu_libraries, resolve_providers
 
@@ -46,6 +46,8 @@ class CaptionEngine:
     """Captions decoded RGB images with a bundle's encoder and decoder graphs."""
 
     def __init__(self, bundle: Bundle, config):
+        # onnxruntime's usage telemetry is on by default; a server records nothing about its traffic.
+        ort.disable_telemetry_events()
         self.bundle = bundle
         m = bundle.manifest
         self.preprocessing = m["preprocessing"]
@@ -135,7 +137,7 @@ class CaptionEngine:
         return self.encoder(images)
 
     def caption(self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
-                length_penalty: float = 0.0) -> CaptionResult:
+                length_penalty: float = DEFAULT_LENGTH_PENALTY) -> CaptionResult:
         """Caption a batch of preprocessed images; all beams of all images share each step call."""
         max_length = min(max_length or self.max_length, self.max_length)
         started = time.perf_counter()

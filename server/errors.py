@@ -2,8 +2,18 @@
 
 
 class RequestError(Exception):
-    """A client mistake; the app answers it as {"error": {"code", "message"}} with `status`."""
+    """A request the server will not caption; the app answers it as {"error": {"code", "message"}}
+    with `status` and any `headers` (Retry-After on a 503, say)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+def unavailable(code: str, message: str, retry_after_s: float, close: bool = False) -> RequestError:
+    """A 503 that tells the client when to come back (whole seconds, at least one)."""
+    headers = {"Retry-After": str(max(1, int(-(-retry_after_s // 1))))}
+    if close:
+        headers["Connection"] = "close"
+    return RequestError(503, code, message, headers)

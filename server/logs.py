@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 LOG_FORMATS = ("json", "text")
@@ -31,12 +32,16 @@ def _current_request_id() -> str:
     return "-"
 
 
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """{"time", "level", "logger", "pid", "request_id", "message", ...extra fields, "error"}."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
@@ -68,3 +73,55 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Pillow's warnings about odd files become records, not raw lines
+
+
+def as_json_line(line: bytes) -> bytes | None:
+    """A line written to stderr, as a JSON log line: JSON objects pass unchanged, anything else
+    (what a C library prints) is wrapped as a warning of logger "stderr"; blank lines vanish."""
+    text = line.rstrip(b"\r")
+    if not text.strip():
+        return None
+    if text.startswith(b"{"):
+        try:
+            json.loads(text)
+            return text
+        except ValueError:
+            pass
+    return json.dumps({"time": _timestamp(time.time()), "level": "warning", "logger": "stderr", "pid": None,
+                       "request_id": "-", "message": text.decode("utf-8", "replace")}).encode()
+
+
+class StderrRelay:
+    """Routes file descriptor 2 of this process, and of every process it forks from now on,
+    through a pipe whose reader writes `as_json_line` of each line to the real stderr.
+
+    Python's own logging is already JSON; this catches what native code writes straight to the
+    descriptor (libtiff's "Using code not yet in table.", say), which would otherwise break a
+    one-object-per-line log stream."""
+
+    def __init__(self):
+        self.stderr = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.thread = threading.Thread(target=self._relay, args=(read_end,), name="stderr-relay", daemon=True)
+        self.thread.start()
+
+    def _relay(self, read_end: int) -> None:
+        pending = b""
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(1 << 16):
+                *lines, pending = (pending + chunk).split(b"\n")
+                out = [wrapped + b"\n" for line in lines if (wrapped := as_json_line(line)) is not None]
+                if out:
+                    os.write(self.stderr, b"".join(out))
+        if (wrapped := as_json_line(pending)) is not None:
+            os.write(self.stderr, wrapped + b"\n")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Point descriptor 2 back at the real stderr and let the relay write what is left.
+        The relay ends once every process holding the pipe (the forked workers) has exited."""
+        sys.stderr.flush()
+        os.dup2(self.stderr, 2)
+        self.thread.join(timeout)

@@ -26,8 +26,15 @@ REQUESTS = Counter("caption_http_requests_total", "HTTP requests answered, by ro
                    ["route", "method", "status"])
 REQUEST_SECONDS = Histogram("caption_http_request_seconds", "Time to answer an HTTP request, by route.",
                             ["route"], buckets=LATENCY_BUCKETS)
-STAGE_SECONDS = Histogram("caption_stage_seconds", "Time per captioning stage of a request "
-                          "(preprocess, encode, decode, total).", ["stage"], buckets=LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("caption_stage_seconds", "Time per captioning stage of a request (preprocess, queue, "
+                          "encode, decode, total); a request that shared a batch is charged its share of the "
+                          "batch's encode and decode time, by images.", ["stage"], buckets=LATENCY_BUCKETS)
+QUEUE_IMAGES = Gauge("caption_queue_images", "Images waiting for the model (all workers).",
+                     multiprocess_mode="livesum")
+BATCH_IMAGES = Histogram("caption_batch_images", "Images per model run (micro-batch size).",
+                         buckets=(1, 2, 4, 8, 16, 32, 64))
+REQUESTS_SHED = Counter("caption_requests_shed_total", "Caption requests not run, by reason: queue_full, "
+                        "deadline, client_gone, draining.", ["reason"])
 IN_FLIGHT = Gauge("caption_http_requests_in_flight", "HTTP requests being answered now.",
                   multiprocess_mode="livesum")
 MODEL_INFO = Gauge("caption_model_info", "The model bundle each worker serves (value 1).",
@@ -47,7 +54,8 @@ def metrics_response() -> Response:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would add a second charset to prometheus' own.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None:

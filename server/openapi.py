@@ -18,6 +18,10 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                        "description": "longest caption in words"},
         "model": {"type": "string", "enum": models, "default": models[0],
                   "description": "which served model captions (GET /api/v1/models lists them)"},
+        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": int(config.request_timeout_s * 1000),
+                       "default": int(config.request_timeout_s * 1000),
+                       "description": "deadline for the whole request; work still queued at the deadline is "
+                                      "dropped and answered 503"},
     }
     number = {"type": "number"}
     return {
@@ -35,21 +39,26 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                         "type": "object", "required": ["image"],
                         "properties": {
                             "image": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                      "maxItems": config.max_images,
+                                      "minItems": 1, "maxItems": config.max_images,
                                       "description": f"one or several images: {image_formats}"},
                             **options},
                     }},
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "image/*": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
                 }},
                 "responses": {
                     "200": {"description": "One caption per image, in upload order",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Captions"}}}},
                     "400": _error("No image, or an empty one"),
-                    "413": _error(f"Request over {config.max_upload_mb:g} MB, image over "
-                                  f"{config.max_pixels:,} pixels, or over {config.max_images} images"),
+                    "413": _error(f"Request over {config.max_upload_mb:g} MB, an image over "
+                                  f"{config.max_pixels:,} pixels, images over {config.max_request_pixels:,} "
+                                  f"pixels together, or over {config.max_images} images"),
                     "415": _error("Not an image in a supported format, or an unsupported content type"),
                     "422": _error("Corrupt image, an invalid parameter or an unknown model"),
+                    "503": {**_error("The server is overloaded (its queue is full), the request passed its "
+                                     "deadline before reaching the model, or the server is shutting down"),
+                            "headers": {"Retry-After": {"description": "seconds to wait before retrying",
+                                                        "schema": {"type": "integer", "minimum": 1}}}},
                 },
             }},
             "/api/v1/model": {"get": {
@@ -72,7 +81,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "responses": {
                     "200": {"description": "Model loaded and warmed up",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
-                    "503": {"description": "Still starting",
+                    "503": {"description": "Not taking traffic: starting, draining or saturated (queue full)",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics of every worker", "operationId": "getMetrics",

@@ -2,26 +2,21 @@
 from __future__ import annotations
 
 import base64
-import io
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, g, render_template, request
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .captioning import caption_uploads, parse_options
+from .captioning import parse_options
+from .client_probe import client_connected
 from .errors import RequestError
-from .observability import observe_stages
 
 web = Blueprint("web", __name__)
-PREVIEW_SIZE = (640, 640)
 
 
-def _preview(image) -> str:
-    """A small JPEG of the upload as a data: URL, so nothing is stored and no second request is needed."""
-    thumbnail = image.copy()
-    thumbnail.thumbnail(PREVIEW_SIZE)
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+def _data_url(jpeg: bytes) -> str:
+    """The preview as a data: URL, so nothing is stored and no second request is needed."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
 def _form(state, status=200, engine=None, **context):
@@ -40,18 +35,23 @@ def index():
 def upload():
     state = current_app.extensions["captions"]
     engine = state.engine
+    # A field the person left empty means its default (the API, stricter, refuses an empty value).
+    fields = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
     try:
-        engine = state.engine_for(request.form.get("model"))
+        state.check_accepting()
+        model = state.model_named_in(fields)
+        engine = model.engine
         file = request.files.get("image")
         if file is None or not file.filename:
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
-        options = parse_options(request.form, state.config, engine.max_length)
-        result = caption_uploads(engine, [file.read()], options, state.config, state.caption_function(engine))
-        observe_stages(result["timings_ms"])
+        options = parse_options(fields, state.config, engine.max_length)
+        result = model.caption_uploads([file.read()], options, g.started, client_connected(request.environ),
+                                       previews=True)
     except RequestEntityTooLarge:
         return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
     except RequestError as exc:
-        return _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:])
+        page, status = _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:])
+        return page, status, exc.headers
     return _form(state, engine=engine, caption=result["captions"][0]["caption"], beams=result["beams"][0],
-                 timings=result["timings_ms"], preview=_preview(result["images"][0]),
+                 timings=result["timings_ms"], preview=_data_url(result["previews"][0]),
                  beam_size=options.beam_size, filename=file.filename)

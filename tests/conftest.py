@@ -52,8 +52,11 @@ def bundle_dir(trained_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fp16_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx_models") / "tiny-fp16"
+    # Agreement gate off: the tests check the variant's form, that its figures are recorded and
+    # that the gate refuses (test_fp16.py). How often a 6-epoch model's greedy captions survive
+    # float16 depends on the processor (14/16 on one machine of this kind, 16/16 on another).
     run_cli("export.fp16", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "32",
-            "--min-agreement", "0.9")  # a 6-epoch model: less settled than the demo (98-99 %)
+            "--min-agreement", "0")
     return out
 
 

@@ -76,8 +76,28 @@ def test_non_root_user_and_ports_agree():
     service = MANIFESTS["service"]["spec"]
     assert service["ports"][0]["targetPort"] == port["name"]
     assert service["selector"] == MANIFESTS["deployment"]["spec"]["selector"]["matchLabels"]
-    ingress = MANIFESTS["ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert ingress["name"] == MANIFESTS["service"]["metadata"]["name"]
+    for path in MANIFESTS["ingress"]["spec"]["rules"][0]["http"]["paths"]:
+        assert path["backend"]["service"]["name"] == MANIFESTS["service"]["metadata"]["name"]
+
+
+def test_the_ingress_publishes_only_the_public_routes():
+    paths = {(p["path"], p["pathType"]) for p in MANIFESTS["ingress"]["spec"]["rules"][0]["http"]["paths"]}
+    assert paths == {("/api/v1/captions", "Exact"), ("/", "Exact"), ("/static/", "Prefix")}
+    internal = set(openapi_document(Config(), 12, ["demo"])["paths"]) - {"/api/v1/captions"}
+    assert internal >= {"/metrics", "/openapi.json", "/api/v1/model", "/api/v1/models", "/readyz"}
+    for route in internal:
+        assert not any(route == path or (kind == "Prefix" and route.startswith(path)) for path, kind in paths), route
+
+
+def test_pods_get_no_service_link_variables_and_would_start_with_them():
+    assert MANIFESTS["deployment"]["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    # What Kubernetes injects for a Service named caption-server when service links are on.
+    links = {"CAPTION_SERVER_SERVICE_HOST": "10.0.0.7", "CAPTION_SERVER_SERVICE_PORT": "80",
+             "CAPTION_SERVER_SERVICE_PORT_HTTP": "80", "CAPTION_SERVER_PORT": "tcp://10.0.0.7:80",
+             "CAPTION_SERVER_PORT_80_TCP": "tcp://10.0.0.7:80", "CAPTION_SERVER_PORT_80_TCP_PROTO": "tcp",
+             "CAPTION_SERVER_PORT_80_TCP_PORT": "80", "CAPTION_SERVER_PORT_80_TCP_ADDR": "10.0.0.7"}
+    env = {e["name"]: e["value"] for e in container()["env"]}
+    assert Config.from_env({**env, **links}).bundle == Config.from_env(env).bundle
 
 
 def test_probes_use_the_health_routes_and_shutdown_outlasts_gunicorn():
@@ -86,7 +106,10 @@ def test_probes_use_the_health_routes_and_shutdown_outlasts_gunicorn():
     assert probes == {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     assert set(probes.values()) <= set(paths)
     graceful = int(re.search(r"^graceful_timeout = (\d+)", GUNICORN_CONF, re.M).group(1))
-    assert MANIFESTS["deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > graceful
+    pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"  # the Service forgets the pod before gunicorn stops listening
+    drain = int(pre_stop[1]) + graceful
+    assert MANIFESTS["deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain
     # A read-only root needs a writable /tmp for gunicorn's heartbeat files and the metrics folder.
     assert container()["securityContext"]["readOnlyRootFilesystem"]
     assert any(m["mountPath"] == "/tmp" for m in container()["volumeMounts"])

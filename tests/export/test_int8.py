@@ -29,7 +29,8 @@ def test_encoder_is_quantised_per_channel(int8_bundle_dir, bundle_dir):
     model = onnx.load(str(int8_bundle_dir / "encoder.onnx"))
     ops = [n.op_type for n in model.graph.node]
     convs = ops.count("Conv")
-    assert convs == 94 and ops.count("QuantizeLinear") >= convs and ops.count("DequantizeLinear") >= 2 * convs
+    source_convs = [n.op_type for n in onnx.load(str(bundle_dir / "encoder.onnx")).graph.node].count("Conv")
+    assert convs == source_convs > 0 and ops.count("QuantizeLinear") >= convs and ops.count("DequantizeLinear") >= 2 * convs
     weights = [t for t in model.graph.initializer if len(t.dims) == 4]
     assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
     scales = {t.name: t for t in model.graph.initializer}

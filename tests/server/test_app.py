@@ -59,3 +59,94 @@ def test_length_limit_and_beam_results_are_consistent(app):
         body = client.post(f"/api/v1/captions?beam_size={beam}&max_length=3",
                            data={"image": (io.BytesIO(data), "a.png")}).json
         assert len(body["captions"][0]["tokens"]) <= 3
+
+
+def test_a_chunked_body_over_the_limit_is_refused_not_truncated(bundle_dir):
+    small = create_app(Config(bundle=bundle_dir, warmup=False, max_upload_mb=0.01))
+    body = png((256, 256))
+    assert len(body) > 0.01 * 1024 * 1024
+    response = small.test_client().post("/api/v1/captions", input_stream=io.BytesIO(body),
+                                        headers={"Content-Type": "image/png", "Transfer-Encoding": "chunked"})
+    assert response.status_code == 413 and response.json["error"]["code"] == "request_entity_too_large"
+    fits = small.test_client().post("/api/v1/captions", input_stream=io.BytesIO(png((8, 8))),
+                                    headers={"Content-Type": "image/png", "Transfer-Encoding": "chunked"})
+    assert fits.status_code == 200, fits.json
+
+
+def test_method_not_allowed_says_what_is(app):
+    response = app.test_client().put("/api/v1/captions")
+    assert response.status_code == 405 and response.json["error"]["code"] == "method_not_allowed"
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"POST", "OPTIONS"}
+    assert app.test_client().delete("/healthz").headers["Allow"]
+
+
+def test_multipart_without_a_boundary_is_named(app):
+    response = app.test_client().post("/api/v1/captions", data=b"--x\r\n",
+                                      headers={"Content-Type": "multipart/form-data"})
+    assert response.status_code == 400 and response.json["error"]["code"] == "malformed_multipart"
+    assert "boundary" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize("value", ["+3", "1_0", "\u0663", " 3 3", "3.0", "99999999999999999999999"])
+def test_integer_parameters_are_plain_ascii_digits(app, value):
+    response = app.test_client().post("/api/v1/captions", query_string={"beam_size": value},
+                                      data={"image": (io.BytesIO(png()), "a.png")})
+    assert response.status_code == 422 and response.json["error"]["code"] == "invalid_parameter"
+
+
+def test_metrics_content_type_has_one_charset(app):
+    content_type = app.test_client().get("/metrics").headers["Content-Type"]
+    assert content_type.count("charset") == 1 and content_type.startswith("text/plain")
+
+
+def test_onnxruntime_telemetry_is_turned_off(bundle_dir, monkeypatch):
+    import onnxruntime as ort
+
+    calls = []
+    monkeypatch.setattr(ort, "disable_telemetry_events", lambda: calls.append(True))
+    create_app(Config(bundle=bundle_dir, warmup=False))
+    assert calls
+
+
+def test_readiness_says_why_a_worker_should_get_no_traffic(app, monkeypatch):
+    from server import lifecycle
+
+    state, client = app.extensions["captions"], app.test_client()
+    model = state.models[state.default]
+    monkeypatch.setattr(model.batcher, "queued_images", model.batcher.limits.max_queue_images)
+    assert client.get("/readyz").status_code == 503 and client.get("/readyz").json == {"status": "saturated"}
+    monkeypatch.setattr(model.batcher, "queued_images", 0)
+    monkeypatch.setattr(lifecycle, "draining", lambda: True)
+    assert client.get("/readyz").json == {"status": "draining"}
+    refused = client.post("/api/v1/captions", data={"image": (io.BytesIO(png()), "a.png")})
+    assert refused.status_code == 503 and refused.json["error"]["code"] == "draining"
+    assert refused.headers["Retry-After"] == "1" and refused.headers["Connection"] == "close"
+    form = client.post("/", data={"image": (io.BytesIO(png()), "a.png")})
+    assert form.status_code == 503 and b"shutting down" in form.data
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(bundle_dir, monkeypatch):
+    from server import preprocess
+
+    budget = create_app(Config(bundle=bundle_dir, warmup=False, max_request_pixels=3 * 64 * 48 - 1))
+    decoded = []
+    load = preprocess.load_rgb
+    monkeypatch.setattr("server.captioning.load_rgb", lambda image: decoded.append(image.size) or load(image))
+    three = [("image", (io.BytesIO(png()), f"{i}.png")) for i in range(3)]
+    response = budget.test_client().post("/api/v1/captions", data={"image": [f for _, f in three]})
+    assert response.status_code == 413 and response.json["error"]["code"] == "request_too_large"
+    assert "9,215 per request" in response.json["error"]["message"] and decoded == []
+    two = [(io.BytesIO(png()), f"{i}.png") for i in range(2)]
+    assert budget.test_client().post("/api/v1/captions", data={"image": two}).status_code == 200
+    assert decoded == [(64, 48), (64, 48)]
+
+
+def test_a_short_deadline_is_answered_503_with_retry_after(app):
+    client = app.test_client()
+    response = client.post("/api/v1/captions", query_string={"timeout_ms": "1"},
+                           data={"image": (io.BytesIO(png((2000, 2000))), "a.png")})
+    assert response.status_code == 503 and response.json["error"]["code"] == "deadline_exceeded"
+    assert int(response.headers["Retry-After"]) >= 1
+    too_long = client.post("/api/v1/captions", query_string={"timeout_ms": "999999"},
+                           data={"image": (io.BytesIO(png()), "a.png")})
+    assert too_long.status_code == 422 and "timeout_ms must be between 1 and 5000" in too_long.json["error"]["message"]

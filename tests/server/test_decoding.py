@@ -112,7 +112,7 @@ def test_beam_beats_greedy_where_greedy_is_short_sighted():
     p[2:, :, END] = 1.0
     table = np.log(p / p.sum(-1, keepdims=True))
     [greedy] = decode_greedy(toy_step(table), start_state(1), 1, START, END, 4)
-    [beam] = decode_beam(toy_step(table), start_state(1), 1, START, END, 4, beam_size=2)
+    [beam] = decode_beam(toy_step(table), start_state(1), 1, START, END, 4, beam_size=2, length_penalty=0.0)
     assert greedy.tokens[0] == 2
     assert beam[0].tokens == [3]
     assert beam[0].log_prob > greedy.log_prob
@@ -128,7 +128,7 @@ def test_greedy_equals_beam_of_one_and_handles_a_batch(seed):
         return log_probs, (position + 1, image)
     state = (np.zeros((2, 1), dtype=np.int64), np.array([[0], [1]]))
     greedy = decode_greedy(step, state, 2, START, END, 5)
-    beam = decode_beam(step, state, 2, START, END, 5, beam_size=1)
+    beam = decode_beam(step, state, 2, START, END, 5, beam_size=1, length_penalty=0.0)
     for i in range(2):
         assert greedy[i].tokens == beam[i][0].tokens
         assert greedy[i].log_prob == pytest.approx(beam[i][0].log_prob)

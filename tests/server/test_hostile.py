@@ -1,6 +1,7 @@
 """Hostile and odd uploads against the live server: the right status and a JSON error, or a
 caption for a valid image; nothing echoed unescaped; workers stay up and small."""
 import io
+import json
 import socket
 
 import pytest
@@ -121,3 +122,23 @@ def test_headers_and_banner(server):
     assert response.headers["X-Frame-Options"] == "DENY"
     error = requests.get(server.url + "/api/v1/nothing")
     assert "Traceback" not in error.text and "werkzeug" not in error.text.lower()
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GARBAGE\r\n\r\n", 400),                                               # not a request line
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 400),  # a header over 8190 bytes
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431),
+])
+def test_errors_gunicorn_answers_itself_are_json_with_a_request_id(server, request_bytes, status):
+    host, port = server.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    head = head.decode()
+    assert head.startswith(f"HTTP/1.1 {status} "), head
+    assert "Content-Type: application/json" in head and "X-Request-ID: " in head
+    error = json.loads(body)["error"]
+    assert error["code"] and error["message"]

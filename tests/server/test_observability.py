@@ -73,3 +73,22 @@ def test_logs_are_json_lines_with_the_request_id(server):
     assert any(e["logger"] == "gunicorn.error" for e in lines)
     non_json = [line for line in server.output().splitlines() if line.strip() and not line.startswith("{")]
     assert not non_json, non_json[:5]
+
+
+def test_what_c_libraries_print_stays_inside_the_json_log(server):
+    """libtiff prints its complaints straight to the process's stderr; they arrive wrapped as JSON."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "TIFF", compression="tiff_lzw")
+    corrupt = bytearray(buffer.getvalue())
+    corrupt[200:400] = b"\xff" * 200  # libtiff: "Using code not yet in table."
+    response = requests.post(server.url + "/api/v1/captions", files={"image": ("bad.tif", bytes(corrupt))})
+    assert response.status_code == 422
+    lines = server.output().splitlines()
+    wrapped = [json.loads(line) for line in lines if line.startswith("{") and '"logger": "stderr"' in line]
+    assert any("not yet in table" in e["message"] and e["level"] == "warning" for e in wrapped), lines[-5:]
+    non_json = [line for line in lines if line.strip() and not line.startswith("{")]
+    assert not non_json, non_json[:5]

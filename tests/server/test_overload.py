@@ -1,0 +1,99 @@
+"""Overload, deadlines, huge images and graceful drain against the real server with its default
+settings, through the functions `python -m benchmarks.reliability` reports with."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from benchmarks.reliability import huge_images, overload
+from benchmarks.server_process import GunicornServer
+from server.config import Config
+
+from .test_preprocess import encode
+
+DEFAULTS = Config()
+
+
+@pytest.fixture(scope="module")
+def default_server(bundle_dir):
+    """One worker with every setting at its default, as `make serve` runs."""
+    server = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir)})
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def overloaded(default_server):
+    scene = encode(Image.effect_noise((299, 299), 40).convert("RGB"), "PNG")
+    return overload(default_server, scene, clients=48, images=4, seconds=4, abandon_after_s=0.3)
+
+
+def test_overload_gets_200_or_503_with_retry_after_within_the_deadline(overloaded):
+    patient = overloaded["patient"]
+    assert set(patient["statuses"]) <= {"200", "503"}, patient["statuses"]
+    assert patient["statuses"].get("200", 0) > 0 and patient["statuses"].get("503", 0) > 0
+    assert patient["shed_503_without_retry_after"] == 0 and patient["connection_errors"] == 0
+    # The deadline plus one batch, with room for a slow machine that also runs the 48 clients.
+    assert max(patient["max_200_ms"], patient["max_503_ms"]) < DEFAULTS.request_timeout_s * 1000 + 5000
+
+
+def test_health_checks_are_answered_under_overload(overloaded):
+    health = overloaded["healthz"]
+    assert health["checks"] > 10 and health["failed"] == 0
+    assert health["max_ms"] < 1000  # benchmarks/results/reliability.md has the measured figure
+
+
+def test_work_of_clients_that_left_is_not_computed(overloaded):
+    impatient = overloaded["impatient"]
+    assert impatient["statuses"].get("0", 0) > 0  # clients did give up
+    assert impatient["dropped_because_client_left"] > 0
+    # What was already running when the last client left: one batch, and at most one more.
+    assert impatient["images_computed_after_clients_left"] <= 2 * DEFAULTS.max_batch_size
+
+
+def test_a_request_of_huge_images_neither_stalls_nor_swells_the_worker(default_server):
+    result = huge_images(default_server, images=16)
+    assert result["many"] == {**result["many"], "status": 413, "code": "request_too_large"}
+    assert result["one"]["status"] == 200
+    # Decoding one 39 MP PNG takes hundreds of milliseconds; health checks meanwhile are not held up by it.
+    assert result["healthz"]["failed"] == 0 and result["healthz"]["max_ms"] < result["one"]["ms"] / 2
+    assert result["rss_growth_mb"] < 500
+
+
+def test_sigterm_drains_the_worker(bundle_dir):
+    server = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir)})
+    try:
+        server.wait_ready()
+        [worker] = server.workers()
+        scene = encode(Image.effect_noise((299, 299), 40).convert("RGB"), "JPEG")
+        kept_alive = requests.Session()
+        assert kept_alive.get(server.url + "/readyz").status_code == 200
+        in_flight = {}
+
+        def slow_request():  # 16 images, beam 5: still running when the signal comes
+            files = [("image", ("s.jpg", scene, "image/jpeg"))] * 16
+            in_flight["response"] = requests.post(server.url + "/api/v1/captions?beam_size=5", files=files, timeout=60)
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        time.sleep(0.3)
+        os.kill(worker, signal.SIGTERM)
+        time.sleep(0.2)
+        ready = kept_alive.get(server.url + "/readyz")
+        assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+        refused = kept_alive.post(server.url + "/api/v1/captions", files={"image": scene})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+        assert refused.headers["Retry-After"] == "1" and refused.headers["Connection"] == "close"
+        thread.join()
+        assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["captions"]) == 16
+        deadline = time.monotonic() + 30
+        while worker in server.workers() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker not in server.workers()  # it exited once its work was done (the master starts another)
+    finally:
+        server.stop()
