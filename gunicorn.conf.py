@@ -81,11 +81,6 @@ proc_name = "caption-server"
 def on_starting(server):
     """Check configuration and the bundle once in the master, so a bad setup stops start-up
     with one line and a non-zero exit before any worker starts."""
-    # C libraries (libtiff) write raw lines to stderr; in JSON mode they are wrapped as records.
-    if _format == "json":
-        from server.logs import StderrRelay
-
-        server.stderr_relay = StderrRelay()
     # Counters left by an earlier server in a reused folder would add to this one's.
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(metrics_dir, exist_ok=True)
@@ -104,6 +99,12 @@ def on_starting(server):
     except (BundleError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    # C libraries (libtiff) write raw lines to stderr; in JSON mode they are wrapped as records
+    # (from here on: the one-line refusals above stay plain).
+    if _format == "json":
+        from server.logs import StderrRelay
+
+        server.stderr_relay = StderrRelay()
 
 
 def post_worker_init(worker):

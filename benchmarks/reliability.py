@@ -268,9 +268,8 @@ def broken_bundles(bundle: Path) -> dict:
                 code = server.process.wait(60)
             finally:
                 server.stop()
-            errors = [line for line in server.output().splitlines() if line.startswith("error: ")]
             results[name] = {"exit_code": code, "seconds": round(time.monotonic() - started, 2),
-                             "message": errors[0] if errors else None}
+                             "message": server.startup_error()}
     return results
 
 

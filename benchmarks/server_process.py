@@ -1,6 +1,7 @@
 """Start and stop the real gunicorn server (gunicorn.conf.py) on a free loopback port."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -53,6 +54,18 @@ class GunicornServer:
 
     def output(self) -> str:
         return self.log_path.read_text()
+
+    def startup_error(self) -> str | None:
+        """The first one-line refusal to start ("error: ..."), plain or inside a JSON log line."""
+        for line in self.output().splitlines():
+            if line.startswith("{"):
+                try:
+                    line = json.loads(line).get("message", "")
+                except ValueError:
+                    continue
+            if line.startswith("error: "):
+                return line
+        return None
 
     def stop(self) -> None:
         self.process.terminate()

@@ -57,7 +57,6 @@ def read_uploads(limit: int) -> list[bytes]:
 @api.post("/api/v1/captions")
 def captions():
     state = _state()
-    state.check_accepting()
     uploads = read_uploads(state.config.max_upload_bytes)
     model = state.model_named_in(request.values)
     options = parse_options(request.values, state.config, model.engine.max_length)

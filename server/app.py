@@ -19,8 +19,7 @@ from .bundle import load_bundles
 from .captioning import ServedModel
 from .config import Config
 from .engine import CaptionEngine
-from .errors import RequestError, unavailable
-from .observability import REQUESTS_SHED
+from .errors import RequestError
 
 log = logging.getLogger(__name__)
 # The variant tools refuse below this by default; a bundle written with the gate lowered
@@ -78,12 +77,6 @@ class ModelState:
         """The model a request's `model` values name (query and form; every one must be served)."""
         chosen = [self.model(name) for name in values.getlist("model")]
         return chosen[0] if chosen else self.model(None)
-
-    def check_accepting(self) -> None:
-        """A worker that is shutting down takes no new work, and closes the connection that brought it."""
-        if lifecycle.draining():
-            REQUESTS_SHED.labels("draining").inc()
-            raise unavailable("draining", "this server is shutting down; retry", 1, close=True)
 
     def status(self) -> str:
         """ready, or why a load balancer should send work elsewhere: starting, draining, saturated."""

@@ -11,9 +11,6 @@ class RequestError(Exception):
         self.headers = headers or {}
 
 
-def unavailable(code: str, message: str, retry_after_s: float, close: bool = False) -> RequestError:
+def unavailable(code: str, message: str, retry_after_s: float) -> RequestError:
     """A 503 that tells the client when to come back (whole seconds, at least one)."""
-    headers = {"Retry-After": str(max(1, int(-(-retry_after_s // 1))))}
-    if close:
-        headers["Connection"] = "close"
-    return RequestError(503, code, message, headers)
+    return RequestError(503, code, message, {"Retry-After": str(max(1, int(-(-retry_after_s // 1))))})

@@ -2,9 +2,8 @@
 
 gunicorn.conf.py attaches the gunicorn worker once it has loaded the app. On SIGTERM gunicorn
 marks the worker not alive, closes its listening socket and lets the requests it holds finish
-(up to graceful_timeout); from then on readiness answers 503 and a new caption request on a
-kept-alive connection gets a 503 that closes the connection, so the load balancer sends the work
-elsewhere.
+(up to graceful_timeout), closing each kept-alive connection after the request it brings; from
+then on readiness answers 503, so the load balancer sends new work elsewhere.
 """
 from __future__ import annotations
 

@@ -78,7 +78,8 @@ def configure(level: str, fmt: str) -> None:
 
 def as_json_line(line: bytes) -> bytes | None:
     """A line written to stderr, as a JSON log line: JSON objects pass unchanged, anything else
-    (what a C library prints) is wrapped as a warning of logger "stderr"; blank lines vanish."""
+    (what a C library prints) is wrapped as a record of logger "stderr" (a warning, or an error
+    for an "error: ..." line); blank lines vanish."""
     text = line.rstrip(b"\r")
     if not text.strip():
         return None
@@ -88,8 +89,10 @@ def as_json_line(line: bytes) -> bytes | None:
             return text
         except ValueError:
             pass
-    return json.dumps({"time": _timestamp(time.time()), "level": "warning", "logger": "stderr", "pid": None,
-                       "request_id": "-", "message": text.decode("utf-8", "replace")}).encode()
+    message = text.decode("utf-8", "replace")
+    level = "error" if message.startswith("error: ") else "warning"  # a worker's one-line refusal to start
+    return json.dumps({"time": _timestamp(time.time()), "level": level, "logger": "stderr", "pid": None,
+                       "request_id": "-", "message": message}).encode()
 
 
 class StderrRelay:

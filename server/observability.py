@@ -34,7 +34,7 @@ QUEUE_IMAGES = Gauge("caption_queue_images", "Images waiting for the model (all 
 BATCH_IMAGES = Histogram("caption_batch_images", "Images per model run (micro-batch size).",
                          buckets=(1, 2, 4, 8, 16, 32, 64))
 REQUESTS_SHED = Counter("caption_requests_shed_total", "Caption requests not run, by reason: queue_full, "
-                        "deadline, client_gone, draining.", ["reason"])
+                        "deadline, client_gone.", ["reason"])
 IN_FLIGHT = Gauge("caption_http_requests_in_flight", "HTTP requests being answered now.",
                   multiprocess_mode="livesum")
 MODEL_INFO = Gauge("caption_model_info", "The model bundle each worker serves (value 1).",

@@ -38,7 +38,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                     "multipart/form-data": {"schema": {
                         "type": "object", "required": ["image"],
                         "properties": {
-                            "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                            "image": {"type": "array", "items": {"type": "string", "format": "binary", "minLength": 1},
                                       "minItems": 1, "maxItems": config.max_images,
                                       "description": f"one or several images: {image_formats}"},
                             **options},
@@ -55,8 +55,8 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                                   f"pixels together, or over {config.max_images} images"),
                     "415": _error("Not an image in a supported format, or an unsupported content type"),
                     "422": _error("Corrupt image, an invalid parameter or an unknown model"),
-                    "503": {**_error("The server is overloaded (its queue is full), the request passed its "
-                                     "deadline before reaching the model, or the server is shutting down"),
+                    "503": {**_error("The server is overloaded (its queue is full), or the request passed its "
+                                     "deadline before reaching the model"),
                             "headers": {"Retry-After": {"description": "seconds to wait before retrying",
                                                         "schema": {"type": "integer", "minimum": 1}}}},
                 },

@@ -99,11 +99,12 @@ def test_openapi_document_matches_the_api(server):
     assert set(doc["paths"]) == {"/api/v1/captions", "/api/v1/model", "/api/v1/models", "/healthz", "/readyz",
                                  "/metrics", "/openapi.json"}
     post = doc["paths"]["/api/v1/captions"]["post"]
-    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length", "model"}
+    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length", "model", "timeout_ms"}
     schema = doc["components"]["schemas"]["Captions"]
     assert set(schema["required"]) == {"captions", "model", "timings_ms"}
-    for status in ("400", "413", "415", "422"):
+    for status in ("400", "413", "415", "422", "503"):
         assert status in post["responses"]
+    assert "Retry-After" in post["responses"]["503"]["headers"]
 
 
 def test_web_form_and_result_page(server, heldout):

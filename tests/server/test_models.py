@@ -107,6 +107,10 @@ def test_new_bundle_goes_live_on_reload_without_failed_requests(bundle_dir, trai
         stop.set()
         for t in threads:
             t.join()
+        # The old workers finish what they hold first (gunicorn checks once a second, up to graceful_timeout).
+        until = time.time() + 35
+        while set(old_workers) & set(srv.workers()) and time.time() < until:
+            time.sleep(0.2)
         workers_after = srv.workers()
         srv.stop()
     names = [name for _, name in answers]

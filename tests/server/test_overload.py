@@ -86,9 +86,9 @@ def test_sigterm_drains_the_worker(bundle_dir):
         time.sleep(0.2)
         ready = kept_alive.get(server.url + "/readyz")
         assert ready.status_code == 503 and ready.json() == {"status": "draining"}
-        refused = kept_alive.post(server.url + "/api/v1/captions", files={"image": scene})
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
-        assert refused.headers["Retry-After"] == "1" and refused.headers["Connection"] == "close"
+        # A request already on its way over a kept-alive connection is answered, and the connection closed.
+        last = kept_alive.post(server.url + "/api/v1/captions", files={"image": scene})
+        assert last.status_code == 200 and last.headers["Connection"] == "close"
         thread.join()
         assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["captions"]) == 16
         deadline = time.monotonic() + 30
