@@ -1,5 +1,5 @@
 """The serving layout study: gunicorn workers x onnxruntime threads x thread spinning x memory
-arena x micro-batching, each measured over HTTP for single-image latency (concurrency 1) and
+arena x micro-batching x queue delay, each measured over HTTP for single-image latency (concurrency 1) and
 throughput (concurrency 8), so the defaults in gunicorn.conf.py and server/config.py follow
 the winner.
 
@@ -21,13 +21,14 @@ RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 8)
 
 
-def layout(workers: int, threads: int, spinning: bool, batching: bool, arena: bool = True) -> tuple:
+def layout(workers: int, threads: int, spinning: bool, batching: bool, arena: bool = True,
+           queue_delay_ms: float = 0) -> tuple:
     name = (f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
             f"spinning {'on' if spinning else 'off'}, batching {'on' if batching else 'off'}"
-            + ("" if arena else ", arena off"))
+            + ("" if arena else ", arena off") + (f", queue delay {queue_delay_ms:g} ms" if queue_delay_ms else ""))
     return name, {"WEB_CONCURRENCY": str(workers), "CAPTION_INTRA_OP_THREADS": str(threads),
                   "CAPTION_SPINNING": str(int(spinning)), "CAPTION_MICRO_BATCHING": str(int(batching)),
-                  "CAPTION_CPU_ARENA": str(int(arena))}
+                  "CAPTION_CPU_ARENA": str(int(arena)), "CAPTION_MAX_QUEUE_DELAY_MS": f"{queue_delay_ms:g}"}
 
 
 LAYOUTS = (
@@ -39,6 +40,9 @@ LAYOUTS = (
     layout(2, 1, spinning=True, batching=True),
     layout(2, 2, spinning=False, batching=True),
     layout(2, 1, spinning=True, batching=True, arena=False),
+    # Triton's max_queue_delay: a batch that is not full waits this long for more requests.
+    layout(1, 2, spinning=True, batching=True, queue_delay_ms=5),
+    layout(1, 2, spinning=True, batching=True, queue_delay_ms=20),
 )
 
 

@@ -49,11 +49,14 @@ class LoadResult:
         return round(max((ms for s, ms in zip(self.statuses, self.latencies_ms) if s == status), default=0.0), 1)
 
 
-def run_load(url: str, requests_to_send, concurrency: int, duration_s: float, timeout_s: float = 30) -> LoadResult:
+def run_load(url: str, requests_to_send, concurrency: int, duration_s: float, timeout_s: float = 30,
+             honour_retry_after: bool = False) -> LoadResult:
     """Send requests from `concurrency` threads for `duration_s` seconds.
 
     `requests_to_send` is a list of (kwargs for requests.Request, expected status); each thread
-    cycles through it from its own offset, so good and bad requests interleave.
+    cycles through it from its own offset, so good and bad requests interleave. With
+    `honour_retry_after`, a client told 503 waits as long as Retry-After says before its next
+    request, as well-behaved HTTP clients do (urllib3's Retry, for one).
     """
     result = LoadResult(duration_s)
     lock = threading.Lock()
@@ -78,10 +81,12 @@ def run_load(url: str, requests_to_send, concurrency: int, duration_s: float, ti
                 session = requests.Session()
             elapsed = (time.perf_counter() - started) * 1e3
             with lock:
-                result.retry_after_missing += missing
                 result.statuses.append(status)
                 result.latencies_ms.append(elapsed)
                 result.expected.append(expected)
+                result.retry_after_missing += missing
+            if honour_retry_after and status == 503 and not missing:
+                time.sleep(min(float(response.headers["Retry-After"]), max(0.0, deadline - time.monotonic())))
 
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(concurrency)]
     started, cpu = time.monotonic(), time.process_time()

@@ -81,16 +81,17 @@ def metric(server: GunicornServer, name: str, **labels) -> float:
 
 def overload(server: GunicornServer, scene: bytes, clients: int = 48, images: int = 4, seconds: float = 15,
              abandon_after_s: float = 0.8) -> dict:
-    """`clients` clients sending `images`-image requests as fast as they are answered, first
-    patient (30 s timeout), then impatient (they hang up after `abandon_after_s`); /healthz is
-    timed throughout. After the impatient clients leave, how much work the server still did."""
+    """`clients` clients sending `images`-image requests as fast as they are answered (after a
+    503, once its Retry-After has passed), first patient (30 s timeout), then impatient (they
+    hang up after `abandon_after_s`); /healthz is timed throughout. After the impatient clients
+    leave, how much work the server still did."""
     url = server.url + "/api/v1/captions"
     load = [({"files": [("image", ("scene.png", scene, "image/png"))] * images}, 200)]
     with HealthProbe(server.url) as health:
-        patient = run_load(url, load, clients, seconds, timeout_s=30)
+        patient = run_load(url, load, clients, seconds, timeout_s=30, honour_retry_after=True)
     computed = metric(server, "caption_batch_images_sum")
     gone_before = metric(server, "caption_requests_shed_total", reason="client_gone")
-    impatient = run_load(url, load, clients, seconds, timeout_s=abandon_after_s)
+    impatient = run_load(url, load, clients, seconds, timeout_s=abandon_after_s, honour_retry_after=True)
     left_at = time.monotonic()
     at_leave = last = metric(server, "caption_batch_images_sum")
     last_change = left_at

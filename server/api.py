@@ -57,6 +57,7 @@ def read_uploads(limit: int) -> list[bytes]:
 @api.post("/api/v1/captions")
 def captions():
     state = _state()
+    state.refuse_when_full()
     uploads = read_uploads(state.config.max_upload_bytes)
     model = state.model_named_in(request.values)
     options = parse_options(request.values, state.config, model.engine.max_length)

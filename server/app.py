@@ -78,6 +78,12 @@ class ModelState:
         chosen = [self.model(name) for name in values.getlist("model")]
         return chosen[0] if chosen else self.model(None)
 
+    def refuse_when_full(self) -> None:
+        """Before a request's body is even read: when every model's queue is full, answer 503 at
+        once, so that clients retrying under overload cost no parsing."""
+        if all(model.batcher.saturated for model in self.models.values()):
+            raise self.models[self.default].batcher.overloaded()
+
     def status(self) -> str:
         """ready, or why a load balancer should send work elsewhere: starting, draining, saturated."""
         if not self.ready.is_set():

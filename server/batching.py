@@ -89,28 +89,49 @@ class MicroBatcher:
 
     @property
     def saturated(self) -> bool:
-        """Whether the queue is full: a new request would be refused."""
+        """Whether the queue (images reserved: being decoded or waiting) is full."""
         return self.queued_images >= self.limits.max_queue_images
 
     def retry_after_s(self) -> float:
         """How long the work queued now should take."""
         return (self.queued_images + 1) * self.seconds_per_image
 
+    def overloaded(self) -> RequestError:
+        """The 503 for a request the queue has no room for (counted as shed)."""
+        metrics.REQUESTS_SHED.labels("queue_full").inc()
+        return unavailable("overloaded", f"the server is busy ({self.queued_images} images waiting); retry later",
+                           self.retry_after_s())
+
+    def reserve(self, images: int) -> None:
+        """Count `images` against the queue bound before any work is done for them (decoding
+        included), or refuse at once with a 503: a refused request must cost next to nothing.
+        A request larger than the bound is taken when nothing else waits."""
+        with self.lock:
+            if self.queued_images and self.queued_images + images > self.limits.max_queue_images:
+                raise self.overloaded()
+            self.queued_images += images
+            metrics.QUEUE_IMAGES.inc(images)
+
+    def release(self, images: int) -> None:
+        """Give back a reservation whose images will not be queued (a bad upload, say)."""
+        with self.lock:
+            self.queued_images -= images
+            metrics.QUEUE_IMAGES.dec(images)
+
     def caption(self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
                 length_penalty: float = DEFAULT_LENGTH_PENALTY, deadline: float = math.inf,
-                connected: Callable[[], bool] = always_connected) -> CaptionResult:
-        """Caption `images` in the next batch that has room; `deadline` is on this batcher's clock.
+                connected: Callable[[], bool] = always_connected, reserved: bool = False) -> CaptionResult:
+        """Caption `images` in the next batch that has room; `deadline` is on this batcher's clock;
+        `reserved` when the caller has already reserved their place.
 
         Raises a 503 RequestError when the queue is full or the deadline passes before the
         images reach the model.
         """
+        if not reserved:
+            self.reserve(len(images))
         job = _Job(images, (beam_size, max_length, length_penalty), deadline, connected, self.clock())
         with self.lock:
-            if self.pending and self.queued_images + len(images) > self.limits.max_queue_images:
-                metrics.REQUESTS_SHED.labels("queue_full").inc()
-                raise unavailable("overloaded", f"the server is busy ({self.queued_images} images waiting); "
-                                                "retry later", self.retry_after_s())
-            self._enqueue(job)
+            self.pending.append(job)
             if not self.busy:
                 self.busy = job.leads = True
         if not job.leads:
@@ -120,11 +141,6 @@ class MicroBatcher:
         if job.error is not None:
             raise job.error
         return job.result
-
-    def _enqueue(self, job: _Job) -> None:
-        self.pending.append(job)
-        self.queued_images += len(job.images)
-        metrics.QUEUE_IMAGES.inc(len(job.images))
 
     def _dequeue(self, job: _Job) -> None:
         self.pending.remove(job)

@@ -127,12 +127,8 @@ class ServedModel:
         self.preprocess_slots = preprocess_slots
         self.clock = self.batcher.clock
 
-    def caption_uploads(self, uploads: list[bytes], options: Options, started: float,
-                        connected=lambda: True, previews: bool = False) -> dict:
-        """Caption every upload in order. `started` (on time.perf_counter's clock) begins the
-        request's deadline. Returns JSON-ready captions (best beam), every beam, timings in ms
-        and, when asked, preview JPEGs."""
-        deadline = started + options.timeout_s
+    def _preprocess(self, uploads: list[bytes], deadline: float, previews: bool):
+        """preprocess_uploads in a native thread, once a decoding slot is free, within the deadline."""
         if not self.preprocess_slots.acquire(timeout=max(0.0, deadline - self.clock())):
             metrics.REQUESTS_SHED.labels("deadline").inc()
             raise unavailable("deadline_exceeded", "the server is busy decoding other uploads; retry later",
@@ -141,13 +137,27 @@ class ServedModel:
             batch, shown = off_event_loop(lambda: preprocess_uploads(uploads, self.config, self.engine, previews))
         finally:
             self.preprocess_slots.release()
-        preprocessed = self.clock()
-        if preprocessed >= deadline:
+        if self.clock() >= deadline:
             metrics.REQUESTS_SHED.labels("deadline").inc()
             raise unavailable("deadline_exceeded", "the request passed its deadline while its images were "
                                                    "decoded; retry later", self.batcher.retry_after_s())
+        return batch, shown
+
+    def caption_uploads(self, uploads: list[bytes], options: Options, started: float,
+                        connected=lambda: True, previews: bool = False) -> dict:
+        """Caption every upload in order. `started` (on time.perf_counter's clock) begins the
+        request's deadline. Returns JSON-ready captions (best beam), every beam, timings in ms
+        and, when asked, preview JPEGs."""
+        deadline = started + options.timeout_s
+        self.batcher.reserve(len(uploads))  # a full queue refuses before anything is decoded
+        try:
+            batch, shown = self._preprocess(uploads, deadline, previews)
+        except BaseException:
+            self.batcher.release(len(uploads))
+            raise
+        preprocessed = self.clock()
         result = self.batcher.caption(batch, options.beam_size, options.max_length, self.config.length_penalty,
-                                      deadline=deadline, connected=connected)
+                                      deadline=deadline, connected=connected, reserved=True)
         engine = self.engine
         timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,
                    "total": (self.clock() - started) * 1e3}

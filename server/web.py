@@ -35,9 +35,10 @@ def index():
 def upload():
     state = current_app.extensions["captions"]
     engine = state.engine
-    # A field the person left empty means its default (the API, stricter, refuses an empty value).
-    fields = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
     try:
+        state.refuse_when_full()
+        # A field the person left empty means its default (the API, stricter, refuses an empty value).
+        fields = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
         model = state.model_named_in(fields)
         engine = model.engine
         file = request.files.get("image")

@@ -97,3 +97,21 @@ def test_sigterm_drains_the_worker(bundle_dir):
         assert worker not in server.workers()  # it exited once its work was done (the master starts another)
     finally:
         server.stop()
+
+
+def test_without_micro_batching_inference_still_leaves_the_event_loop_free(bundle_dir):
+    from benchmarks.reliability import HealthProbe
+
+    server = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_MICRO_BATCHING": "0"})
+    try:
+        server.wait_ready()
+        scene = encode(Image.effect_noise((299, 299), 40).convert("RGB"), "JPEG")
+        files = [("image", ("s.jpg", scene, "image/jpeg"))] * 16
+        with HealthProbe(server.url, period=0.01) as health:
+            started = time.perf_counter()
+            response = requests.post(server.url + "/api/v1/captions?beam_size=3", files=files, timeout=60)
+            took_ms = (time.perf_counter() - started) * 1e3
+        assert response.status_code == 200
+        assert health.summary()["failed"] == 0 and health.summary()["max_ms"] < took_ms / 2
+    finally:
+        server.stop()
