@@ -188,9 +188,10 @@ class MicroBatcher:
 
     def _gather(self) -> None:
         """With a queue delay, let a batch that is not full wait for more requests."""
-        if not self.limits.combine or not self.pending:
-            return
-        until = self.pending[0].queued + self.limits.max_queue_delay_s
+        with self.lock:
+            if not self.limits.combine or not self.pending:
+                return
+            until = self.pending[0].queued + self.limits.max_queue_delay_s
         while self.clock() < until and self.queued_images < self.limits.max_batch_size:
             time.sleep(min(0.001, until - self.clock()))
 
