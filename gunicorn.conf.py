@@ -108,7 +108,7 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Let the app see when this worker starts to drain (readiness 503, no new work)."""
+    """Let the app see when this worker starts to drain (readiness then answers 503)."""
     from server import lifecycle
 
     lifecycle.attach(worker)

@@ -29,7 +29,7 @@ def default_server(bundle_dir):
 
 @pytest.fixture(scope="module")
 def overloaded(default_server):
-    scene = encode(Image.effect_noise((299, 299), 40).convert("RGB"), "PNG")
+    scene = encode(Image.effect_noise((640, 480), 40).convert("RGB"), "JPEG")
     return overload(default_server, scene, clients=48, images=4, seconds=4, abandon_after_s=0.3)
 
 
