@@ -29,7 +29,8 @@ def default_server(bundle_dir):
 
 @pytest.fixture(scope="module")
 def overloaded(default_server):
-    scene = encode(Image.effect_noise((640, 480), 40).convert("RGB"), "JPEG")
+    # Small bodies: the checks are about queueing; what 640x480 photos cost is in reliability.md.
+    scene = encode(Image.effect_noise((299, 299), 40).convert("RGB"), "JPEG")
     return overload(default_server, scene, clients=48, images=4, seconds=4, abandon_after_s=0.3)
 
 
@@ -45,6 +46,7 @@ def test_overload_gets_200_or_503_with_retry_after_within_the_deadline(overloade
 def test_health_checks_are_answered_under_overload(overloaded):
     health = overloaded["healthz"]
     assert health["checks"] > 10 and health["failed"] == 0
+    print("healthz under overload:", health)
     assert health["max_ms"] < 1000  # benchmarks/results/reliability.md has the measured figure
 
 
