@@ -102,6 +102,11 @@ class MicroBatcher:
         return unavailable("overloaded", f"the server is busy ({self.queued_images} images waiting); retry later",
                            self.retry_after_s())
 
+    def deadline_passed(self, message: str) -> RequestError:
+        """The 503 for a request whose deadline came before its images reached the model (counted as shed)."""
+        metrics.REQUESTS_SHED.labels("deadline").inc()
+        return unavailable("deadline_exceeded", message, self.retry_after_s())
+
     def reserve(self, images: int) -> None:
         """Count `images` against the queue bound before any work is done for them (decoding
         included), or refuse at once with a 503: a refused request must cost next to nothing.
@@ -160,12 +165,11 @@ class MicroBatcher:
         job.wake.wait()  # already in a running batch (or just made leader): at most one batch more
 
     def _drop(self, job: _Job, reason: str) -> None:
-        metrics.REQUESTS_SHED.labels(reason).inc()
         if reason == "client_gone":
+            metrics.REQUESTS_SHED.labels(reason).inc()
             job.error = RequestError(499, "client_closed_request", "the client closed the connection")
         else:
-            job.error = unavailable("deadline_exceeded", "the request waited past its deadline; retry later",
-                                    self.retry_after_s())
+            job.error = self.deadline_passed("the request waited past its deadline; retry later")
         job.wake.set()
 
     def _take(self) -> list[_Job]:

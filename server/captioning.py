@@ -16,7 +16,7 @@ import numpy as np
 from . import observability as metrics
 from .batching import BatchLimits, MicroBatcher, off_event_loop
 from .engine import CaptionEngine
-from .errors import RequestError, unavailable
+from .errors import RequestError
 from .preprocess import ImageError, load_rgb, open_image, to_model_input
 
 PREVIEW_SIZE = (640, 640)
@@ -34,10 +34,8 @@ def parse_options(values, config, max_length_limit: int) -> Options:
     """beam_size, max_length and timeout_ms from query/form values, validated against the configuration."""
     def integer(name: str, default: int, low: int, high: int) -> int:
         # Every value counts (query and form both, or a name repeated): a bad one is refused, not shadowed.
-        raws = [str(raw).strip() for raw in values.getlist(name)] if hasattr(values, "getlist") else \
-            [str(values[name]).strip()] if values.get(name) is not None else []
         checked = []
-        for text in raws:
+        for text in (raw.strip() for raw in values.getlist(name)):
             if not DIGITS.match(text):  # int() also takes "+3", "1_0" and non-ASCII digits
                 raise RequestError(422, "invalid_parameter", f"{name} must be an integer, got {text[:40]!r}")
             value = int(text) if len(text) <= 12 else high + 1
@@ -86,10 +84,10 @@ def preprocess_uploads(uploads: list[bytes], config, engine: CaptionEngine, prev
         prefix = f"image {index + 1}: " if len(uploads) > 1 else ""
         return RequestError(exc.status, exc.code, prefix + exc.message)
 
-    opened = []
+    opened, min_side = [], draft_side(engine)
     for index, data in enumerate(uploads):
         try:
-            opened.append(open_image(data, config.max_pixels, draft_side(engine)))
+            opened.append(open_image(data, config.max_pixels, min_side))
         except ImageError as exc:
             raise labelled(index, exc) from None
     pixels = sum(image.size[0] * image.size[1] for image in opened)
@@ -130,17 +128,14 @@ class ServedModel:
     def _preprocess(self, uploads: list[bytes], deadline: float, previews: bool):
         """preprocess_uploads in a native thread, once a decoding slot is free, within the deadline."""
         if not self.preprocess_slots.acquire(timeout=max(0.0, deadline - self.clock())):
-            metrics.REQUESTS_SHED.labels("deadline").inc()
-            raise unavailable("deadline_exceeded", "the server is busy decoding other uploads; retry later",
-                              self.batcher.retry_after_s())
+            raise self.batcher.deadline_passed("the server is busy decoding other uploads; retry later")
         try:
             batch, shown = off_event_loop(lambda: preprocess_uploads(uploads, self.config, self.engine, previews))
         finally:
             self.preprocess_slots.release()
         if self.clock() >= deadline:
-            metrics.REQUESTS_SHED.labels("deadline").inc()
-            raise unavailable("deadline_exceeded", "the request passed its deadline while its images were "
-                                                   "decoded; retry later", self.batcher.retry_after_s())
+            raise self.batcher.deadline_passed("the request passed its deadline while its images were decoded; "
+                                               "retry later")
         return batch, shown
 
     def caption_uploads(self, uploads: list[bytes], options: Options, started: float,
