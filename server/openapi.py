@@ -54,7 +54,9 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                                   f"{config.max_pixels:,} pixels, images over {config.max_request_pixels:,} "
                                   f"pixels together, or over {config.max_images} images"),
                     "415": _error("Not an image in a supported format, or an unsupported content type"),
+                    "414": _error("Request line (URL and query) over gunicorn's limit of 4094 bytes"),
                     "422": _error("Corrupt image, an invalid parameter or an unknown model"),
+                    "431": _error("Request headers over gunicorn's limits"),
                     "503": {**_error("The server is overloaded (its queue is full), or the request passed its "
                                      "deadline before reaching the model"),
                             "headers": {"Retry-After": {"description": "seconds to wait before retrying",
