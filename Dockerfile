@@ -19,6 +19,7 @@ RUN pip install -r requirements-server.txt \
     && if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi
 
 COPY pyproject.toml gunicorn.conf.py ./
+COPY bundle/ bundle/
 COPY server/ server/
 RUN pip install --no-deps . \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin caption

@@ -90,7 +90,7 @@ def on_starting(server):
 
     # Nothing here may import onnxruntime: a master that has loaded it forks workers that
     # abort at exit (its thread pools do not survive fork).
-    from server.bundle import BundleError, load_bundles
+    from bundle.format import BundleError, load_bundles
     from server.config import Config, ConfigError
 
     try:

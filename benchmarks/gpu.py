@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server.bundle import load_bundle
-from server.config import Config
-from server.decoder_loop import BoundDecoder
-from server.engine import CaptionEngine
-from server.preprocess import decode_image, to_model_input
+from bundle.format import load_bundle
+from bundle.preprocess import to_model_input
+from server.bound_decoder import BoundDecoder
+from server.engine import CaptionEngine, EngineOptions
+from server.uploads import decode_image
 
 from .latency import timed
 
@@ -42,8 +42,8 @@ def device_name(provider: str) -> str:
 
 
 def engine_for(bundle: Path, provider: str, io_binding: str) -> CaptionEngine:
-    return CaptionEngine(load_bundle(bundle), Config(bundle=bundle, providers=provider, strict_providers=True,
-                                                     io_binding=io_binding, warmup=False))
+    return CaptionEngine(load_bundle(bundle), EngineOptions(providers=(provider,), strict_providers=True,
+                                                            io_binding=io_binding))
 
 
 def run_mode(engine: CaptionEngine) -> str:
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         return 2
     heldout = json.loads((args.run / "heldout.json").read_text())[:args.images]
     preprocessing = load_bundle(args.bundle, verify_checksums=False).manifest["preprocessing"]
-    images = np.stack([to_model_input(decode_image(Path(h["image"]).read_bytes(), 10**8), preprocessing)
+    images = np.stack([to_model_input(decode_image(Path(h["image"]).read_bytes(), 10**8, preprocessing), preprocessing)
                        for h in heldout])
     results = {"device": device_name(args.provider), "provider": ORT_PROVIDER[args.provider],
                "onnxruntime": ort.__version__, "images": len(images),

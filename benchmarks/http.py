@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.bundle import load_bundle
+from bundle.format import load_bundle
 
 from .floor import encoder_floor
 from .load import run_load

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.bundle import load_bundle
-from server.captioning import draft_side
-from server.config import Config
+from bundle.format import load_bundle
+from bundle.preprocess import to_model_input
 from server.engine import CaptionEngine
-from server.preprocess import decode_image, to_model_input
+from server.uploads import decode_image
 
 from .floor import encoder_floor
 
@@ -114,10 +113,10 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for latency.json and latency.md")
     args = parser.parse_args(argv)
     bundle = load_bundle(args.bundle)
-    engine = CaptionEngine(bundle, Config(bundle=args.bundle))
+    engine = CaptionEngine(bundle)
     small, large = jpeg(640, 480), jpeg(4000, 3000)
-    side = draft_side(engine)
-    preprocess = lambda data: to_model_input(decode_image(data, 40_000_000, side), engine.preprocessing)  # noqa: E731
+    preprocess = lambda data: to_model_input(decode_image(data, 40_000_000, engine.preprocessing),  # noqa: E731
+                                             engine.preprocessing)
     image = preprocess(small)[None]
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
     }
     if (args.int8 / "bundle.json").is_file():
         int8 = load_bundle(args.int8)
-        results["onnxruntime_int8"] = onnx_latencies(CaptionEngine(int8, Config(bundle=args.int8)), image, args.runs,
+        results["onnxruntime_int8"] = onnx_latencies(CaptionEngine(int8), image, args.runs,
                                                      decoder=False)
         results["int8_check"] = int8.variant_check()
     if (args.run / "encoder.keras").is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from .specs import BATCH, GraphSpec
+from bundle.specs import BATCH, GraphSpec
 
 OPSET = 17
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.preprocess import load_image
+from bundle.sessions import tensor_names
+
 from . import variant
-from .parity import load_image
 from .variant import VariantError
 
 __all__ = ["VariantError", "quantize_encoder", "make_variant", "main"]
@@ -24,15 +26,16 @@ __all__ = ["VariantError", "quantize_encoder", "make_variant", "main"]
 CALIBRATION_BATCH = 8
 
 
-def quantize_encoder(source: Path, target: Path, images: list[np.ndarray]) -> None:
-    """Write the statically quantised encoder, calibrated on `images` (float32 [H, W, 3] each)."""
+def quantize_encoder(source: Path, target: Path, images: list[np.ndarray], input_name: str) -> None:
+    """Write the statically quantised encoder, calibrated on `images` (each one image's input,
+    fed as the graph's input `input_name`)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"image": np.stack(images[i:i + CALIBRATION_BATCH])}
+            self.batches = iter([{input_name: np.stack(images[i:i + CALIBRATION_BATCH])}
                                  for i in range(0, len(images), CALIBRATION_BATCH)])
 
         def get_next(self):
@@ -52,7 +55,7 @@ def _convert(source: Path, target: Path, context: variant.Context) -> dict:
     preprocessing = context.manifest["preprocessing"]
     images = [load_image(Path(h["image"]), preprocessing) for h in context.calibration]
     context.log(f"calibrating on {len(images)} held-out images")
-    quantize_encoder(source, target, images)
+    quantize_encoder(source, target, images, tensor_names(context.manifest["graphs"]["encoder"], "inputs")["image"])
     return {"calibration_images": len(images), "format": "QDQ, per-channel int8 weights, uint8 activations, MinMax"}
 
 

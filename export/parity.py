@@ -1,27 +1,34 @@
-"""Parity of the exported graphs with Keras: max |ONNX - Keras| per output on random and real
-inputs, and identical greedy captions on held-out images. Every mismatch is collected and
-reported together in one ParityError."""
+"""Parity of the exported graphs with Keras, checked through the very code that serves.
+
+Each graph's outputs are compared with Keras' on random and real inputs (max |ONNX - Keras|
+within the spec's tolerance); the encoder's features on held-out images, preprocessed by the
+contract as the server will (bundle.preprocess), are compared with the features training used;
+and greedy captions, decoded as the server decodes them (bundle.sessions, bundle.decoding),
+must equal the Keras captions training wrote. Every mismatch is collected into one ParityError.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps
 
-from .specs import GraphSpec
+from bundle.decoding import decode_greedy, words_of
+from bundle.preprocess import load_image
+from bundle.sessions import SessionDecoder, SessionEncoder
+from bundle.specs import GraphSpec
 
 
 class ParityError(RuntimeError):
     """The exported model does not reproduce the Keras model."""
 
 
-def load_image(path: Path, preprocessing: dict) -> np.ndarray:
-    """The image as the manifest's preprocessing describes it (float32 [H, W, 3])."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image = image.resize(tuple(preprocessing["resize"]), Image.Resampling[preprocessing["resample"].upper()])
-    return np.asarray(image, dtype=np.float32) * preprocessing["scale"] + preprocessing["offset"]
+def greedy_ids(sessions: dict, graphs: dict, features: np.ndarray, special: dict, max_length: int) -> list[list[int]]:
+    """Greedy token ids from encoder features, decoded as the server decodes them."""
+    decoder = SessionDecoder(sessions["decoder_init"], sessions["decoder_step"], graphs)
+    hypotheses = decode_greedy(decoder.step, decoder.initial_state(features), len(features), special["start"],
+                               special["end"], max_length)
+    return [h.tokens for h in hypotheses]
 
 
 def random_inputs(spec: GraphSpec, batch: int, rng: np.random.Generator, vocab_size: int,
@@ -33,7 +40,7 @@ def random_inputs(spec: GraphSpec, batch: int, rng: np.random.Generator, vocab_s
         shape = (batch, *t.shape[1:])
         if t.dtype == "int32":
             feeds[t.name] = rng.integers(0, vocab_size, size=shape, dtype=np.int32)
-        elif t.name == "features":
+        elif t.key == "features":
             feeds[t.name] = (feature_scale * rng.uniform(0, 2, size=shape)).astype(np.float32)
         else:
             feeds[t.name] = rng.uniform(-1, 1, size=shape).astype(np.float32)
@@ -54,26 +61,70 @@ def compare(keras_model, session: ort.InferenceSession, spec: GraphSpec, feeds: 
     return result
 
 
-def onnx_greedy(sessions: dict, images: np.ndarray, special: dict, max_length: int) -> list[list[int]]:
-    """Greedy token ids with onnxruntime alone (stops at <end> or max_length)."""
-    (features,) = sessions["encoder"].run(["features"], {"image": images})
-    return greedy_from_features(sessions, features, special, max_length)
+def check_parity(keras_models: dict, specs: list[GraphSpec], paths: dict, manifest: dict, words: list[str],
+                 heldout: list[dict], training_features: np.ndarray | None, images: int, log=print) -> dict:
+    """Compare every graph with Keras, the served preprocessing with training's, and the served
+    greedy captions with training's Keras captions. `manifest` is the bundle's (graphs,
+    preprocessing, special tokens, max length); `training_features[i]` are the encoder
+    features training computed for heldout[i] (None for a run that did not keep them)."""
+    sessions = {s.role: ort.InferenceSession(str(paths[s.role]), providers=["CPUExecutionProvider"]) for s in specs}
+    graphs, preprocessing = manifest["graphs"], manifest["preprocessing"]
+    special, max_length = manifest["special_tokens"], manifest["max_length"]
+    encoder = SessionEncoder(sessions["encoder"], graphs)
+    state = SessionDecoder(sessions["decoder_init"], sessions["decoder_step"], graphs)
+    rng = np.random.default_rng(0)
+    vocab_size = len(words)
+    figures: dict[str, dict] = {}
+    failures = []
+    sample = heldout[:images]
+    served = [load_image(Path(h["image"]), preprocessing) for h in sample]
+    features = np.concatenate([encoder(np.stack(served[i:i + 16])) for i in range(0, len(served), 16)])
 
+    # Real decoder inputs are the features and states that real images lead to.
+    real = features[:4]
+    init_values = state.initial_state(real)
+    tokens = rng.integers(0, vocab_size, size=(len(real), 1), dtype=np.int32)
+    step_feeds = {state.names.token: tokens, **{state.names.step_inputs[k]: v
+                                                  for k, v in zip(state.names.keys, init_values)}}
+    real_inputs = {"encoder": {encoder.image: np.stack(served[:4])}, "decoder_init": {state.names.features: real},
+                   "decoder_step": step_feeds}
+    for spec in specs:
+        random_feeds = random_inputs(spec, 3, rng, vocab_size, real.mean(0))
+        random_diff = compare(keras_models[spec.role], sessions[spec.role], spec, random_feeds)
+        real_diff = compare(keras_models[spec.role], sessions[spec.role], spec, real_inputs[spec.role])
+        worst_random = max(d for d, _ in random_diff.values())
+        worst_real = max(d for d, _ in real_diff.values())
+        figures[spec.role] = {"max_abs_diff_random": worst_random, "max_abs_diff_real": worst_real,
+                              "atol": spec.atol, "rtol": spec.rtol}
+        log(f"parity {spec.role}: max |onnx - keras| random {worst_random:.2e}, real {worst_real:.2e} "
+            f"(atol {spec.atol:.0e}, rtol {spec.rtol:.0e})")
+        for kind, diffs in (("random", random_diff), ("real", real_diff)):
+            failures += [f"{spec.role}.{name} on {kind} inputs: max |onnx - keras| = {d:.3e} beyond tolerance"
+                         for name, (d, ok) in diffs.items() if not ok]
 
-def greedy_from_features(sessions: dict, features: np.ndarray, special: dict, max_length: int) -> list[list[int]]:
-    """Greedy token ids from encoder features, with the decoder graphs of `sessions`."""
-    h, c, context = sessions["decoder_init"].run(["h", "c", "context"], {"features": features})
-    tokens = np.full((len(features), 1), special["start"], dtype=np.int32)
-    out = [[] for _ in features]
-    done = np.zeros(len(features), dtype=bool)
-    for _ in range(max_length):
-        log_probs, h, c = sessions["decoder_step"].run(None, {"token": tokens, "h": h, "c": c, "context": context})
-        tokens = log_probs.argmax(-1).astype(np.int32)[:, None]
-        for i, token in enumerate(tokens[:, 0]):
-            if not done[i]:
-                done[i] = token == special["end"]
-                if not done[i]:
-                    out[i].append(int(token))
-        if done.all():
-            break
-    return out
+    if training_features is not None:
+        # The features the decoder was trained and evaluated on, against those the server will
+        # compute: a bundle whose preprocessing differs from training's fails here.
+        trained = training_features[:len(features)]
+        spec = next(s for s in specs if s.role == "encoder")
+        worst = float(np.abs(features - trained).max())
+        figures["served_preprocessing"] = {"max_abs_feature_diff": worst, "images": len(features)}
+        log(f"parity served preprocessing: max |features - training's| {worst:.2e} on {len(features)} held-out images")
+        if not np.allclose(features, trained, rtol=spec.rtol, atol=spec.atol):
+            failures.append(f"the served preprocessing ({preprocessing}) gives other encoder features than training's "
+                            f"on held-out images: max |diff| = {worst:.3e}; the bundle's preprocessing is not the "
+                            "one the model was trained with")
+
+    same = 0
+    ids = greedy_ids(sessions, graphs, features, special, max_length)
+    for h, caption_ids in zip(sample, ids):
+        caption = " ".join(words_of(caption_ids, words, special.values()))
+        if caption == h["keras_greedy"]:
+            same += 1
+        else:
+            failures.append(f"greedy caption differs on {h['image']}: onnx {caption!r}, keras {h['keras_greedy']!r}")
+    figures["greedy_captions_identical"] = f"{same}/{len(sample)}"
+    log(f"parity greedy captions: {same}/{len(sample)} identical to Keras")
+    if failures:
+        raise ParityError("export parity failed:\n  " + "\n  ".join(failures[:20]))
+    return figures

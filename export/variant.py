@@ -19,8 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from .checksums import sha256
-from .parity import greedy_from_features, load_image
+from bundle.format import MIN_VARIANT_AGREEMENT, BundleError, finish, read_manifest, sha256, staged_bundle
+from bundle.preprocess import load_image
+from bundle.sessions import SessionEncoder
+
+from .parity import greedy_ids
 
 
 class VariantError(RuntimeError):
@@ -50,22 +53,24 @@ class Context:
 
 def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dict], manifest: dict,
             providers: list[str], short: str, log=print) -> dict:
-    """Features and greedy captions of the variant's graphs against the source's, on the same providers."""
+    """Features and greedy captions of the variant's graphs against the source's, on the same
+    providers, decoded as the server decodes them."""
     import onnxruntime as ort
 
     reference, converted = ({role: ort.InferenceSession(str(path), providers=providers) for role, path in graphs.items()}
                             for graphs in (source, variant))
-    preprocessing, special, max_length = manifest["preprocessing"], manifest["special_tokens"], manifest["max_length"]
+    graphs, preprocessing = manifest["graphs"], manifest["preprocessing"]
+    special, max_length = manifest["special_tokens"], manifest["max_length"]
+    encode_reference, encode_converted = SessionEncoder(reference["encoder"], graphs), SessionEncoder(converted["encoder"], graphs)
     same, worst, spread, error = 0, 0.0, [], []
     for first in range(0, len(heldout), 16):
         images = np.stack([load_image(Path(h["image"]), preprocessing) for h in heldout[first:first + 16]])
-        (want,) = reference["encoder"].run(["features"], {"image": images})
-        (got,) = converted["encoder"].run(["features"], {"image": images})
+        want, got = encode_reference(images), encode_converted(images)
         worst = max(worst, float(np.abs(want - got).max()))
         error.append(np.abs(want - got).mean())
         spread.append(want)
-        a = greedy_from_features(reference, want, special, max_length)
-        b = greedy_from_features(converted, got, special, max_length)
+        a = greedy_ids(reference, graphs, want, special, max_length)
+        b = greedy_ids(converted, graphs, got, special, max_length)
         same += sum(x == y for x, y in zip(a, b))
     feature_spread = float(np.concatenate(spread).std(0).mean())
     figures = {"providers": converted["encoder"].get_providers(),
@@ -91,7 +96,10 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
     """
     from importlib.metadata import version
 
-    manifest = json.loads((source / "bundle.json").read_text())
+    try:
+        manifest = read_manifest(source)
+    except BundleError as exc:
+        raise VariantError(str(exc)) from None
     source_name = manifest["name"]
     source_graphs = {role: source / graph["file"] for role, graph in manifest["graphs"].items()}
     current = manifest.get("precision", {}).get("encoder", "float32")
@@ -102,10 +110,7 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
     if calibration_images and not calibration:
         raise VariantError(f"{run_dir} holds {len(heldout)} held-out images, none left to calibrate on after "
                            f"the {len(compared)} compared; lower --images")
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_bundle(out) as staging:
         started = time.time()
         context = Context(manifest, calibration, log)
         conversion = precision.convert(source_graphs["encoder"], staging / "encoder.onnx", context)
@@ -131,19 +136,12 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
             raise VariantError(f"{precision.short} greedy captions agree with float32 on "
                                f"{figures['greedy_captions_identical']} held-out images, below --min-agreement "
                                f"{min_agreement}; not written")
-        manifest["checksums"] = {p.name: "sha256:" + sha256(p) for p in sorted(staging.iterdir())}
         manifest["tools"][precision.tool] = version(precision.tool)
         manifest["provenance"]["variant_of"] = {"name": source_name, "path": str(source),
                                                 "bundle_json_sha256": sha256(source / "bundle.json")}
         # Beside the float32 export's own parity figures, which the variant keeps.
         manifest["provenance"]["parity"][f"{precision.short}_vs_fp32"] = figures
-        (staging / "bundle.json").write_text(json.dumps(manifest, indent=2))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+        manifest = finish(staging, manifest)
     return manifest
 
 
@@ -156,8 +154,8 @@ def main(precision: Precision, argv: list[str] | None, description: str, example
     parser.add_argument("--out", type=Path, required=True, help=f"variant folder to write, e.g. {example_out}")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--images", type=int, default=200, help="held-out images to compare captions on")
-    parser.add_argument("--min-agreement", type=float, default=0.98,
-                        help="share of greedy captions that must equal float32's (default 0.98)")
+    parser.add_argument("--min-agreement", type=float, default=MIN_VARIANT_AGREEMENT,
+                        help=f"share of greedy captions that must equal float32's (default {MIN_VARIANT_AGREEMENT})")
     if calibration_default:
         parser.add_argument("--calibration-images", type=int, default=calibration_default,
                             help=f"held-out images, after the compared ones, to calibrate on (default {calibration_default})")

@@ -89,7 +89,7 @@ def healthz():
 @api.get("/readyz")
 def readyz():
     """200 when this worker should get traffic; 503 while it starts, drains or has a full queue."""
-    status = _state().status()
+    status = current_app.extensions["readiness"].status()
     return jsonify({"status": status}), 200 if status == "ready" else 503
 
 

@@ -7,24 +7,18 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from functools import partial
 
-import numpy as np
 from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import lifecycle
-from .batching import off_event_loop
-from .bundle import load_bundles
-from .captioning import ServedModel
+from bundle.format import MIN_VARIANT_AGREEMENT, load_bundles
+
 from .config import Config
 from .engine import CaptionEngine
 from .errors import RequestError
+from .registry import ModelRegistry, Readiness
 
 log = logging.getLogger(__name__)
-# The variant tools refuse below this by default; a bundle written with the gate lowered
-# (as `make bench` does for the int8 speed figures) still serves, with a warning.
-VARIANT_AGREEMENT_WARNING = 0.98
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -44,80 +38,16 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
-class ModelState:
-    """The models of this process (the first is the default), each behind its own queue, and
-    whether their warm-up captions have run."""
-
-    def __init__(self, engines: dict[str, CaptionEngine], config: Config):
-        self.config = config
-        # One set of decoding slots for the whole worker: at most this many uploads' pixels in memory.
-        slots = threading.BoundedSemaphore(config.preprocess_threads)
-        self.models = {name: ServedModel(engine, config, slots) for name, engine in engines.items()}
-        self.default = next(iter(self.models))
-        self.ready = threading.Event()
-
-    @property
-    def engines(self) -> dict[str, CaptionEngine]:
-        return {name: model.engine for name, model in self.models.items()}
-
-    @property
-    def engine(self) -> CaptionEngine:
-        return self.models[self.default].engine
-
-    def model(self, name: str | None) -> ServedModel:
-        """Model `name` (the default when None); a RequestError names the choices."""
-        if name is None:
-            return self.models[self.default]
-        if name not in self.models:
-            raise RequestError(422, "unknown_model", f"no model named {name[:60]!r}; "
-                                                     f"choose from {', '.join(self.models)}")
-        return self.models[name]
-
-    def model_named_in(self, values) -> ServedModel:
-        """The model a request's `model` values name (query and form; every one must be served)."""
-        chosen = [self.model(name) for name in values.getlist("model")]
-        return chosen[0] if chosen else self.model(None)
-
-    def refuse_when_full(self) -> None:
-        """Before a request's body is even read: when every model's queue is full, answer 503 at
-        once, so that clients retrying under overload cost no parsing."""
-        if all(model.batcher.saturated for model in self.models.values()):
-            raise self.models[self.default].batcher.overloaded()
-
-    def status(self) -> str:
-        """ready, or why a load balancer should send work elsewhere: starting, draining, saturated."""
-        if not self.ready.is_set():
-            return "starting"
-        if lifecycle.draining():
-            return "draining"
-        if any(model.batcher.saturated for model in self.models.values()):
-            return "saturated"
-        return "ready"
-
-    def warm_up(self) -> None:
-        try:
-            for engine in self.engines.values():
-                # The largest batch a request (or a micro-batch) can make: onnxruntime's memory
-                # arena grows to its peak now, at start-up, rather than under load.
-                # Off the event loop, so /healthz and /readyz keep answering meanwhile.
-                width, height = engine.preprocessing["resize"]
-                largest = max(self.config.max_images, self.config.max_batch_size)
-                blank = np.zeros((largest, height, width, 3), np.float32)
-                off_event_loop(partial(engine.caption, blank, beam_size=2))
-            self.ready.set()
-            log.info("ready: warm-up captions done for %s", ", ".join(self.engines))
-        except Exception:  # readiness stays false, and /readyz says so
-            log.exception("warm-up caption failed")
-
-
 def create_app(config: Config | None = None) -> Flask:
     """Build the app: load and check the bundle, start the warm-up, register the routes."""
     config = config or Config.from_env()
-    engines = {name: CaptionEngine(bundle, config)
+    engines = {name: CaptionEngine(bundle, config.engine_options())
                for name, bundle in load_bundles(config.bundle_paths, config.verify_checksums).items()}
     for name, engine in engines.items():
+        # The variant tools refuse below this by default; a bundle written with the gate lowered
+        # (as `make bench` does for the int8 speed figures) still serves, with a warning.
         check = engine.bundle.variant_check()
-        if check and check["agreement"] < VARIANT_AGREEMENT_WARNING:
+        if check and check["agreement"] < MIN_VARIANT_AGREEMENT:
             log.warning("bundle %s: its greedy captions equal its float32 source's on only %s held-out images",
                         name, check["greedy_captions_identical"])
 
@@ -125,12 +55,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = config.max_upload_bytes
-    state = ModelState(engines, config)
-    app.extensions["captions"] = state
+    registry = ModelRegistry(engines, config)
+    readiness = Readiness(registry)
+    app.extensions["captions"] = registry
+    app.extensions["readiness"] = readiness
     if config.warmup:
-        threading.Thread(target=state.warm_up, name="warm-up", daemon=True).start()
+        threading.Thread(target=readiness.warm_up, name="warm-up", daemon=True).start()
     else:
-        state.ready.set()
+        readiness.ready.set()
 
     from . import observability
     from .api import api

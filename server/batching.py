@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from . import observability as metrics
-from .decoding import DEFAULT_LENGTH_PENALTY
+from bundle.decoding import DEFAULT_LENGTH_PENALTY
 from .engine import CaptionEngine, CaptionResult
 from .errors import RequestError, unavailable
 

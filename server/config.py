@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .decoding import DEFAULT_LENGTH_PENALTY
+from bundle.decoding import DEFAULT_LENGTH_PENALTY
 
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
 IO_BINDING = ("auto", "on", "off")
@@ -85,6 +85,15 @@ class Config:
     @property
     def provider_list(self) -> list[str]:
         return [p.strip().lower() for p in self.providers.split(",") if p.strip()]
+
+    def engine_options(self):
+        """The settings the caption engine needs, and no others."""
+        from .engine import EngineOptions
+
+        return EngineOptions(providers=tuple(self.provider_list), strict_providers=self.strict_providers,
+                             intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
+                             spinning=self.spinning, cpu_arena=self.cpu_arena, io_binding=self.io_binding,
+                             use_optimized_graphs=self.use_optimized_graphs)
 
     @property
     def max_upload_bytes(self) -> int:

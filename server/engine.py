@@ -1,7 +1,8 @@
 """The caption engine: onnxruntime sessions for a bundle, and images -> captions.
 
 Everything heavy (sessions, validation) happens once in the constructor; `caption` only
-runs the graphs. One engine per process; onnxruntime sessions are safe to run from threads.
+runs the graphs, through the contract's decoding (bundle.decoding, bundle.sessions). One engine
+per model per process; onnxruntime sessions are safe to run from threads.
 """
 from __future__ import annotations
 
@@ -13,14 +14,31 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from .bundle import GRAPHS, Bundle, BundleError
-from .decoder_loop import BoundDecoder, HostDecoder
-from .decoding import DEFAULT_LENGTH_PENALTY, Hypothesis, decode_beam, decode_greedy
-from .encoder_binding import BoundEncoder
+from bundle.decoding import DEFAULT_LENGTH_PENALTY, Hypothesis, decode_beam, decode_greedy
+from bundle.format import Bundle, BundleError
+from bundle.sessions import DecoderState, SessionDecoder, SessionEncoder
+from bundle.specs import GRAPH_ROLES
+
+from .bound_decoder import BoundDecoder
+from .bound_encoder import BoundEncoder
 from .providers import check_active, decoder_providers, load_gpu_libraries, resolve_providers
 
 log = logging.getLogger(__name__)
 ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs its graphs (the server fills these from its CAPTION_* settings)."""
+
+    providers: tuple[str, ...] = ("cpu",)  # cpu, cuda, tensorrt, in order of preference
+    strict_providers: bool = False    # refuse, rather than fall back, when a requested provider is missing
+    intra_op_threads: int = 0         # the encoder's onnxruntime threads; 0 = one per core
+    inter_op_threads: int = 1
+    spinning: bool = True             # idle encoder threads spin (faster wake-up, busier cores)
+    cpu_arena: bool = True            # onnxruntime's CPU memory arena
+    io_binding: str = "auto"          # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
+    use_optimized_graphs: bool = True  # the onnxruntime-optimised copy of each graph, when the bundle has one
 
 
 @dataclass
@@ -45,92 +63,98 @@ def _check_signature(session: ort.InferenceSession, role: str, graph: dict) -> N
 class CaptionEngine:
     """Captions decoded RGB images with a bundle's encoder and decoder graphs."""
 
-    def __init__(self, bundle: Bundle, config):
+    def __init__(self, bundle: Bundle, options: EngineOptions = EngineOptions()):
         # onnxruntime's usage telemetry is on by default; a server records nothing about its traffic.
         ort.disable_telemetry_events()
+        self.options = options
         self.bundle = bundle
         m = bundle.manifest
-        self.preprocessing = m["preprocessing"]
-        self.max_length = int(m["max_length"])
-        self.start_id = int(m["special_tokens"]["start"])
-        self.end_id = int(m["special_tokens"]["end"])
-        self.special_ids = set(int(v) for v in m["special_tokens"].values())
-        self.providers = resolve_providers(config.provider_list, ort.get_available_providers(),
-                                           config.strict_providers)
+        self.preprocessing = bundle.preprocessing
+        self.max_length = bundle.max_length
+        self.start_id = bundle.special_tokens["start"]
+        self.end_id = bundle.special_tokens["end"]
+        self.providers = resolve_providers(list(self.options.providers), ort.get_available_providers(),
+                                           self.options.strict_providers)
         if len(self.providers) > 1:
             load_gpu_libraries()
         self.sessions = {}
-        for role in GRAPHS:
-            path = bundle.graph_file(role, config.use_optimized_graphs)
+        for role in GRAPH_ROLES:
+            path = bundle.graph_file(role, self.options.use_optimized_graphs)
             try:
-                session = self._session(str(path), role, config)
+                session = self._session(str(path), role)
             except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
                 raise BundleError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
             _check_signature(session, role, m["graphs"][role])
             self.sessions[role] = session
+        try:
+            DecoderState(m["graphs"])
+        except (KeyError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: bundle.json's decoder graphs break the state rule ({exc})") from None
         self.active_providers = self.sessions["encoder"].get_providers()
-        check_active(self.providers, self.active_providers, config.strict_providers)
-        self.encoder = self._encoder(config)
-        self.decoder = self._decoder(config)
+        check_active(self.providers, self.active_providers, self.options.strict_providers)
+        self.encoder = self._encoder()
+        self.decoder = self._decoder()
         log.info("loaded bundle %s: encoder on %s, decoder on %s; CUDA graphs: encoder %s, decoder %s", bundle.name,
                  ", ".join(self.active_providers), self.sessions["decoder_step"].get_providers()[0],
                  getattr(self.encoder, "cuda_graphs", False), getattr(self.decoder, "cuda_graphs", False))
 
-    def _session(self, path: str, role: str, config, providers: list | None = None) -> ort.InferenceSession:
+    def _session(self, path: str, role: str, providers: list | None = None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The decoder graphs are a few small matrix products per step: one thread runs them
         # fastest. Their own thread pools, spinning after each step, took the cores from the
         # encoder and doubled the caption latency (60 ms -> 29 ms measured on 2 cores).
-        options.intra_op_num_threads = config.intra_op_threads if role == "encoder" else 1
-        options.inter_op_num_threads = config.inter_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
-        options.enable_cpu_mem_arena = config.cpu_arena
+        options.intra_op_num_threads = self.options.intra_op_threads if role == "encoder" else 1
+        options.inter_op_num_threads = self.options.inter_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spinning else "0")
+        options.enable_cpu_mem_arena = self.options.cpu_arena
         options.log_severity_level = 3
         if providers is None:
             providers = self.providers if role == "encoder" else decoder_providers(self.providers)
         return ort.InferenceSession(path, options, providers=providers)
 
-    def _graph_session(self, role: str, config):
+    def _graph_session(self, role: str):
         """A CUDA-graph-enabled session for `role` on the same device, or None (with a warning) when
         onnxruntime cannot capture it (it refuses graphs with nodes it cannot place on CUDA)."""
         options = {**self.sessions[role].get_provider_options()["CUDAExecutionProvider"], "enable_cuda_graph": "1"}
-        path = str(self.bundle.graph_file(role, config.use_optimized_graphs))
+        path = str(self.bundle.graph_file(role, self.options.use_optimized_graphs))
         try:
-            return self._session(path, role, config, [("CUDAExecutionProvider", options)])
+            return self._session(path, role, [("CUDAExecutionProvider", options)])
         except Exception as exc:  # onnxruntime's own exception types
             log.warning("%s cannot run as a CUDA graph (%s); running it plainly", role, str(exc).splitlines()[0])
             return None
 
-    def _binding_mode(self, role: str, config) -> str | None:
+    def _binding_mode(self, role: str) -> str | None:
         """Where `role` runs over fixed buffers: on "cuda" (as CUDA graphs), on "cpu" (tests), or None (plain run)."""
         on_cuda = self.sessions[role].get_providers()[0] == "CUDAExecutionProvider"
-        if config.io_binding == "off" or (config.io_binding == "auto" and not on_cuda):
+        if self.options.io_binding == "off" or (self.options.io_binding == "auto" and not on_cuda):
             return None
         return "cuda" if on_cuda else "cpu"
 
-    def _encoder(self, config):
+    def _encoder(self):
         plain = self.sessions["encoder"]
-        mode = self._binding_mode("encoder", config)
+        encoder = SessionEncoder(plain, self.bundle.manifest["graphs"])
+        mode = self._binding_mode("encoder")
         if mode == "cpu":
-            return BoundEncoder(plain, plain, "cpu")
-        if mode == "cuda" and (graph := self._graph_session("encoder", config)):
-            return BoundEncoder(graph, plain, "cuda", self._device_id(plain), cuda_graphs=True)
-        return lambda images: plain.run(["features"], {"image": images})[0]
+            return BoundEncoder(plain, encoder, "cpu")
+        if mode == "cuda" and (graph := self._graph_session("encoder")):
+            return BoundEncoder(graph, encoder, "cuda", self._device_id(plain), cuda_graphs=True)
+        return encoder
 
     @staticmethod
     def _device_id(session: ort.InferenceSession) -> int:
         return int(session.get_provider_options()["CUDAExecutionProvider"].get("device_id", 0))
 
-    def _decoder(self, config):
+    def _decoder(self):
         """On CUDA, the decoder step replayed as a CUDA graph over fixed buffers; elsewhere numpy state."""
         init, step = self.sessions["decoder_init"], self.sessions["decoder_step"]
-        mode = self._binding_mode("decoder_step", config)
+        graphs, vocab_size = self.bundle.manifest["graphs"], len(self.bundle.words)
+        mode = self._binding_mode("decoder_step")
         if mode == "cpu":
-            return BoundDecoder(init, step, len(self.bundle.words), "cpu")
-        if mode == "cuda" and (graph := self._graph_session("decoder_step", config)):
-            return BoundDecoder(init, graph, len(self.bundle.words), "cuda", self._device_id(step), cuda_graphs=True)
-        return HostDecoder(init, step)
+            return BoundDecoder(init, step, graphs, vocab_size, "cpu")
+        if mode == "cuda" and (graph := self._graph_session("decoder_step")):
+            return BoundDecoder(init, graph, graphs, vocab_size, "cuda", self._device_id(step), cuda_graphs=True)
+        return SessionDecoder(init, step, graphs)
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Encoder features for a batch of preprocessed images [N, H, W, 3]."""
@@ -155,4 +179,4 @@ class CaptionEngine:
         return CaptionResult(hypotheses, {"encode": (encoded - started) * 1e3, "decode": (done - encoded) * 1e3})
 
     def words(self, tokens: list[int]) -> list[str]:
-        return [self.bundle.words[t] for t in tokens if t not in self.special_ids]
+        return self.bundle.words_of(tokens)

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from .bundle import BundleError
+from bundle.format import BundleError
 from .config import ConfigError
 from .logs import configure, log_format
 from .providers import ProviderError

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SPLITS = ("train", "dev", "test")
+# For datasets without split lists, and for the synthetic scenes the project generates.
+SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 
 
 class DatasetError(ValueError):
@@ -58,10 +60,16 @@ def read_flickr8k_csv(path: Path) -> list[tuple[str, str]]:
         return [(row["image"], row["caption"] or "") for row in reader]
 
 
-def _split_by_fraction(names: list[str], fractions=(0.8, 0.1, 0.1)) -> dict[str, list[str]]:
+def split_sizes(n: int) -> dict[str, int]:
+    """How many of n images go to each split, by SPLIT_FRACTIONS (test takes the remainder)."""
+    train, dev = (int(n * SPLIT_FRACTIONS[s] + 1e-9) for s in ("train", "dev"))
+    return {"train": train, "dev": dev, "test": n - train - dev}
+
+
+def _split_by_fraction(names: list[str]) -> dict[str, list[str]]:
     """Deterministic split for datasets that ship without split lists (the CSV layout)."""
-    n = len(names)
-    n_train, n_dev = int(n * fractions[0]), int(n * fractions[1])
+    sizes = split_sizes(len(names))
+    n_train, n_dev = sizes["train"], sizes["dev"]
     return {"train": names[:n_train], "dev": names[n_train:n_train + n_dev], "test": names[n_train + n_dev:]}
 
 

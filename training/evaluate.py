@@ -7,28 +7,28 @@ from collections import Counter
 import numpy as np
 from sacrebleu.metrics import BLEU
 
+from bundle.decoding import decode_greedy, words_of
+
 from .synthetic import COLOURS, SHAPES, SIZES
 from .vocab import Vocabulary, normalise
 
 
 def greedy_captions(init_model, step_model, features: np.ndarray, vocab: Vocabulary,
                     max_length: int, batch_size: int = 256) -> list[list[str]]:
-    """Greedy decoding with the Keras init/step models, batched over images."""
-    start, end = vocab.special_ids["start"], vocab.special_ids["end"]
+    """Greedy captions from the Keras init/step models, decoded by the contract's decode_greedy
+    and special-token rule, exactly as the server decodes the exported graphs."""
+    def step(tokens, state):
+        # The step model returns log_probs and the state it updates (h, c); the rest (context) is carried.
+        log_probs, *updated = (np.asarray(x) for x in step_model([tokens, *state], training=False))
+        return log_probs, (*updated, *state[len(updated):])
+
+    special = vocab.special_ids
     captions = []
     for first in range(0, len(features), batch_size):
-        h, c, context = (np.asarray(x) for x in init_model(features[first:first + batch_size], training=False))
-        tokens = np.full((len(h), 1), start, dtype=np.int32)
-        out = np.zeros((len(h), max_length), dtype=np.int32)
-        finished = np.zeros(len(h), dtype=bool)
-        for t in range(max_length):
-            log_probs, h, c = (np.asarray(x) for x in step_model([tokens, h, c, context], training=False))
-            tokens = log_probs.argmax(-1).astype(np.int32)[:, None]
-            out[:, t] = np.where(finished, end, tokens[:, 0])
-            finished |= tokens[:, 0] == end
-            if finished.all():
-                break
-        captions += [vocab.decode(row) for row in out]
+        batch = features[first:first + batch_size]
+        state = tuple(np.asarray(x) for x in init_model(batch, training=False))
+        for hypothesis in decode_greedy(step, state, len(batch), special["start"], special["end"], max_length):
+            captions.append(words_of(hypothesis.tokens, vocab.words, special.values()))
     return captions
 
 

@@ -1,4 +1,5 @@
-"""Image loading as the bundle's preprocessing describes it, and cached encoder features."""
+"""Encoder features of a dataset's images, preprocessed by the contract (bundle.preprocess) as the
+server will, and cached on disk."""
 from __future__ import annotations
 
 import hashlib
@@ -6,19 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 from tqdm import tqdm
 
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-
-
-def load_image(path: Path, preprocessing: dict) -> np.ndarray:
-    """Read an image as the encoder expects it: RGB, resized, scaled; float32 [H, W, 3]."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        width, height = preprocessing["resize"]
-        image = image.resize((width, height), RESAMPLE[preprocessing["resample"]])
-    return np.asarray(image, dtype=np.float32) * preprocessing["scale"] + preprocessing["offset"]
+from bundle.format import FORMAT
+from bundle.preprocess import load_image
 
 
 def weights_digest(model) -> str:
@@ -46,7 +38,7 @@ def extract_features(encoder, paths: list[Path], preprocessing: dict,
     """
     cache = None
     if cache_dir is not None:
-        encoder_id = weights_digest(encoder) + json.dumps(preprocessing)
+        encoder_id = weights_digest(encoder) + json.dumps(preprocessing) + FORMAT  # the format pins the preprocessing code
         cache = Path(cache_dir) / f"features-{_cache_key(paths, encoder_id)}.npy"
         if cache.exists():
             return np.load(cache)

@@ -24,17 +24,29 @@ PREPROCESSING = {"resize": [IMAGE_SIZE, IMAGE_SIZE], "resample": "bilinear", "ch
 
 
 @dataclass
-class DecoderConfig:
-    """Decoder architecture; stored with every run so a model can be rebuilt from it."""
+class DecoderSettings:
+    """The decoder's architecture as a person chooses it (a training setting); the data fixes the rest."""
 
-    vocab_size: int
-    max_length: int            # longest caption in words, without <start>/<end>
     units: int = 512           # LSTM units (h and c size)
     embedding_dim: int = 256   # word embedding size, also the projected image size
     dropout: float = 0.3       # on the LSTM output; 0 <= dropout < 1
     image_dropout: float = 0.3  # on the standardised image features; 0 <= image_dropout < 1
-    image_every_step: bool = True  # par-inject: feed the projected image at every step
+    image_every_step: bool = True  # par-inject: feed the projected image at every step, not only as the initial state
     feature_norm: str = "standardise"  # "standardise" per dimension, or "l2-standardise": unit length first
+
+    def problems(self) -> list[str]:
+        checks = {"units": self.units > 0, "embedding_dim": self.embedding_dim > 0,
+                  "dropout": 0 <= self.dropout < 1, "image_dropout": 0 <= self.image_dropout < 1,
+                  "feature_norm": self.feature_norm in FEATURE_NORMS}
+        return [f"{name}={getattr(self, name)!r}" for name, ok in checks.items() if not ok]
+
+
+@dataclass(kw_only=True)
+class DecoderConfig(DecoderSettings):
+    """The whole decoder architecture; stored with every run so a model can be rebuilt from it."""
+
+    vocab_size: int
+    max_length: int            # longest caption in words, without <start>/<end>
 
     def as_dict(self) -> dict:
         return asdict(self)

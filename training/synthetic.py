@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .datasets import split_sizes
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
     "red": (220, 30, 30),
@@ -28,7 +30,6 @@ COLOURS = {
 # Radius (half the bounding box) in pixels on a CANVAS-sized image, per size word.
 SIZES = {"small": (36, 44), "large": (64, 74)}
 CANVAS = 299
-SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 
 SINGLE_TEMPLATES = (
     "a {a} in the {region}",
@@ -188,8 +189,8 @@ def generate(out: Path, images: int, seed: int, two_object_fraction: float = 0.6
         token_lines += [f"{name}#{k}\t{caption}" for k, caption in enumerate(captions)]
     (out / "Flickr8k.token.txt").write_text("\n".join(token_lines) + "\n")
     order = rng.permutation(images)
-    n_train = int(round(images * SPLIT_FRACTIONS["train"]))
-    n_dev = int(round(images * SPLIT_FRACTIONS["dev"]))
+    sizes = split_sizes(images)
+    n_train, n_dev = sizes["train"], sizes["dev"]
     splits = {
         "train": order[:n_train],
         "dev": order[n_train:n_train + n_dev],

@@ -13,25 +13,22 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from .datasets import DatasetError, Example, load_dataset
+from .model import DecoderSettings
 from .vocab import Vocabulary, normalise
 
 
 @dataclass
 class TrainConfig:
-    """Training settings; every field is also a command-line flag and a key of --config files."""
+    """Training settings: the decoder's architecture and how it is fitted. Every setting is also a
+    command-line flag and a key of --config files, by its flat name (units, learning_rate, ...)."""
 
-    units: int = 512              # LSTM units
-    embedding_dim: int = 256      # word embedding and projected-image size
-    dropout: float = 0.3          # on the LSTM output; 0 <= dropout < 1
-    image_dropout: float = 0.3    # on the image features; 0 <= image_dropout < 1
-    image_every_step: bool = True  # feed the image at every step (par-inject), not only as the initial state
-    feature_norm: str = "standardise"  # or "l2-standardise": scale each image's features to unit length first
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
     learning_rate: float = 2e-3   # Adam
     weight_decay: float = 0.0     # AdamW decoupled weight decay; 0 = plain Adam
     batch_size: int = 64
@@ -41,32 +38,61 @@ class TrainConfig:
     max_length: int = 0           # longest caption in words; 0 = the longest training caption
     seed: int = 0
 
-    def validate(self) -> None:
-        from .model import FEATURE_NORMS
+    @staticmethod
+    def setting_names() -> list[str]:
+        """Every setting's flat name, decoder settings first."""
+        return [f.name for f in fields(DecoderSettings)] + [f.name for f in fields(TrainConfig) if f.name != "decoder"]
 
+    def flat(self) -> dict:
+        """The settings as one flat dict (run.json's "training", --config files)."""
+        return {**asdict(self.decoder), **{k: v for k, v in asdict(self).items() if k != "decoder"}}
+
+    def with_values(self, **values) -> "TrainConfig":
+        """A copy with some settings changed, by flat name; unknown names are refused."""
+        unknown = sorted(set(values) - set(self.setting_names()))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+        own = {f.name for f in fields(DecoderSettings)}
+        decoder = replace(self.decoder, **{k: v for k, v in values.items() if k in own})
+        return replace(self, decoder=decoder, **{k: v for k, v in values.items() if k not in own})
+
+    def validate(self) -> None:
         checks = {
-            "units": self.units > 0, "embedding_dim": self.embedding_dim > 0,
-            "dropout": 0 <= self.dropout < 1, "image_dropout": 0 <= self.image_dropout < 1,
             "learning_rate": self.learning_rate > 0,
             "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
             "epochs": self.epochs > 0, "patience": self.patience > 0,
             "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
-            "feature_norm": self.feature_norm in FEATURE_NORMS,
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = self.decoder.problems() + [f"{n}={getattr(self, n)!r}" for n, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid training settings: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+            raise ValueError(f"invalid training settings: {', '.join(bad)}")
 
     @classmethod
     def from_file(cls, path: Path) -> "TrainConfig":
         """Read settings from a JSON object (e.g. the tuner's best configuration); unknown keys are refused."""
         data = json.loads(Path(path).read_text())
         data = data.get("config", data)
-        known = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        defaults = cls().flat()
+        unknown = sorted(set(data) - set(defaults))
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}")
-        return cls(**{k: type(getattr(cls(), k))(v) for k, v in data.items()})
+        return cls().with_values(**{k: type(defaults[k])(v) for k, v in data.items()})
+
+
+@dataclass
+class DataSettings:
+    """Which data to train on and where its encoder features come from (the dataset flags)."""
+
+    dataset: str                  # shapes | flickr8k | coco
+    data: Path                    # dataset folder (shapes, flickr8k) or COCO captions JSON
+    image_dir: Path | None = None  # COCO image folder
+    encoder_weights: str = "random:0"  # imagenet | random:SEED | a local InceptionV3 weights file
+    cache_dir: Path | None = Path("data/cache")  # encoder feature cache
+    limit: int = 0                # use only the first N training images (smoke runs)
+
+    @classmethod
+    def from_args(cls, args) -> "DataSettings":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def config_notes(path: Path) -> dict:
@@ -105,14 +131,14 @@ class Prepared:
     encoder: object               # the Keras encoder the features came from
 
 
-def prepare(args, config: TrainConfig, log=print) -> Prepared:
+def prepare(data: DataSettings, config: TrainConfig, log=print) -> Prepared:
     """Read the dataset, build the vocabulary and extract (or load cached) encoder features."""
     from .features import extract_features
     from .model import PREPROCESSING, build_encoder
 
-    splits = load_dataset(args.dataset, Path(args.data), args.image_dir)
-    if args.limit:
-        splits = {k: v[:args.limit if k == "train" else max(1, args.limit // 8)] for k, v in splits.items()}
+    splits = load_dataset(data.dataset, Path(data.data), data.image_dir)
+    if data.limit:
+        splits = {k: v[:data.limit if k == "train" else max(1, data.limit // 8)] for k, v in splits.items()}
     if not splits["train"] or not splits["dev"] or not splits["test"]:
         raise DatasetError("the dataset needs images in each of the train, dev and test splits")
     for split in splits.values():
@@ -126,10 +152,10 @@ def prepare(args, config: TrainConfig, log=print) -> Prepared:
     log(f"{len(splits['train'])} train / {len(splits['dev'])} dev / {len(splits['test'])} test images; "
         f"vocabulary {len(vocab)} words; captions up to {max_length} words")
 
-    encoder = build_encoder(args.encoder_weights)
-    features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, args.cache_dir)
+    encoder = build_encoder(data.encoder_weights)
+    features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, data.cache_dir)
                 for split, examples in splits.items()}
-    scenes = _read_scenes(args.data) if args.dataset == "shapes" else None
+    scenes = _read_scenes(data.data) if data.dataset == "shapes" else None
     return Prepared(splits, vocab, max_length, features, scenes, encoder)
 
 
@@ -146,11 +172,9 @@ def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None
 
     keras.utils.set_random_seed(config.seed)
     decoder_config = DecoderConfig(vocab_size=len(prepared.vocab), max_length=prepared.max_length,
-                                   units=config.units, embedding_dim=config.embedding_dim,
-                                   dropout=config.dropout, image_dropout=config.image_dropout,
-                                   image_every_step=config.image_every_step, feature_norm=config.feature_norm)
+                                   **asdict(config.decoder))
     training_model, init_model, step_model = build_decoder(
-        decoder_config, *feature_statistics(prepared.features["train"], config.feature_norm))
+        decoder_config, *feature_statistics(prepared.features["train"], config.decoder.feature_norm))
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
                  if config.weight_decay else keras.optimizers.Adam(config.learning_rate))
     training_model.compile(optimizer=optimizer,
@@ -190,19 +214,20 @@ def evaluate_split(prepared: Prepared, init_model, step_model, split: str):
     return captions, metrics
 
 
-def train(args, config: TrainConfig, log=print, notes: dict | None = None) -> dict:
-    """Run the whole pipeline; returns the metrics written to metrics.json.
+def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: dict | None = None,
+          quiet: bool = False) -> dict:
+    """Run the whole pipeline into the run folder `out`; returns the metrics written to metrics.json.
 
     `notes` (e.g. the tuning record of a --config file) are kept in run.json for the bundle's provenance.
     """
     from .model import FEATURE_DIM, PREPROCESSING, RANDOM_WEIGHTS_NOTE
 
     started = time.time()
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(args, config, log)
+    prepared = prepare(data, config, log)
     decoder_config, init_model, step_model, history = fit_decoder(
-        prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5", verbose=2 if args.quiet else 1)
+        prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5", verbose=2 if quiet else 1)
 
     test_captions, metrics = evaluate_split(prepared, init_model, step_model, "test")
     metrics.update({
@@ -218,14 +243,14 @@ def train(args, config: TrainConfig, log=print, notes: dict | None = None) -> di
     prepared.vocab.save(out / "vocab.json")
     run = {
         "decoder": decoder_config.as_dict(),
-        "training": asdict(config),
-        "encoder": {"architecture": "InceptionV3", "weights": args.encoder_weights, "feature_dim": FEATURE_DIM,
+        "training": config.flat(),
+        "encoder": {"architecture": "InceptionV3", "weights": data.encoder_weights, "feature_dim": FEATURE_DIM,
                     "pooling": "global average",
-                    **({"random_weights": RANDOM_WEIGHTS_NOTE} if args.encoder_weights.startswith("random:") else {})},
+                    **({"random_weights": RANDOM_WEIGHTS_NOTE} if data.encoder_weights.startswith("random:") else {})},
         "preprocessing": PREPROCESSING,
         "special_tokens": prepared.vocab.special_ids,
         "max_length": prepared.max_length,
-        "dataset": {"kind": args.dataset, "path": str(args.data),
+        "dataset": {"kind": data.dataset, "path": str(data.data),
                     "images": {k: len(v) for k, v in prepared.splits.items()}},
     }
     if notes:
@@ -234,6 +259,8 @@ def train(args, config: TrainConfig, log=print, notes: dict | None = None) -> di
     heldout = [{"image": str(e.image), "references": e.captions, "keras_greedy": " ".join(words)}
                for e, words in zip(prepared.splits["test"], test_captions)]
     (out / "heldout.json").write_text(json.dumps(heldout, indent=1))
+    # The features the Keras captions came from: export checks the served preprocessing against them.
+    np.save(out / "heldout_features.npy", prepared.features["test"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log("test metrics: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return metrics
@@ -257,13 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="run folder to write")
     parser.add_argument("--config", type=Path, help="JSON file of training settings (flags below override it)")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(getattr(defaults, f.name), bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+    for name, default in TrainConfig().flat().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, dest=f.name, type=type(getattr(defaults, f.name)), default=None)
+            parser.add_argument(flag, dest=name, type=type(default), default=None)
     return parser
 
 
@@ -272,11 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainConfig.from_file(args.config) if args.config else TrainConfig()
         notes = config_notes(args.config) if args.config else {}
-        for f in fields(TrainConfig):
-            if getattr(args, f.name) is not None:
-                setattr(config, f.name, getattr(args, f.name))
+        config = config.with_values(**{name: getattr(args, name) for name in TrainConfig.setting_names()
+                                       if getattr(args, name) is not None})
         config.validate()
-        train(args, config, notes=notes)
+        train(DataSettings.from_args(args), config, args.out, notes=notes, quiet=args.quiet)
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

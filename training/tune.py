@@ -18,11 +18,11 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .datasets import DatasetError
-from .train import TrainConfig, add_dataset_arguments, evaluate_split, fit_decoder, prepare
+from .train import DataSettings, TrainConfig, add_dataset_arguments, evaluate_split, fit_decoder, prepare
 
 STUDY_NAME = "decoder"
 
@@ -34,8 +34,7 @@ def objective_name(synthetic: bool) -> str:
 def suggest(trial, base: TrainConfig) -> TrainConfig:
     """The search space: a TrainConfig whose decoder settings Optuna picks."""
     use_weight_decay = trial.suggest_categorical("use_weight_decay", [False, True])
-    return replace(
-        base,
+    return base.with_values(
         units=trial.suggest_categorical("units", [128, 256, 512]),
         embedding_dim=trial.suggest_categorical("embedding_dim", [64, 128, 256]),
         dropout=trial.suggest_float("dropout", 0.0, 0.5),
@@ -49,10 +48,10 @@ def suggest(trial, base: TrainConfig) -> TrainConfig:
 
 def params_of(config: TrainConfig) -> dict:
     """The search-space parameters that reproduce `config` (to enqueue it as a trial)."""
-    params = {"use_weight_decay": config.weight_decay > 0, "units": config.units,
-              "embedding_dim": config.embedding_dim, "dropout": config.dropout,
-              "image_dropout": config.image_dropout, "learning_rate": config.learning_rate,
-              "image_every_step": config.image_every_step, "feature_norm": config.feature_norm}
+    flat = config.flat()
+    params = {"use_weight_decay": config.weight_decay > 0, "learning_rate": config.learning_rate,
+              **{k: flat[k] for k in ("units", "embedding_dim", "dropout", "image_dropout", "image_every_step",
+                                      "feature_norm")}}
     if config.weight_decay > 0:
         params["weight_decay"] = config.weight_decay
     return params
@@ -139,7 +138,7 @@ def write_results(study, base: TrainConfig, key: str, out: Path) -> dict:
         "trials": {"complete": sum(r["state"] == "complete" for r in rows),
                    "pruned": sum(r["state"] == "pruned" for r in rows)},
     }
-    result = {"config": asdict(best_config), "tuning": tuning}
+    result = {"config": best_config.flat(), "tuning": tuning}
     (out / "best_config.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "report.md").write_text(_report(rows, result, key))
     _plot(rows, key, out / "score.png")
@@ -214,13 +213,29 @@ def _plot(rows: list[dict], key: str, path: Path) -> None:
     plt.close(fig)
 
 
-def tune(args, base: TrainConfig, log=print) -> dict:
+@dataclass
+class StudySettings:
+    """How the search runs (the tuner's own flags)."""
+
+    out: Path                  # study folder, resumed when it exists
+    trials: int = 20           # trials to run, at most
+    timeout: float = 0         # stop starting trials after this many seconds; 0 = no limit
+    warmup_epochs: int = 3     # epochs before a trial may be pruned
+    seed: int = 0              # sampler seed
+    quiet: bool = False        # no progress bar
+
+    @classmethod
+    def from_args(cls, args) -> "StudySettings":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def tune(data: DataSettings, base: TrainConfig, args: StudySettings, log=print) -> dict:
     """Run (or resume) the study and write its results; returns best_config.json's content."""
     import optuna
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prepared = prepare(args, base, log)
+    prepared = prepare(data, base, log)
     key = objective_name(prepared.scenes is not None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -262,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs is not None:
             base = replace(base, epochs=args.epochs)
         base.validate()
-        tune(args, base)
+        tune(DataSettings.from_args(args), base, StudySettings.from_args(args))
     except (DatasetError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

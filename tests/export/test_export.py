@@ -7,13 +7,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bundle.format import FORMAT
 from tests.conftest import run_cli
 
 
 def test_manifest_describes_everything_the_runtime_needs(bundle_dir, trained_run):
     manifest = json.loads((bundle_dir / "bundle.json").read_text())
     run = json.loads((trained_run / "run.json").read_text())
-    assert manifest["format"] == "caption-bundle/1"
+    assert manifest["format"] == FORMAT
     assert manifest["preprocessing"] == run["preprocessing"]
     assert manifest["special_tokens"] == {"pad": 0, "start": 1, "end": 2, "unknown": 3}
     assert manifest["max_length"] == run["max_length"]
@@ -51,16 +52,21 @@ def test_graphs_have_a_dynamic_batch_axis(bundle_dir):
         assert features.shape == (batch, 2048)
 
 
-def test_export_fails_loudly_when_captions_differ(trained_run, tmp_path):
-    broken = tmp_path / "run"
-    broken.mkdir()
+def run_with(trained_run, folder, name, change):
+    """A copy of the run (files linked) whose JSON file `name` is changed by `change`."""
+    folder.mkdir()
     for item in trained_run.iterdir():
-        if item.is_file():
-            (broken / item.name).symlink_to(item)
-    heldout = json.loads((trained_run / "heldout.json").read_text())
-    heldout[0]["keras_greedy"] = "not what keras said"
-    (broken / "heldout.json").unlink()
-    (broken / "heldout.json").write_text(json.dumps(heldout))
+        if item.is_file() and item.name != name:
+            (folder / item.name).symlink_to(item)
+    data = json.loads((trained_run / name).read_text())
+    change(data)
+    (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+def test_export_fails_loudly_when_captions_differ(trained_run, tmp_path):
+    broken = run_with(trained_run, tmp_path / "run", "heldout.json",
+                      lambda heldout: heldout[0].update(keras_greedy="not what keras said"))
     result = run_cli("export", "--run", str(broken), "--out", str(tmp_path / "bundle"), "--parity-images", "4",
                      check=False)
     assert result.returncode == 1
@@ -82,3 +88,23 @@ def test_training_cli_reports_bad_input_in_one_line(tmp_path):
     result = run_cli("training.train", "--dataset", "shapes", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                      "--dropout", "1.5", check=False)
     assert result.returncode == 2 and "dropout=1.5" in result.stderr
+
+
+def test_a_bundle_whose_preprocessing_differs_from_trainings_is_caught_at_export(trained_run, tmp_path):
+    """The run says BGR where training fed RGB (the mistake of a "caffe" bundle for a "tf" model)."""
+    run = json.loads((trained_run / "run.json").read_text())
+    assert run["preprocessing"]["channels"] == "RGB"
+    broken = run_with(trained_run, tmp_path / "run", "run.json",
+                      lambda r: r["preprocessing"].update(channels="BGR"))
+    result = run_cli("export", "--run", str(broken), "--out", str(tmp_path / "bundle"), "--parity-images", "8",
+                     check=False)
+    assert result.returncode == 1
+    assert "the served preprocessing" in result.stderr and "not the one the model was trained with" in result.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_export_checks_the_served_preprocessing_against_trainings_features(bundle_dir):
+    parity = json.loads((bundle_dir / "bundle.json").read_text())["provenance"]["parity"]
+    for variant in ("onnx", "optimized"):
+        checked = parity[variant]["served_preprocessing"]
+        assert checked["images"] > 0 and checked["max_abs_feature_diff"] < parity[variant]["encoder"]["atol"] * 10

@@ -6,9 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
+from bundle.format import load_bundle
 import export.fp16 as fp16
-from server.bundle import load_bundle
-from server.config import Config
 from server.engine import CaptionEngine
 from tests.conftest import run_cli
 
@@ -42,13 +41,13 @@ def test_encoder_weights_are_float16_and_its_io_float32(fp16_bundle_dir, bundle_
 def test_the_server_loads_and_captions_with_it(fp16_bundle_dir, bundle_dir, shapes_dataset):
     """float16 moves the features by far less than they vary across images; whether a greedy
     caption of a 6-epoch model then changes depends on the processor, so it is not asserted."""
-    from server.preprocess import decode_image, to_model_input
+    from bundle.preprocess import load_image
 
-    variant = CaptionEngine(load_bundle(fp16_bundle_dir), Config(bundle=fp16_bundle_dir))
-    source = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
+    variant = CaptionEngine(load_bundle(fp16_bundle_dir))
+    source = CaptionEngine(load_bundle(bundle_dir))
     assert variant.bundle.summary()["precision"]["encoder"] == "float16"
     paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:4]
-    images = np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), variant.preprocessing) for p in paths])
+    images = np.stack([load_image(p, variant.preprocessing) for p in paths])
     want, got = source.encode(images), variant.encode(images)
     assert 0 < np.abs(got - want).mean() < 0.1 * want.std(0).mean()
     assert all(h[0].tokens for h in variant.caption(images).hypotheses)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import onnx
 
-from server.bundle import load_bundle
+from bundle.format import load_bundle
 from server.config import Config
 from server.engine import CaptionEngine
 from tests.conftest import run_cli
@@ -40,13 +40,13 @@ def test_encoder_is_quantised_per_channel(int8_bundle_dir, bundle_dir):
 
 
 def test_the_server_captions_with_it(int8_bundle_dir, bundle_dir, shapes_dataset):
-    from server.preprocess import decode_image, to_model_input
+    from bundle.preprocess import load_image
 
-    variant = CaptionEngine(load_bundle(int8_bundle_dir), Config(bundle=int8_bundle_dir))
-    source = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
+    variant = CaptionEngine(load_bundle(int8_bundle_dir))
+    source = CaptionEngine(load_bundle(bundle_dir))
     assert variant.bundle.summary()["precision"]["encoder"] == "int8"
     paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:4]
-    images = np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), variant.preprocessing) for p in paths])
+    images = np.stack([load_image(p, variant.preprocessing) for p in paths])
     want, got = source.encode(images), variant.encode(images)
     # Quantisation moves the features by a fraction of how much they vary across images.
     assert 0 < np.abs(got - want).mean() < want.std(0).mean()

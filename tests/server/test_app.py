@@ -21,12 +21,12 @@ def png(size=(64, 48)) -> bytes:
 
 
 def test_readiness_follows_the_warm_up(app):
-    state = app.extensions["captions"]
+    readiness = app.extensions["readiness"]
     client = app.test_client()
-    state.ready.clear()
+    readiness.ready.clear()
     response = client.get("/readyz")
     assert response.status_code == 503 and response.json == {"status": "starting"}
-    state.warm_up()
+    readiness.warm_up()
     assert client.get("/readyz").status_code == 200
 
 
@@ -121,11 +121,11 @@ def test_readiness_says_why_a_worker_should_get_no_traffic(app, monkeypatch):
 
 
 def test_a_request_over_the_pixel_budget_is_refused_before_decoding(bundle_dir, monkeypatch):
-    from server import preprocess
+    from server import uploads
 
     budget = create_app(Config(bundle=bundle_dir, warmup=False, max_request_pixels=3 * 64 * 48 - 1))
     decoded = []
-    load = preprocess.load_rgb
+    load = uploads.load_rgb
     monkeypatch.setattr("server.captioning.load_rgb", lambda image: decoded.append(image.size) or load(image))
     three = [("image", (io.BytesIO(png()), f"{i}.png")) for i in range(3)]
     response = budget.test_client().post("/api/v1/captions", data={"image": [f for _, f in three]})

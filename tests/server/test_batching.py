@@ -9,12 +9,12 @@ import pytest
 
 from prometheus_client import REGISTRY
 
+from bundle.decoding import Hypothesis
+from bundle.format import load_bundle
 from server.batching import BatchLimits, MicroBatcher
-from server.errors import RequestError
-from server.bundle import load_bundle
 from server.config import Config
-from server.decoding import Hypothesis
 from server.engine import CaptionEngine, CaptionResult
+from server.errors import RequestError
 
 
 class SlowEngine:
@@ -96,11 +96,11 @@ def test_an_engine_error_reaches_every_request_of_its_batch_and_the_next_batch_r
 
 
 def test_real_engine_batched_captions_equal_single_ones(bundle_dir, shapes_dataset):
-    from server.preprocess import decode_image, to_model_input
+    from bundle.preprocess import load_image
 
-    engine = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
+    engine = CaptionEngine(load_bundle(bundle_dir))
     paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:6]
-    batch = np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), engine.preprocessing) for p in paths])
+    batch = np.stack([load_image(p, engine.preprocessing) for p in paths])
     want = [h[0].tokens for h in engine.caption(batch).hypotheses]
     batcher, got = MicroBatcher(engine), {}
 

@@ -10,25 +10,25 @@ import threading
 import numpy as np
 import pytest
 
-from server.bundle import load_bundle
-from server.config import Config
-from server.decoder_loop import BoundDecoder, HostDecoder
-from server.encoder_binding import BoundEncoder
-from server.engine import CaptionEngine
-from server.preprocess import decode_image, to_model_input
+from bundle.format import load_bundle
+from bundle.preprocess import load_image
+from bundle.sessions import SessionDecoder
+from server.bound_decoder import BoundDecoder
+from server.bound_encoder import BoundEncoder
+from server.engine import CaptionEngine, EngineOptions
 
 
 @pytest.fixture(scope="module")
 def engines(bundle_dir):
     bundle = load_bundle(bundle_dir)
-    return {mode: CaptionEngine(bundle, Config(bundle=bundle_dir, io_binding=mode)) for mode in ("off", "on")}
+    return {mode: CaptionEngine(bundle, EngineOptions(io_binding=mode)) for mode in ("off", "on")}
 
 
 @pytest.fixture(scope="module")
 def images(engines, shapes_dataset):
     paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:5]
     preprocessing = engines["off"].preprocessing
-    return np.stack([to_model_input(decode_image(p.read_bytes(), 10**8), preprocessing) for p in paths])
+    return np.stack([load_image(p, preprocessing) for p in paths])
 
 
 def tokens(hypotheses):
@@ -36,8 +36,8 @@ def tokens(hypotheses):
 
 
 def test_auto_keeps_the_state_in_numpy_on_cpu(bundle_dir):
-    engine = CaptionEngine(load_bundle(bundle_dir), Config(bundle=bundle_dir))
-    assert isinstance(engine.decoder, HostDecoder)
+    engine = CaptionEngine(load_bundle(bundle_dir))
+    assert isinstance(engine.decoder, SessionDecoder)
 
 
 def test_on_binds_cpu_buffers_without_cuda_graphs(engines):

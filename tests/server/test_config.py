@@ -60,7 +60,7 @@ def test_one_length_penalty_default_for_every_caller():
     import inspect
 
     from server.batching import MicroBatcher
-    from server.decoding import DEFAULT_LENGTH_PENALTY, decode_beam
+    from bundle.decoding import DEFAULT_LENGTH_PENALTY, decode_beam
     from server.engine import CaptionEngine
 
     defaults = [inspect.signature(f).parameters["length_penalty"].default

@@ -35,7 +35,9 @@ def test_tiny_search_writes_study_report_and_loadable_best_config(shapes_dataset
             "--cache-dir", str(trained_run.parent / "cache"), "--config", str(out / "best_config.json"),
             "--epochs", "1", "--quiet")
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["decoder"]["units"] == config.units and run["decoder"]["feature_norm"] == config.feature_norm
+    assert run["decoder"]["units"] == config.decoder.units
+    assert run["decoder"]["feature_norm"] == config.decoder.feature_norm
+    assert run["training"] == config.with_values(epochs=1).flat()  # flat, as --config files are
     assert run["notes"]["tuning"]["best_trial"] == best["tuning"]["best_trial"]
 
     # A second run resumes the same study.

@@ -18,6 +18,12 @@ import numpy as np
 DEFAULT_LENGTH_PENALTY = 1.0
 
 
+def words_of(tokens, words: list[str], special_ids) -> list[str]:
+    """A caption's words: special tokens (<start>, <end>, padding, <unk>) are never words."""
+    special = {int(i) for i in special_ids}
+    return [words[int(t)] for t in tokens if int(t) not in special]
+
+
 @dataclass
 class Hypothesis:
     """One decoded caption: token ids (without <start>/<end>), total log-probability, and the

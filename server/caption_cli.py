@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -88,31 +87,6 @@ class RowWriter:
             self.file.close()
 
 
-def caption_files(engine, paths: list[Path], config, beam_size: int, batch_size: int):
-    """Yield one list of rows per batch: {"path", "caption", "tokens", "log_prob"} or {"path", "error"}."""
-    from .captioning import best_caption, draft_side
-    from .preprocess import ImageError, decode_image, to_model_input
-
-    min_side = draft_side(engine)
-    for first in range(0, len(paths), batch_size):
-        rows, inputs, good = [], [], []
-        for path in paths[first:first + batch_size]:
-            try:
-                image = decode_image(path.read_bytes(), config.max_pixels, min_side)
-                inputs.append(to_model_input(image, engine.preprocessing))
-                good.append(len(rows))
-                rows.append({"path": str(path)})
-            except ImageError as exc:
-                rows.append({"path": str(path), "error": exc.message})
-            except OSError as exc:
-                rows.append({"path": str(path), "error": exc.strerror or str(exc)})
-        if inputs:
-            result = engine.caption(np.stack(inputs), beam_size, engine.max_length, config.length_penalty)
-            for index, beams in zip(good, result.hypotheses):
-                rows[index].update(best_caption(engine, beams))
-        yield rows
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caption", description="Caption image files with a model bundle.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
@@ -138,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
-    from .bundle import BundleError, load_bundle
+    from bundle.format import BundleError, load_bundle
+
     from .config import Config, ConfigError
     from .providers import ProviderError
 
@@ -157,9 +132,10 @@ def run(args) -> int:
             raise UsageError(f"--beam-size must be between 1 and {config.max_beam_size}")
         done = already_done(args.out, fmt)
         todo = [p for p in paths if str(p) not in done]
+        from .captioning import caption_files
         from .engine import CaptionEngine
 
-        engine = CaptionEngine(load_bundle(config.bundle, config.verify_checksums), config)
+        engine = CaptionEngine(load_bundle(config.bundle, config.verify_checksums), config.engine_options())
     except (BundleError, ConfigError, ProviderError, OSError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -171,7 +147,8 @@ def run(args) -> int:
     started = time.perf_counter()
     try:
         with tqdm(total=len(todo), unit="img", desc="captioning", disable=args.quiet, file=sys.stderr) as bar:
-            for rows in caption_files(engine, todo, config, beam_size, args.batch_size):
+            for rows in caption_files(engine, todo, config.max_pixels, beam_size, config.length_penalty,
+                                      args.batch_size):
                 writer.write(rows)
                 for row in rows:
                     if "error" in row:

@@ -1,14 +1,16 @@
-"""Decoding uploads of every supported format and mode, and refusing the rest clearly."""
+"""The server's hardened decoding of uploads: every supported format and mode, and a clear
+refusal for the rest."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from server.preprocess import ImageError, decode_image, to_model_input
+from server.uploads import ImageError, decode_image
 
 LIMIT = 40_000_000
-PREPROCESSING = {"resize": [299, 299], "resample": "bilinear", "scale": 1 / 127.5, "offset": -1.0}
+PREPROCESSING = {"resize": [299, 299], "resample": "bilinear", "channels": "RGB", "layout": "NHWC",
+                 "scale": 1 / 127.5, "offset": -1.0}
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -100,17 +102,11 @@ def test_pixel_limit_is_checked_before_decoding():
     assert decode_image(data, max_pixels=9_000_000).size == (3000, 3000)
 
 
-def test_to_model_input_follows_the_manifest():
-    array = to_model_input(Image.new("RGB", (640, 480), (255, 0, 127)), PREPROCESSING)
-    assert array.shape == (299, 299, 3) and array.dtype == np.float32
-    np.testing.assert_allclose(array[0, 0], [1.0, -1.0, 127 / 127.5 - 1], atol=1e-6)
-
-
-def test_large_jpegs_are_draft_decoded_but_never_below_the_requested_side():
+def test_large_jpegs_are_draft_decoded_but_never_below_twice_the_model_input():
     data = encode(Image.new("RGB", (4000, 3000), (10, 120, 200)), "JPEG")
     full = decode_image(data, LIMIT)
-    draft = decode_image(data, LIMIT, min_side=598)
+    draft = decode_image(data, LIMIT, PREPROCESSING)
     assert full.size == (4000, 3000)
     assert draft.size == (1000, 750) and min(draft.size) >= 598
-    assert decode_image(encode(Image.new("RGB", (640, 480)), "JPEG"), LIMIT, min_side=598).size == (640, 480)
-    assert decode_image(encode(Image.new("RGB", (4000, 3000)), "PNG"), LIMIT, min_side=598).size == (4000, 3000)
+    assert decode_image(encode(Image.new("RGB", (640, 480)), "JPEG"), LIMIT, PREPROCESSING).size == (640, 480)
+    assert decode_image(encode(Image.new("RGB", (4000, 3000)), "PNG"), LIMIT, PREPROCESSING).size == (4000, 3000)

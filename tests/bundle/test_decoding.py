@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from server.decoding import decode_beam, decode_greedy
+from bundle.decoding import decode_beam, decode_greedy
 
 START, END = 0, 1
 VOCAB = 5  # 0 <start>, 1 <end>, 2..4 words

@@ -12,6 +12,8 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
+from bundle.sessions import SessionEncoder
+
 # Each captured batch size keeps its own input buffer and activation memory on the GPU, so
 # only the small batches, where launches dominate, are captured; larger ones run plainly.
 MAX_GRAPH_BATCH = 8
@@ -19,9 +21,10 @@ MAX_GRAPH_BATCH = 8
 
 class BoundEncoder:
     """`encoder(images) -> features`, through fixed buffers per batch size (graph-captured when
-    `cuda_graphs`); on "cpu" the same buffers run without graphs, which is how tests reach it."""
+    `cuda_graphs`); on "cpu" the same buffers run without graphs, which is how tests reach it.
+    Batches over `max_batch` run through `plain`, a bundle.sessions.SessionEncoder."""
 
-    def __init__(self, session: ort.InferenceSession, plain: ort.InferenceSession, device: str, device_id: int = 0,
+    def __init__(self, session: ort.InferenceSession, plain: SessionEncoder, device: str, device_id: int = 0,
                  cuda_graphs: bool = False, max_batch: int = MAX_GRAPH_BATCH):
         self.session, self.plain = session, plain
         self.device, self.device_id, self.cuda_graphs, self.max_batch = device, device_id, cuda_graphs, max_batch
@@ -36,8 +39,8 @@ class BoundEncoder:
             features = ort.OrtValue.ortvalue_from_shape_and_type((n, self.feature_dim), np.float32, self.device,
                                                                  self.device_id)
             binding = self.session.io_binding()
-            binding.bind_ortvalue_input("image", image)
-            binding.bind_ortvalue_output("features", features)
+            binding.bind_ortvalue_input(self.plain.image, image)
+            binding.bind_ortvalue_output(self.plain.features, features)
             options = ort.RunOptions()
             if self.cuda_graphs:
                 options.add_run_config_entry("gpu_graph_id", str(n))
@@ -46,7 +49,7 @@ class BoundEncoder:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if len(images) > self.max_batch:
-            return self.plain.run(["features"], {"image": images})[0]
+            return self.plain(images)
         with self.lock:
             image, features, binding, options = self._buffers_for(images)
             image.update_inplace(np.ascontiguousarray(images, dtype=np.float32))

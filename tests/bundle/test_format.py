@@ -2,11 +2,12 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from server.bundle import BundleError, load_bundle
-from server.config import Config
-from server.engine import CaptionEngine
+from bundle.format import FORMAT, BundleError, finish, load_bundle, staged_bundle
+from bundle.preprocess import input_shape
+from server.engine import CaptionEngine, EngineOptions
 
 
 @pytest.fixture
@@ -70,11 +71,55 @@ def test_graph_that_does_not_match_the_manifest(bundle_copy):
         m["graphs"]["decoder_step"]["inputs"][0]["name"] = "word"
     edit_manifest(bundle_copy, rename_input)
     with pytest.raises(BundleError, match="decoder_step graph inputs"):
-        CaptionEngine(load_bundle(bundle_copy), Config(bundle=bundle_copy))
+        CaptionEngine(load_bundle(bundle_copy))
 
 
 def test_unloadable_graph_is_a_bundle_error(bundle_copy):
     (bundle_copy / "encoder.opt.onnx").write_bytes(b"not onnx")
     bundle = load_bundle(bundle_copy, verify_checksums=False)
     with pytest.raises(BundleError, match="onnxruntime cannot load it"):
-        CaptionEngine(bundle, Config(bundle=bundle_copy, verify_checksums=False))
+        CaptionEngine(bundle, EngineOptions())
+
+
+def test_a_bundle_of_the_previous_format_is_read_and_served(bundle_copy):
+    def to_version_1(m):
+        m["format"] = "caption-bundle/1"
+        for graph in m["graphs"].values():
+            for entry in graph["inputs"] + graph["outputs"]:
+                del entry["key"]
+    edit_manifest(bundle_copy, to_version_1)
+    bundle = load_bundle(bundle_copy)
+    assert bundle.manifest["format"] == FORMAT
+    result = CaptionEngine(bundle).caption(np.zeros((1, *input_shape(bundle.preprocessing)), np.float32))
+    assert len(result.hypotheses) == 1
+
+
+@pytest.mark.parametrize("found, message", [
+    ("caption-bundle/3", "newer than this code reads"),
+    ("onnx-model/1", "is not a caption bundle"),
+])
+def test_other_formats_get_one_line_saying_what_to_do(bundle_copy, found, message):
+    edit_manifest(bundle_copy, lambda m: m.update(format=found))
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(bundle_copy)
+    assert "\n" not in str(info.value) and ("python -m export" in str(info.value))
+
+
+def test_preprocessing_the_server_cannot_apply_is_refused_at_load(bundle_copy):
+    edit_manifest(bundle_copy, lambda m: m["preprocessing"].update(resample="lanczos"))
+    with pytest.raises(BundleError, match="preprocessing resample 'lanczos'"):
+        load_bundle(bundle_copy)
+
+
+def test_staged_bundle_replaces_the_old_one_only_when_finished(tmp_path):
+    out = tmp_path / "model"
+    with staged_bundle(out) as staging:
+        (staging / "graph.onnx").write_bytes(b"one")
+        manifest = finish(staging, {"name": "model"})
+    assert manifest["format"] == FORMAT and set(manifest["checksums"]) == {"graph.onnx"}
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with staged_bundle(out) as staging:
+            (staging / "graph.onnx").write_bytes(b"two")
+            raise RuntimeError("conversion failed")
+    assert (out / "graph.onnx").read_bytes() == b"one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
