@@ -189,7 +189,7 @@ def worker_logged_ready(log_text: str, pid: int) -> bool:
             entry = json.loads(line)
         except ValueError:
             continue
-        if entry.get("pid") == pid and entry.get("logger") == "server.app" and entry.get("message", "").startswith("ready"):
+        if entry.get("pid") == pid and entry.get("message", "").startswith("ready: warm-up captions done"):
             return True
     return False
 

@@ -8,6 +8,8 @@ with other pixels than it was trained and checked on. The manifest's `preprocess
   layout     "NHWC" | "NCHW"
   scale, offset  input = pixel * scale + offset, pixel in 0..255 in the `channels` order; each a
                  number or one per channel ("caffe" mode is BGR, scale 1, offset -mean)
+  jpeg_draft     optional, default true: decode large JPEGs at a reduced scale (see DRAFT_FACTOR);
+                 false decodes every pixel, as keras.utils.load_img does
 The server's hardened decoding of uploads (limits, formats) stays in the server, in front of this.
 """
 from __future__ import annotations
@@ -38,6 +40,8 @@ def preprocessing_problems(preprocessing: dict) -> list[str]:
     for key, choices in (("resample", tuple(RESAMPLE)), ("channels", CHANNELS), ("layout", LAYOUTS)):
         if p.get(key, choices[0] if key != "resample" else None) not in choices:
             problems.append(f"{key} {p.get(key)!r} is not one of {', '.join(choices)}")
+    if not isinstance(p.get("jpeg_draft", True), bool):
+        problems.append(f"jpeg_draft {p.get('jpeg_draft')!r} is not true or false")
     for key in ("scale", "offset"):
         value = p.get(key)
         if not (isinstance(value, (int, float)) or (isinstance(value, list) and len(value) == 3
@@ -73,7 +77,7 @@ def set_draft(image: Image.Image, preprocessing: dict) -> None:
     """Before its pixels are decoded: a JPEG is set to decode at the smallest DCT scale that
     keeps both sides at least DRAFT_FACTOR times the model's input. Its `size` becomes what
     decoding will make."""
-    if image.format in ("JPEG", "MPO"):
+    if image.format in ("JPEG", "MPO") and preprocessing.get("jpeg_draft", True):
         side = DRAFT_FACTOR * max(preprocessing["resize"])
         image.draft(image.mode, (side, side))
 
@@ -109,3 +113,30 @@ def load_image(path: Path, preprocessing: dict) -> np.ndarray:
         image.seek(0)  # animated GIF/WebP/TIFF: the first frame, as the server takes
         set_draft(image, preprocessing)
         return to_model_input(upright_rgb(image), preprocessing)
+
+
+# keras.applications' preprocess_input modes: "torch" mean and std (RGB, of pixels in [0, 1]) and
+# "caffe" means (BGR, of pixels in 0..255), as keras.applications.imagenet_utils has them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+KERAS_MODES = ("tf", "caffe", "torch", "raw")
+
+
+def keras_preprocessing(mode: str, image_size: int, resample: str = "nearest") -> dict:
+    """The manifest preprocessing equal to keras.utils.load_img(target_size=(image_size,) * 2), which
+    resizes with nearest-neighbour by default and decodes every pixel, then preprocess_input(mode):
+    "tf" scales to [-1, 1]; "caffe" is BGR with the ImageNet means subtracted; "torch" is RGB in
+    [0, 1] standardised by the ImageNet mean and std; "raw" leaves 0..255 (models that rescale
+    inside, such as EfficientNet)."""
+    common = {"resize": [image_size, image_size], "resample": resample, "layout": "NHWC", "jpeg_draft": False}
+    if mode == "tf":
+        return {**common, "channels": "RGB", "scale": 1 / 127.5, "offset": -1.0}
+    if mode == "caffe":
+        return {**common, "channels": "BGR", "scale": 1.0, "offset": [-m for m in CAFFE_BGR_MEAN]}
+    if mode == "torch":
+        return {**common, "channels": "RGB", "scale": [1 / (255 * s) for s in IMAGENET_STD],
+                "offset": [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]}
+    if mode == "raw":
+        return {**common, "channels": "RGB", "scale": 1.0, "offset": 0.0}
+    raise ValueError(f"preprocessing mode {mode!r} is not one of {', '.join(KERAS_MODES)}")

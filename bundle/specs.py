@@ -19,8 +19,10 @@ GRAPH_ROLES = ("encoder", "decoder_init", "decoder_step")
 NEXT = "_next"   # suffix of a state tensor's updated value in the step graph's outputs
 
 # key -> ONNX tensor name. ONNX names are unique in a graph, so the new state is h_next/c_next.
+# "prefix" is the state of a whole-prefix decoder (the padded words so far, for a model that can
+# only be run on the whole sequence).
 TENSOR_NAMES = {key: key for key in ("image", "features", "h", "c", "context", "token", "log_probs", "h_next",
-                                     "c_next")}
+                                     "c_next", "prefix", "prefix_next")}
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,34 @@ class GraphSpec:
         return f"{self.role}.opt.onnx"
 
 
-def graph_specs(input_shape: tuple[int, int, int], feature_dim: int, units: int, embedding_dim: int,
-                vocab_size: int) -> list[GraphSpec]:
-    """The three graphs of an InceptionV3 + LSTM captioner; `input_shape` is one image's, without the batch axis."""
+@dataclass(frozen=True)
+class StateSpec:
+    """One tensor of the decoder's state: its key, dtype, shape without the batch axis, and
+    whether the step updates it (returns "<key>_next") or carries it unchanged."""
+
+    key: str
+    dtype: str
+    shape: tuple
+    updated: bool
+
+
+def decoder_specs(input_shape: tuple, feature_dim: int, vocab_size: int, state: list[StateSpec]) -> list[GraphSpec]:
+    """The three graphs of a captioner whose decoder carries `state` (in decoder_init's output order)."""
     f32 = "float32"
     return [
         GraphSpec("encoder", (tensor("image", f32, *input_shape),), (tensor("features", f32, feature_dim),)),
         GraphSpec("decoder_init", (tensor("features", f32, feature_dim),),
-                  (tensor("h", f32, units), tensor("c", f32, units), tensor("context", f32, embedding_dim))),
+                  tuple(tensor(s.key, s.dtype, *s.shape) for s in state)),
         GraphSpec("decoder_step",
-                  (tensor("token", "int32", 1), tensor("h", f32, units), tensor("c", f32, units),
-                   tensor("context", f32, embedding_dim)),
-                  (tensor("log_probs", f32, vocab_size), tensor("h_next", f32, units),
-                   tensor("c_next", f32, units))),
+                  (tensor("token", "int32", 1), *(tensor(s.key, s.dtype, *s.shape) for s in state)),
+                  (tensor("log_probs", f32, vocab_size),
+                   *(tensor(s.key + NEXT, s.dtype, *s.shape) for s in state if s.updated))),
     ]
+
+
+def graph_specs(input_shape: tuple[int, int, int], feature_dim: int, units: int, embedding_dim: int,
+                vocab_size: int) -> list[GraphSpec]:
+    """The three graphs of this project's InceptionV3 + LSTM captioner (`input_shape`: one image's)."""
+    return decoder_specs(input_shape, feature_dim, vocab_size,
+                         [StateSpec("h", "float32", (units,), True), StateSpec("c", "float32", (units,), True),
+                          StateSpec("context", "float32", (embedding_dim,), False)])

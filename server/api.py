@@ -5,7 +5,6 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import observability as metrics
-from .captioning import parse_options
 from .client_probe import client_connected
 from .errors import RequestError
 from .openapi import openapi_document
@@ -60,8 +59,7 @@ def captions():
     state.refuse_when_full()
     uploads = read_uploads(state.config.max_upload_bytes)
     model = state.model_named_in(request.values)
-    options = parse_options(request.values, state.config, model.engine.max_length)
-    result = model.caption_uploads(uploads, options, g.started, client_connected(request.environ))
+    result = model.caption_uploads(uploads, model.options(request.values), g.started, client_connected(request.environ))
     return jsonify({"captions": result["captions"], "model": model_info(model.engine),
                     "timings_ms": result["timings_ms"]})
 

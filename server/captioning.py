@@ -141,6 +141,10 @@ class ServedModel:
         self.preprocess_slots = preprocess_slots
         self.clock = self.batcher.clock
 
+    def options(self, values) -> Options:
+        """A request's decoding options (beam_size, max_length, timeout_ms) for this model."""
+        return parse_options(values, self.config, self.engine.max_length)
+
     def _preprocess(self, uploads: list[bytes], deadline: float, previews: bool):
         """preprocess_uploads in a native thread, once a decoding slot is free, within the deadline."""
         if not self.preprocess_slots.acquire(timeout=max(0.0, deadline - self.clock())):

@@ -7,7 +7,6 @@ from flask import Blueprint, current_app, g, render_template, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .captioning import parse_options
 from .client_probe import client_connected
 from .errors import RequestError
 
@@ -44,7 +43,7 @@ def upload():
         file = request.files.get("image")
         if file is None or not file.filename:
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
-        options = parse_options(fields, state.config, engine.max_length)
+        options = model.options(fields)
         result = model.caption_uploads([file.read()], options, g.started, client_connected(request.environ),
                                        previews=True)
     except RequestEntityTooLarge:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundle.preprocess import input_shape, load_image, preprocessing_problems, to_model_input
+from bundle.preprocess import input_shape, keras_preprocessing, load_image, preprocessing_problems, to_model_input
 from server.uploads import decode_image
 
 TF_MODE = {"resize": [299, 299], "resample": "bilinear", "channels": "RGB", "layout": "NHWC",
@@ -69,3 +69,15 @@ def test_preprocessing_the_code_cannot_apply_is_named(change, problem):
     assert preprocessing_problems(TF_MODE) == [] and preprocessing_problems(CAFFE_MODE) == []
     problems = preprocessing_problems({**TF_MODE, **change})
     assert len(problems) == 1 and problems[0].startswith(problem)
+
+
+@pytest.mark.parametrize("mode", ["tf", "caffe", "torch"])
+def test_keras_modes_equal_keras_preprocess_input(mode):
+    """Each mode as a manifest gives what keras.applications.imagenet_utils.preprocess_input gives."""
+    from keras.applications.imagenet_utils import preprocess_input
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
+    manifest = keras_preprocessing(mode, 8)
+    assert preprocessing_problems(manifest) == []
+    want = preprocess_input(pixels.astype(np.float32)[None], mode=mode)[0]
+    np.testing.assert_allclose(to_model_input(Image.fromarray(pixels), manifest), want, rtol=1e-5, atol=1e-4)

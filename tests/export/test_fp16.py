@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from bundle.format import load_bundle
+from bundle.format import MIN_VARIANT_AGREEMENT, load_bundle
 import export.fp16 as fp16
 from server.engine import CaptionEngine
 from tests.conftest import run_cli
@@ -68,7 +68,7 @@ def test_a_disagreeing_variant_is_not_written(bundle_dir, trained_run, tmp_path,
 
     monkeypatch.setattr(fp16, "convert_encoder", broken)
     with pytest.raises(fp16.VariantError, match="below --min-agreement"):
-        fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 16, 0.98, ["CPUExecutionProvider"],
+        fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 16, MIN_VARIANT_AGREEMENT, ["CPUExecutionProvider"],
                           log=lambda m: None)
     assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
 

@@ -87,9 +87,9 @@ def test_select_reorders_rows(engines, images):
     decoder = engines["on"].decoder
     with decoder.lock:
         n, read = decoder.initial_state(engines["on"].encode(images[:3]))
-        before = [b.numpy().copy() for b in (decoder.buffers[n].h[read], decoder.buffers[n].context)]
+        before = [decoder.buffers[n].current(key, read).numpy().copy() for key in ("h", "c", "context")]
         m, read = decoder.select((n, read), np.array([2, 0, 0, 1]))
-        after = [b.numpy() for b in (decoder.buffers[m].h[read], decoder.buffers[m].context)]
+        after = [decoder.buffers[m].current(key, read).numpy() for key in ("h", "c", "context")]
     assert m == 4
     for b, a in zip(before, after):
         assert (a == b[[2, 0, 0, 1]]).all()

@@ -8,7 +8,7 @@ from PIL import Image
 from benchmarks.reliability import broken_bundles, kill_worker_under_load, slow_clients, soak
 from benchmarks.server_process import GunicornServer
 
-from .test_preprocess import encode
+from .test_uploads import encode
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 

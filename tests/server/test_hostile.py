@@ -10,7 +10,7 @@ from PIL import Image
 
 from benchmarks.server_process import rss_kb
 
-from .test_preprocess import encode
+from .test_uploads import encode
 
 
 def jpeg_with_orientation() -> bytes:

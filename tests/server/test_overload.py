@@ -13,7 +13,7 @@ from benchmarks.reliability import huge_images, overload
 from benchmarks.server_process import GunicornServer
 from server.config import Config
 
-from .test_preprocess import encode
+from .test_uploads import encode
 
 DEFAULTS = Config()
 
