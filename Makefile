@@ -62,14 +62,15 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
-# The speed suite on the demo bundle (about 8 minutes): component latency against Keras, HTTP
-# layouts x concurrency (fp32 and the int8 variant), the serving-layout study, then the target
-# table. Results land in benchmarks/results/.
+# The speed suite on the demo bundle (about 10 minutes): component latency against Keras, HTTP
+# layouts x concurrency (fp32 and the int8 variant), the serving-layout study, an imported
+# notebook model against its own loop, then the target table. Results land in benchmarks/results/.
 bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(MAKE) demo-int8 INT8_MIN_AGREEMENT=0
 	$(PY) -m benchmarks.latency
 	$(PY) -m benchmarks.http
 	$(PY) -m benchmarks.layouts
+	$(PY) -m benchmarks.notebook
 	$(PY) -m benchmarks.summary
 
 clean-demo:

@@ -177,31 +177,40 @@ def _without_keras2_arguments(node):
     return node
 
 
-def load_keras_model(path: Path, unsafe_lambda: bool):
-    """A Keras model file (.keras, or .h5 from Keras 2 / tf.keras), in safe mode unless told otherwise."""
+def _load(path: Path, unsafe_lambda: bool):
+    """keras.models.load_model, with a Keras 2 .h5's config cleaned of arguments Keras 3 refuses."""
     import tempfile
 
+    import h5py
     import keras
+
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        with h5py.File(path, "r") as handle:
+            config = handle.attrs.get("model_config")
+        if config is not None:
+            config = config.decode() if isinstance(config, bytes) else config
+            cleaned = json.dumps(_without_keras2_arguments(json.loads(config)))
+            if cleaned != config:
+                with tempfile.TemporaryDirectory() as scratch:
+                    copy = Path(scratch) / "model.h5"
+                    shutil.copy(path, copy)
+                    with h5py.File(copy, "r+") as handle:
+                        handle.attrs["model_config"] = cleaned
+                    return keras.models.load_model(copy, compile=False, safe_mode=not unsafe_lambda)
+    return keras.models.load_model(path, compile=False, safe_mode=not unsafe_lambda)
+
+
+def load_keras_model(path: Path, unsafe_lambda: bool):
+    """A Keras model file (.keras, or .h5 from Keras 2 / tf.keras), in safe mode unless told otherwise."""
+    import warnings
 
     if not Path(path).is_file():
         raise ImportFailure(f"{path}: no such file")
     try:
-        if Path(path).suffix.lower() in (".h5", ".hdf5"):
-            import h5py
-
-            with h5py.File(path, "r") as handle:
-                config = handle.attrs.get("model_config")
-            if config is not None:
-                config = config.decode() if isinstance(config, bytes) else config
-                cleaned = json.dumps(_without_keras2_arguments(json.loads(config)))
-                if cleaned != config:
-                    with tempfile.TemporaryDirectory() as scratch:
-                        copy = Path(scratch) / "model.h5"
-                        shutil.copy(path, copy)
-                        with h5py.File(copy, "r+") as handle:
-                            handle.attrs["model_config"] = cleaned
-                        return keras.models.load_model(copy, compile=False, safe_mode=not unsafe_lambda)
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe_lambda)
+        with warnings.catch_warnings():
+            # Keras 3 warns about the input_dim that every Keras 2 Embedding config carries.
+            warnings.filterwarnings("ignore", message="Do not pass an `input_shape`", category=UserWarning)
+            return _load(Path(path), unsafe_lambda)
     except Exception as exc:  # Keras raises many types for files it cannot read
         raise ImportFailure(f"{path}: Keras cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from None
 
@@ -212,7 +221,7 @@ def import_model(args, log=print) -> dict:
     import onnxruntime as ort
 
     from .convert import OPSET, convert, optimize
-    from .writer import _tool_versions
+    from .writer import tool_versions
 
     model = load_keras_model(args.decoder, args.unsafe_lambda)
     try:
@@ -269,7 +278,7 @@ def import_model(args, log=print) -> dict:
         "preprocessing": preprocessing,
         "decoder": {"kind": decoder.kind},
         "opset": OPSET,
-        "tools": _tool_versions(),
+        "tools": tool_versions(),
         "provenance": {"imported": {**found, "decoder_file": str(args.decoder),
                                     "vocabulary_file": str(args.vocabulary)}},
     }

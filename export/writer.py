@@ -65,7 +65,7 @@ def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print) -
         "max_length": run["max_length"],
         "preprocessing": run["preprocessing"],
         "opset": OPSET,
-        "tools": _tool_versions(),
+        "tools": tool_versions(),
         "provenance": {
             "dataset": run["dataset"],
             "encoder": run["encoder"],
@@ -98,7 +98,7 @@ def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print) -
     return manifest
 
 
-def _tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
     import tensorflow

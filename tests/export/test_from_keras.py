@@ -24,7 +24,7 @@ MODELS = {  # bundle name: (decoder file, vocabulary file)
 @pytest.fixture(scope="module")
 def notebooks(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("notebooks")
-    result = subprocess.run([PYTHON, "-m", "tests.export.notebook_models", str(out)], cwd=ROOT, capture_output=True,
+    result = subprocess.run([PYTHON, "-m", "benchmarks.notebook_models", str(out)], cwd=ROOT, capture_output=True,
                             text=True, timeout=900, env={**os.environ, **QUIET_TF})
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -141,3 +141,34 @@ def test_bad_arguments_exit_2_with_one_line(notebooks, tmp_path):
     result = run_cli("export.from_keras", "--decoder", "x.h5", "--vocabulary", "v.pkl", "--encoder", "vgg16",
                      "--out", str(tmp_path / "o"), check=False)
     assert result.returncode == 2 and "--encoder needs --encoder-weights" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_lambda_layer_is_not_deserialised_without_unsafe_lambda(notebooks, tmp_path):
+    import keras
+    from keras import layers
+
+    features, words = keras.Input((32,)), keras.Input((12,))
+    text = layers.LSTM(8)(layers.Embedding(43, 8, mask_zero=True)(words))
+    merged = layers.Lambda(lambda pair: pair[0] + pair[1])([layers.Dense(8)(features), text])
+    keras.Model([features, words], layers.Dense(43, activation="softmax")(merged)).save(tmp_path / "lambda.keras")
+    args = import_args(notebooks, "gru_keras", tmp_path / "out")
+    args[args.index("--decoder") + 1] = str(tmp_path / "lambda.keras")
+    refused = run_cli(*args, check=False)
+    assert refused.returncode == 2 and "Keras cannot load it" in refused.stderr.strip().splitlines()[-1]
+    loaded = run_cli(*args, "--unsafe-lambda", check=False)  # loaded, and then not mapped: it could do anything
+    assert loaded.returncode == 2 and "Lambda layers run arbitrary code" in loaded.stderr.strip().splitlines()[-1]
+
+
+def test_named_encoders_load_a_local_weights_file_and_refuse_another(tmp_path):
+    import keras
+
+    from export.keras_encoders import build_encoder
+
+    keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
+                                   input_shape=(224, 224, 3)).save_weights(tmp_path / "mobilenet.weights.h5")
+    encoder = build_encoder("mobilenet_v2", tmp_path / "mobilenet.weights.h5")
+    assert tuple(encoder.outputs[0].shape) == (None, 1280)
+    with pytest.raises(ValueError, match="does not fit ResNet50"):
+        build_encoder("resnet50", tmp_path / "mobilenet.weights.h5")
+    with pytest.raises(ValueError, match="no such file"):
+        build_encoder("vgg16", tmp_path / "missing.h5")

@@ -1,20 +1,23 @@
-"""Small versions of the classic notebook captioners, trained for a few epochs so their captions
-depend on the image: `python -m tests.export.notebook_models OUT` writes them to OUT.
+"""Small versions of the classic notebook captioners, trained for a few epochs on synthetic scenes
+so their captions depend on the image: `python -m benchmarks.notebook_models OUT [--inception]`.
+The tests import them (tests/export/test_from_keras.py); benchmarks.notebook times one.
 
 - lstm_h5/: tf.keras (Keras 2) merge LSTM, mask_zero=True over a frozen embedding matrix (as with
   GloVe), saved as legacy .h5, vocabulary as pickled (wordtoix, ixtoword) dicts.
 - gru_keras/: Keras 3 merge GRU with concatenate and masking, saved as .keras, Tokenizer JSON.
 - gru_unmasked/: Keras 3 merge GRU without masking (its state depends on the padding), .keras,
   a pickled Keras 2 Tokenizer (keras_preprocessing).
-- encoder.keras: the encoder all three use, a small random CNN over 64 px images ("tf" mode),
-  and images/: held-out scenes none of them trained on.
+- encoder.keras: the encoder all three use, a small random CNN over 64 px images ("tf" mode);
+  with --inception, inception_v3.weights.h5 instead: a seeded-random InceptionV3 (the notebooks'
+  encoder, 299 px, pooled), whose weights file export.from_keras reads with --encoder inception_v3.
+- images/: held-out scenes none of them trained on.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -57,6 +60,19 @@ def build_encoder(out: Path, images: np.ndarray):
     encoder = keras.Model(image, x)
     encoder.save(out / "encoder.keras")
     return np.asarray(encoder.predict(images, verbose=0))
+
+
+def build_inception(out: Path, images: np.ndarray):
+    """A seeded-random InceptionV3, pooled as the notebooks cut it; its weights go to a local file.
+    (Random features tell scenes apart poorly; the benchmark needs captions of a realistic length,
+    not good ones.)"""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    encoder = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
+                                             input_shape=(299, 299, 3))
+    encoder.save_weights(out / "inception_v3.weights.h5")
+    return np.concatenate([np.asarray(encoder(images[i:i + 16], training=False)) for i in range(0, len(images), 16)])
 
 
 def training_pairs(features: np.ndarray, sequences: list[list[int]]):
@@ -133,18 +149,28 @@ def keras3_gru(out: Path, features, texts, masked: bool):
         (folder / "tokenizer.pkl").write_bytes(pickle.dumps(tokenizer))
 
 
-def main(out: Path) -> None:
+def main(out: Path, inception: bool = False) -> None:
+    """Write the models to `out`; with `inception`, only the merge LSTM, over a random InceptionV3."""
     out.mkdir(parents=True, exist_ok=True)
     train_paths, texts = scenes(out, SCENES, 11, "train")
     scenes(out, HELD_OUT, 12, "images")
-    preprocessing = keras_preprocessing("tf", IMAGE_SIZE)
-    features = build_encoder(out, np.stack([load_image(p, preprocessing) for p in train_paths]))
     texts = [f"startseq {t} endseq" for t in texts]
-    lstm_h5(out, features, texts)
-    keras3_gru(out, features, texts, masked=True)
-    keras3_gru(out, features, texts, masked=False)
-    (out / "built.json").write_text(json.dumps({"max_length": MAX_LENGTH, "image_size": IMAGE_SIZE}))
+    if inception:
+        images = np.stack([load_image(p, keras_preprocessing("tf", 299)) for p in train_paths])
+        lstm_h5(out, build_inception(out, images), texts)
+    else:
+        features = build_encoder(out, np.stack([load_image(p, keras_preprocessing("tf", IMAGE_SIZE))
+                                                for p in train_paths]))
+        lstm_h5(out, features, texts)
+        keras3_gru(out, features, texts, masked=True)
+        keras3_gru(out, features, texts, masked=False)
+    (out / "built.json").write_text(json.dumps({"max_length": MAX_LENGTH, "image_size": IMAGE_SIZE,
+                                                "inception": inception}))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--inception", action="store_true", help="a random InceptionV3 encoder (for the benchmark)")
+    arguments = parser.parse_args()
+    main(arguments.out, arguments.inception)
