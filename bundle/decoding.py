@@ -34,6 +34,27 @@ class Hypothesis:
     score: float
 
 
+def repeating_tokens(history, n: int) -> list[int]:
+    """The tokens that would repeat an n-gram already in `history` (the sequence so far, <start>
+    included), as Hugging Face's no_repeat_ngram_size bans them; none when n is 0."""
+    if n <= 0 or len(history) + 1 < n:
+        return []
+    history = list(history)
+    prefix = history[len(history) - n + 1:] if n > 1 else []
+    return [history[i + n - 1] for i in range(len(history) - n + 1) if history[i:i + n - 1] == prefix]
+
+
+def _ban_repeats(log_probs: np.ndarray, histories, n: int) -> np.ndarray:
+    """log_probs with each row's repeating tokens at -inf (a copy; unchanged when n is 0)."""
+    if n <= 0:
+        return log_probs
+    log_probs = np.array(log_probs, copy=True)
+    for row, history in enumerate(histories):
+        if history is not None and (banned := repeating_tokens(history, n)):
+            log_probs[row, banned] = -np.inf
+    return log_probs
+
+
 def select_rows(state: tuple, rows: np.ndarray) -> tuple:
     """The state of the beams `rows` (numpy arrays, first axis)."""
     return tuple(s[rows] for s in state)
@@ -43,8 +64,10 @@ def _normalised(log_prob: float, length: int, length_penalty: float) -> float:
     return log_prob / (max(length, 1) ** length_penalty) if length_penalty else log_prob
 
 
-def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int) -> list[Hypothesis]:
-    """The most likely word at each step, until <end> or max_length; one hypothesis per image."""
+def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
+                  no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
+    """The most likely word at each step, until <end> or max_length; one hypothesis per image.
+    With no_repeat_ngram_size n, a word that would repeat an n-gram of the caption is never chosen."""
     tokens = np.full((batch, 1), start_id, dtype=np.int32)
     words = np.zeros((batch, max_length), dtype=np.int32)
     log_prob = np.zeros(batch, dtype=np.float64)
@@ -52,6 +75,9 @@ def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, ma
     live = np.ones(batch, dtype=bool)
     for t in range(max_length):
         log_probs, state = step(tokens, state)
+        if no_repeat_ngram_size:
+            log_probs = _ban_repeats(log_probs, [[start_id, *words[i, :t]] if live[i] else None for i in range(batch)],
+                                     no_repeat_ngram_size)
         best = log_probs.argmax(-1)
         log_prob += np.where(live, log_probs[np.arange(batch), best], 0.0)
         length += live
@@ -69,7 +95,8 @@ def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, ma
 
 
 def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
-                beam_size: int, length_penalty: float = DEFAULT_LENGTH_PENALTY, select=select_rows) -> list[list[Hypothesis]]:
+                beam_size: int, length_penalty: float = DEFAULT_LENGTH_PENALTY, select=select_rows,
+                no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
     """Beam search; for each image, up to `beam_size` hypotheses, best first.
 
     At each step all extensions of the live beams are ranked by total log-probability; in that
@@ -78,7 +105,8 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
     Finished hypotheses are ranked by log_prob / length ** length_penalty, where length counts
     the generated tokens including <end>. The search stops early only when no live beam can
     still win, which without length normalisation is when every live beam scores below the
-    beam_size-th finished one.
+    beam_size-th finished one. With no_repeat_ngram_size n, no extension may repeat an n-gram of
+    its beam.
     """
     k = beam_size
     state = select(state, np.repeat(np.arange(batch), k))
@@ -90,6 +118,9 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
 
     for t in range(1, max_length + 1):
         log_probs, state = step(tokens, state)
+        if no_repeat_ngram_size:
+            log_probs = _ban_repeats(log_probs, [[start_id, *histories[i, j]] if scores[i, j] > -np.inf else None
+                                                 for i in range(batch) for j in range(k)], no_repeat_ngram_size)
         vocab = log_probs.shape[-1]
         total = (scores[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, k * vocab)
         # Up to k candidates can be <end>, so the best 2k always hold k live ones when that many exist.

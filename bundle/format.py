@@ -64,6 +64,11 @@ class Bundle:
     def max_length(self) -> int:
         return int(self.manifest["max_length"])
 
+    @property
+    def no_repeat_ngram_size(self) -> int:
+        """Decoding never repeats an n-gram of this size within a caption (0: no rule)."""
+        return int(self.manifest.get("decoding", {}).get("no_repeat_ngram_size", 0))
+
     def graph_file(self, role: str, optimized: bool = True) -> Path:
         graph = self.manifest["graphs"][role]
         return self.path / (graph["optimized_file"] if optimized and graph.get("optimized_file") else graph["file"])
@@ -136,6 +141,9 @@ def read_manifest(path: Path) -> dict:
         raise BundleError(f"{manifest_path}: missing {', '.join(missing)}")
     if problems := preprocessing_problems(manifest["preprocessing"]):
         raise BundleError(f"{manifest_path}: preprocessing {'; '.join(problems)}")
+    size = manifest.get("decoding", {}).get("no_repeat_ngram_size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BundleError(f"{manifest_path}: decoding.no_repeat_ngram_size {size!r} is not an integer >= 0")
     return manifest
 
 

@@ -23,16 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write, e.g. onnx_models/demo")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--parity-images", type=int, default=64, help="held-out images whose greedy captions must match")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                        help="the server never repeats an n-gram of this size within a caption (default 0: no rule)")
     args = parser.parse_args(argv)
     missing = [f for f in RUN_FILES if not (args.run / f).is_file()]
     if missing:
         print(f"error: {args.run} is not a finished training run (missing {', '.join(missing)})", file=sys.stderr)
         return 2
-    if args.parity_images < 1:
-        print("error: --parity-images must be at least 1", file=sys.stderr)
+    if args.parity_images < 1 or args.no_repeat_ngram_size < 0:
+        print("error: --parity-images must be at least 1 and --no-repeat-ngram-size at least 0", file=sys.stderr)
         return 2
     try:
-        export(args.run, args.out, args.name or args.out.name, args.parity_images)
+        export(args.run, args.out, args.name or args.out.name, args.parity_images,
+               no_repeat_ngram_size=args.no_repeat_ngram_size)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -277,6 +277,7 @@ def import_model(args, log=print) -> dict:
         "max_length": max_length,
         "preprocessing": preprocessing,
         "decoder": {"kind": decoder.kind},
+        "decoding": {"no_repeat_ngram_size": args.no_repeat_ngram_size},
         "opset": OPSET,
         "tools": tool_versions(),
         "provenance": {"imported": {**found, "decoder_file": str(args.decoder),
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, help="longest caption (default: the model's input length)")
     parser.add_argument("--images", type=Path, help="images to check parity on (default: generated scenes)")
     parser.add_argument("--parity-images", type=int, default=16, help="how many images parity checks (default 16)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                        help="the server never repeats an n-gram of this size within a caption (default 0: no rule)")
     parser.add_argument("--unsafe-lambda", action="store_true",
                         help="load Lambda layers (runs code from the model file; only for files you trust)")
     return parser
@@ -334,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--encoder-model needs --preprocessing and --image-size")
     if args.parity_images < 1 or (args.max_length is not None and args.max_length < 1):
         problems.append("--parity-images and --max-length must be at least 1")
+    if args.no_repeat_ngram_size < 0:
+        problems.append("--no-repeat-ngram-size must be at least 0")
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2

@@ -23,11 +23,12 @@ class ParityError(RuntimeError):
     """The exported model does not reproduce the Keras model."""
 
 
-def greedy_ids(sessions: dict, graphs: dict, features: np.ndarray, special: dict, max_length: int) -> list[list[int]]:
+def greedy_ids(sessions: dict, graphs: dict, features: np.ndarray, special: dict, max_length: int,
+               no_repeat_ngram_size: int = 0) -> list[list[int]]:
     """Greedy token ids from encoder features, decoded as the server decodes them."""
     decoder = SessionDecoder(sessions["decoder_init"], sessions["decoder_step"], graphs)
     hypotheses = decode_greedy(decoder.step, decoder.initial_state(features), len(features), special["start"],
-                               special["end"], max_length)
+                               special["end"], max_length, no_repeat_ngram_size)
     return [h.tokens for h in hypotheses]
 
 
@@ -125,6 +126,11 @@ def check_parity(keras_models: dict, specs: list[GraphSpec], paths: dict, manife
             failures.append(f"greedy caption differs on {h['image']}: onnx {caption!r}, keras {h['keras_greedy']!r}")
     figures["greedy_captions_identical"] = f"{same}/{len(sample)}"
     log(f"parity greedy captions: {same}/{len(sample)} identical to Keras")
+    if size := manifest.get("decoding", {}).get("no_repeat_ngram_size", 0):
+        # Parity is of the graphs, so it decodes as Keras did; the rule's own effect is reported.
+        changed = sum(a != b for a, b in zip(ids, greedy_ids(sessions, graphs, features, special, max_length, size)))
+        figures["no_repeat_ngram"] = {"size": size, "greedy_captions_changed": f"{changed}/{len(sample)}"}
+        log(f"no_repeat_ngram_size {size} changes {changed}/{len(sample)} greedy captions")
     if failures:
         raise ParityError("export parity failed:\n  " + "\n  ".join(failures[:20]))
     return figures

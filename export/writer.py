@@ -40,7 +40,7 @@ def graph_entry(spec: GraphSpec) -> dict:
             "inputs": [t.as_dict() for t in spec.inputs], "outputs": [t.as_dict() for t in spec.outputs]}
 
 
-def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print) -> dict:
+def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print, no_repeat_ngram_size: int = 0) -> dict:
     """Convert, optimise, check and write the bundle; returns the manifest."""
     import keras
     import onnx
@@ -64,6 +64,7 @@ def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print) -
         "special_tokens": run["special_tokens"],
         "max_length": run["max_length"],
         "preprocessing": run["preprocessing"],
+        "decoding": {"no_repeat_ngram_size": no_repeat_ngram_size},
         "opset": OPSET,
         "tools": tool_versions(),
         "provenance": {

@@ -73,6 +73,7 @@ class CaptionEngine:
         self.max_length = bundle.max_length
         self.start_id = bundle.special_tokens["start"]
         self.end_id = bundle.special_tokens["end"]
+        self.no_repeat_ngram_size = bundle.no_repeat_ngram_size
         self.providers = resolve_providers(list(self.options.providers), ort.get_available_providers(),
                                            self.options.strict_providers)
         if len(self.providers) > 1:
@@ -171,10 +172,11 @@ class CaptionEngine:
             state = self.decoder.initial_state(features)
             if beam_size == 1:
                 hypotheses = [[h] for h in decode_greedy(self.decoder.step, state, len(images), self.start_id,
-                                                         self.end_id, max_length)]
+                                                         self.end_id, max_length, self.no_repeat_ngram_size)]
             else:
                 hypotheses = decode_beam(self.decoder.step, state, len(images), self.start_id, self.end_id,
-                                         max_length, beam_size, length_penalty, self.decoder.select)
+                                         max_length, beam_size, length_penalty, self.decoder.select,
+                                         self.no_repeat_ngram_size)
         done = time.perf_counter()
         return CaptionResult(hypotheses, {"encode": (encoded - started) * 1e3, "decode": (done - encoded) * 1e3})
 

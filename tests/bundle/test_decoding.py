@@ -134,3 +134,73 @@ def test_greedy_equals_beam_of_one_and_handles_a_batch(seed):
         assert greedy[i].log_prob == pytest.approx(beam[i][0].log_prob)
         [alone] = decode_beam(toy_step(tables[i]), start_state(1), 1, START, END, 5, beam_size=3)
         assert [h.tokens for h in decode_beam(step, state, 2, START, END, 5, beam_size=3)[i]] == [h.tokens for h in alone]
+
+
+def repeats_an_ngram(tokens, n):
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return n > 0 and len(grams) != len(set(grams))
+
+
+def exhaustive_best_without_repeats(table, max_length, length_penalty, n):
+    """The best of all sequences in which no n-gram (<start> and <end> included) occurs twice."""
+    best = None
+    for length in range(max_length + 1):
+        for words in itertools.product(range(2, VOCAB), repeat=length):
+            ended = length < max_length
+            if repeats_an_ngram([START, *words, *([END] if ended else [])], n):
+                continue
+            log_prob = sequence_log_prob(table, words, ended)
+            size = length + ended
+            score = log_prob / size ** length_penalty if length_penalty else log_prob
+            if best is None or score > best[1]:
+                best = (list(words), score)
+    return best
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("max_length", [2, 3, 4])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_without_repeated_ngrams_finds_the_exhaustive_best(n, max_length, length_penalty):
+    table = toy_table(11)
+    width = (VOCAB - 1) ** max_length + 1
+    [got] = decode_beam(toy_step(table), start_state(1), 1, START, END, max_length, width, length_penalty,
+                        no_repeat_ngram_size=n)
+    words, score = exhaustive_best_without_repeats(table, max_length, length_penalty, n)
+    assert got[0].tokens == words and got[0].score == pytest.approx(score)
+    assert not any(repeats_an_ngram([START, *h.tokens], n) for h in got)
+
+
+def degenerate_table():
+    """A model that, once it says word 2, says it again forever (\"the small small small ...\")."""
+    p = np.full((8, VOCAB, VOCAB), 1e-3)
+    p[:, :, START] = 0
+    p[:, START, 2] = 1.0
+    p[:, 2, 2] = 1.0
+    p[:, 2, 3] = 0.3
+    p[:, 3, END] = 1.0
+    p[:, 4, END] = 1.0
+    with np.errstate(divide="ignore"):  # <start> never follows: log 0
+        return np.log(p / p.sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_no_repeat_ngram_stops_a_degenerate_loop(n):
+    table = degenerate_table()
+    [plain] = decode_greedy(toy_step(table), start_state(1), 1, START, END, 7)
+    assert plain.tokens == [2] * 7
+    [blocked] = decode_greedy(toy_step(table), start_state(1), 1, START, END, 7, no_repeat_ngram_size=n)
+    assert not repeats_an_ngram([START, *blocked.tokens], n)
+    assert blocked.tokens == ([2, 3] if n == 1 else [2, 2, 3])
+    [beam_of_one] = decode_beam(toy_step(table), start_state(1), 1, START, END, 7, 1, 0.0, no_repeat_ngram_size=n)
+    assert beam_of_one[0].tokens == blocked.tokens
+    # The reported log-probability is the model's, not the one after banning.
+    assert blocked.log_prob == pytest.approx(sequence_log_prob(table, blocked.tokens, True))
+
+
+def test_repeating_tokens_are_those_hugging_face_bans():
+    from bundle.decoding import repeating_tokens
+
+    assert repeating_tokens([0, 5, 6, 5], 2) == [6]        # "5 6" seen: after 5, 6 would repeat it
+    assert repeating_tokens([0, 5, 6, 5, 6], 3) == [5]     # "5 6 5" seen: after "5 6", 5 would repeat it
+    assert sorted(repeating_tokens([0, 5, 6], 1)) == [0, 5, 6]
+    assert repeating_tokens([0, 5], 3) == [] and repeating_tokens([0, 5, 6, 5], 0) == []

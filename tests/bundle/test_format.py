@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bundle.format import FORMAT, BundleError, finish, load_bundle, staged_bundle
-from bundle.preprocess import input_shape
+from bundle.preprocess import input_shape, load_image
 from server.engine import CaptionEngine, EngineOptions
 
 
@@ -123,3 +123,26 @@ def test_staged_bundle_replaces_the_old_one_only_when_finished(tmp_path):
             raise RuntimeError("conversion failed")
     assert (out / "graph.onnx").read_bytes() == b"one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_the_manifests_no_repeat_ngram_rule_is_served(bundle_copy, trained_run):
+    heldout = json.loads((trained_run / "heldout.json").read_text())[:8]
+    plain = CaptionEngine(load_bundle(bundle_copy))
+    batch = np.stack([load_image(item["image"], plain.preprocessing) for item in heldout])
+    edit_manifest(bundle_copy, lambda m: m.setdefault("decoding", {}).update(no_repeat_ngram_size=1))
+    ruled = CaptionEngine(load_bundle(bundle_copy))
+    assert ruled.no_repeat_ngram_size == 1
+    changed = 0
+    for beam_size in (1, 3):
+        before = [beams[0].tokens for beams in plain.caption(batch, beam_size).hypotheses]
+        after = [beams[0].tokens for beams in ruled.caption(batch, beam_size).hypotheses]
+        assert all(len(set(tokens)) == len(tokens) for tokens in after)  # no word twice
+        changed += sum(a != b for a, b in zip(before, after))
+    assert changed  # two-object captions say "a" twice; the rule changes them
+
+
+@pytest.mark.parametrize("size", [-1, "2", True, 1.5])
+def test_a_bad_no_repeat_ngram_size_is_refused(bundle_copy, size):
+    edit_manifest(bundle_copy, lambda m: m.update(decoding={"no_repeat_ngram_size": size}))
+    with pytest.raises(BundleError, match="no_repeat_ngram_size"):
+        load_bundle(bundle_copy)
