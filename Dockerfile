@@ -11,12 +11,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY requirements-server.txt requirements-gpu.txt ./
+COPY requirements-server.txt requirements-gpu.txt requirements-openvino.txt ./
 # A GPU image: --build-arg GPU=1 swaps onnxruntime for onnxruntime-gpu with NVIDIA's CUDA 13 and
 # cuDNN 9 libraries; run it with `--gpus all -e CAPTION_PROVIDERS=cuda,cpu`.
 ARG GPU=0
+# A CPU image with the bf16 encoder: --build-arg OPENVINO=1, run with -e CAPTION_PROVIDERS=openvino,cpu.
+ARG OPENVINO=0
 RUN pip install -r requirements-server.txt \
-    && if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi
+    && if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi \
+    && if [ "$OPENVINO" = 1 ]; then pip install -r requirements-openvino.txt; fi
 
 COPY pyproject.toml gunicorn.conf.py ./
 COPY bundle/ bundle/

@@ -7,14 +7,14 @@ DEMO_IMAGES ?= 5000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test demo demo-fp16 demo-int8 bench install install-gpu browser clean-demo
+.PHONY: serve test demo demo-fp16 demo-int8 bench install install-gpu install-openvino openvino-check browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 # One stamp per requirements set, rebuilt when its files change.
-$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt requirements-openvino.txt pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-keras2.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -49,6 +49,14 @@ demo-int8: onnx_models/demo-int8/bundle.json
 install-gpu: $(VENV)/.installed-dev
 	$(PY) -m pip uninstall --quiet --yes onnxruntime
 	$(PY) -m pip install --quiet -r requirements-gpu.txt
+
+# OpenVINO for the encoder in bf16 on CPUs that have it (CAPTION_PROVIDERS=openvino,cpu).
+install-openvino: $(VENV)/.installed-dev
+	$(PY) -m pip install --quiet -r requirements-openvino.txt
+
+# The bf16 encoder's quality gate on the demo's 500 held-out scenes; the figures go into its bundle.json.
+openvino-check: install-openvino $(DEMO_BUNDLE)
+	$(PY) -m export.openvino_check --bundle onnx_models/demo --run runs/demo
 
 serve: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py

@@ -11,11 +11,12 @@ import threading
 from flask import Flask, Request, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from bundle.format import MIN_VARIANT_AGREEMENT, load_bundles
+from bundle.format import MIN_VARIANT_AGREEMENT, OPENVINO_BF16_PARITY, load_bundles
 
 from .config import Config
 from .engine import CaptionEngine
 from .errors import RequestError
+from .openvino_encoder import OpenVINOEncoder
 from .registry import ModelRegistry, Readiness
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,17 @@ def create_app(config: Config | None = None) -> Flask:
         if check and check["agreement"] < MIN_VARIANT_AGREEMENT:
             log.warning("bundle %s: its greedy captions equal its float32 source's on only %s held-out images",
                         name, check["greedy_captions_identical"])
+        if isinstance(engine.encoder, OpenVINOEncoder) and engine.encoder.precision == "bf16":
+            gate = engine.bundle.manifest.get("provenance", {}).get("parity", {}).get(OPENVINO_BF16_PARITY)
+            if gate is None:
+                log.warning("bundle %s: its encoder runs in bf16 on OpenVINO, which nobody checked on held-out "
+                            "images (python -m export.openvino_check)", name)
+            else:
+                (log.info if gate["passed"] else log.warning)(
+                    "bundle %s: OpenVINO bf16 encoder, %s %.3f against float32's %.3f on %d held-out images "
+                    "(%s); greedy captions identical %s", name, gate["metric"], gate["bf16"], gate["fp32"],
+                    gate["images"], "within the gate" if gate["passed"] else "FAILED the gate",
+                    gate["greedy_captions_identical"])
 
     app = Flask(__name__)
     app.request_class = InMemoryRequest

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from bundle.decoding import DEFAULT_LENGTH_PENALTY
 
-PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
+PROVIDER_NAMES = ("cpu", "cuda", "tensorrt", "openvino")
+OPENVINO_PRECISIONS = ("bf16", "f32")
 IO_BINDING = ("auto", "on", "off")
 # Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, <SERVICE>_PORT_80_TCP_ADDR, ...
 # for each Service of its namespace (unless enableServiceLinks is false): a Service named
@@ -28,7 +29,9 @@ class Config:
 
     bundle: Path = Path("onnx_models/demo")   # the default model's bundle folder
     extra_bundles: str = ""                   # more bundle folders to serve, comma-separated; chosen per request
-    providers: str = "cpu"                    # execution providers, in order of preference: cpu, cuda, tensorrt
+    providers: str = "cpu"                    # execution providers, in order of preference: cpu, cuda, tensorrt,
+                                              # openvino (first only: the encoder on OpenVINO, the decoder on cpu)
+    openvino_precision: str = "bf16"          # the encoder's precision on OpenVINO: bf16 or f32
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
     intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
     inter_op_threads: int = 1
@@ -60,6 +63,11 @@ class Config:
         unknown = [p for p in requested if p not in PROVIDER_NAMES]
         if unknown or not requested:
             problems.append(f"providers={self.providers!r} (choose from {', '.join(PROVIDER_NAMES)})")
+        if "openvino" in requested and requested[0] != "openvino":
+            problems.append(f"providers={self.providers!r}: openvino runs the encoder only, so it comes first "
+                            "(e.g. openvino,cpu)")
+        if self.openvino_precision not in OPENVINO_PRECISIONS:
+            problems.append(f"openvino_precision={self.openvino_precision!r} (choose from {', '.join(OPENVINO_PRECISIONS)})")
         if self.io_binding not in IO_BINDING:
             problems.append(f"io_binding={self.io_binding!r} (choose from {', '.join(IO_BINDING)})")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
@@ -93,7 +101,8 @@ class Config:
         return EngineOptions(providers=tuple(self.provider_list), strict_providers=self.strict_providers,
                              intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
                              spinning=self.spinning, cpu_arena=self.cpu_arena, io_binding=self.io_binding,
-                             use_optimized_graphs=self.use_optimized_graphs)
+                             use_optimized_graphs=self.use_optimized_graphs,
+                             openvino_precision=self.openvino_precision)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -21,7 +21,8 @@ from bundle.specs import GRAPH_ROLES
 
 from .bound_decoder import BoundDecoder
 from .bound_encoder import BoundEncoder
-from .providers import check_active, decoder_providers, load_gpu_libraries, resolve_providers
+from .openvino_encoder import OpenVINOEncoder, OpenVINOUnavailable
+from .providers import ProviderError, check_active, decoder_providers, load_gpu_libraries, resolve_providers
 
 log = logging.getLogger(__name__)
 ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
@@ -39,6 +40,7 @@ class EngineOptions:
     cpu_arena: bool = True            # onnxruntime's CPU memory arena
     io_binding: str = "auto"          # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     use_optimized_graphs: bool = True  # the onnxruntime-optimised copy of each graph, when the bundle has one
+    openvino_precision: str = "bf16"  # with "openvino" among the providers: the encoder's precision, bf16 or f32
 
 
 @dataclass
@@ -74,8 +76,8 @@ class CaptionEngine:
         self.start_id = bundle.special_tokens["start"]
         self.end_id = bundle.special_tokens["end"]
         self.no_repeat_ngram_size = bundle.no_repeat_ngram_size
-        self.providers = resolve_providers(list(self.options.providers), ort.get_available_providers(),
-                                           self.options.strict_providers)
+        self.providers = resolve_providers([p for p in self.options.providers if p != "openvino"],
+                                           ort.get_available_providers(), self.options.strict_providers)
         if len(self.providers) > 1:
             load_gpu_libraries()
         self.sessions = {}
@@ -93,7 +95,9 @@ class CaptionEngine:
             raise BundleError(f"{bundle.path}: bundle.json's decoder graphs break the state rule ({exc})") from None
         self.active_providers = self.sessions["encoder"].get_providers()
         check_active(self.providers, self.active_providers, self.options.strict_providers)
-        self.encoder = self._encoder()
+        self.encoder = self._openvino_encoder() or self._encoder()
+        if isinstance(self.encoder, OpenVINOEncoder):
+            self.active_providers = [self.encoder.provider, *self.active_providers]
         self.decoder = self._decoder()
         log.info("loaded bundle %s: encoder on %s, decoder on %s; CUDA graphs: encoder %s, decoder %s", bundle.name,
                  ", ".join(self.active_providers), self.sessions["decoder_step"].get_providers()[0],
@@ -131,6 +135,22 @@ class CaptionEngine:
         if self.options.io_binding == "off" or (self.options.io_binding == "auto" and not on_cuda):
             return None
         return "cuda" if on_cuda else "cpu"
+
+    def _openvino_encoder(self) -> OpenVINOEncoder | None:
+        """The encoder on OpenVINO when the providers ask for it first and it can run here; else None
+        (with a warning), or ProviderError under strict_providers."""
+        if not self.options.providers or self.options.providers[0] != "openvino":
+            return None
+        names = SessionEncoder(self.sessions["encoder"], self.bundle.manifest["graphs"])
+        try:
+            return OpenVINOEncoder(self.bundle.graph_file("encoder", optimized=False), names.image, names.features,
+                                   self.options.openvino_precision, self.options.intra_op_threads)
+        except OpenVINOUnavailable as exc:
+            if self.options.strict_providers:
+                raise ProviderError(f"OpenVINO {self.options.openvino_precision}: {exc}; "
+                                    "set CAPTION_STRICT_PROVIDERS=0 to fall back to onnxruntime") from None
+            log.warning("OpenVINO %s: %s; the encoder runs on onnxruntime", self.options.openvino_precision, exc)
+            return None
 
     def _encoder(self):
         plain = self.sessions["encoder"]

@@ -1,0 +1,86 @@
+"""The quality gate of the OpenVINO bf16 encoder: held-out quality against the float32 bundle.
+
+Usage: python -m export.openvino_check --bundle onnx_models/demo --run runs/demo
+
+Captions every held-out image of the training run twice, the same way the server does (greedy):
+with the bundle as it is (onnxruntime, float32) and with its encoder on OpenVINO in bf16. Quality
+is the share of scenes with every object right on synthetic scenes, BLEU-4 elsewhere; bf16 passes
+when it is within 1 point of float32's. The figures (quality of both, caption identity, whether it
+passed) go into bundle.json as provenance.parity.openvino_bf16_quality, which the server logs when
+it starts with CAPTION_PROVIDERS=openvino,... (and warns when they are missing or failed).
+Exit status: 0 passed, 1 failed the gate, 2 cannot run here (no bf16, no openvino, bad paths).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bundle.format import MAX_QUALITY_LOSS, OPENVINO_BF16_PARITY, BundleError, finish, load_bundle
+from bundle.preprocess import load_image
+
+
+def quality(captions: list[list[str]], heldout: list[dict], scenes: dict | None) -> tuple[str, float]:
+    """(metric name, value): every object right on synthetic scenes, corpus BLEU-4 otherwise."""
+    from training.evaluate import attribute_accuracy, corpus_bleu
+
+    if scenes is not None:
+        truth = [scenes[Path(h["image"]).name] for h in heldout]
+        return "objects_right_all", attribute_accuracy(captions, truth)["objects_right_all"]
+    return "bleu4", corpus_bleu(captions, [h["references"] for h in heldout])["bleu4"]
+
+
+def check(bundle_dir: Path, run_dir: Path, images: int, log=print) -> dict:
+    """Caption the held-out images both ways, record the figures in bundle.json, return them."""
+    from server.engine import CaptionEngine, EngineOptions
+
+    bundle = load_bundle(bundle_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
+    scenes_file = Path(run["dataset"]["path"]) / "scenes.json"
+    scenes = json.loads(scenes_file.read_text())["scenes"] if run["dataset"]["kind"] == "shapes" else None
+    engines = {"fp32": CaptionEngine(bundle),
+               "bf16": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True))}
+    captions = {name: [] for name in engines}
+    for first in range(0, len(heldout), 16):
+        batch = np.stack([load_image(h["image"], bundle.preprocessing) for h in heldout[first:first + 16]])
+        for name, engine in engines.items():
+            captions[name] += [engine.words(beams[0].tokens) for beams in engine.caption(batch).hypotheses]
+    metric, fp32 = quality(captions["fp32"], heldout, scenes)
+    _, bf16 = quality(captions["bf16"], heldout, scenes)
+    same = sum(a == b for a, b in zip(captions["fp32"], captions["bf16"]))
+    figures = {"images": len(heldout), "metric": metric, "fp32": round(fp32, 4), "bf16": round(bf16, 4),
+               "greedy_captions_identical": f"{same}/{len(heldout)}", "max_quality_loss": MAX_QUALITY_LOSS,
+               "passed": fp32 - bf16 <= MAX_QUALITY_LOSS, "provider": engines["bf16"].active_providers[0]}
+    log(f"{metric}: fp32 {fp32:.3f}, OpenVINO bf16 {bf16:.3f} ({'passed' if figures['passed'] else 'FAILED'}: "
+        f"at most {MAX_QUALITY_LOSS:.2f} lower); greedy captions identical {same}/{len(heldout)}")
+    manifest = dict(bundle.manifest)
+    manifest.setdefault("provenance", {}).setdefault("parity", {})[OPENVINO_BF16_PARITY] = figures
+    finish(bundle_dir, manifest)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="the float32 bundle, e.g. onnx_models/demo")
+    parser.add_argument("--run", type=Path, required=True, help="its training run (held-out images)")
+    parser.add_argument("--images", type=int, default=500, help="held-out images to compare (default 500)")
+    args = parser.parse_args(argv)
+    from server.providers import ProviderError
+
+    if not (args.run / "heldout.json").is_file() or args.images < 1:
+        print(f"error: {args.run} has no heldout.json, or --images is below 1", file=sys.stderr)
+        return 2
+    try:
+        figures = check(args.bundle, args.run, args.images, log=lambda m: print(m, file=sys.stderr))
+    except (BundleError, ProviderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if figures["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The encoder on the OpenVINO runtime, in bf16 where the processor computes it (AVX512_BF16, AMX).
+
+onnxruntime's CPU provider computes in fp32 only on x86; OpenVINO compiles the same ONNX encoder
+with bf16 inference precision. Measured on this project's demo encoder, batch 1, on a 2-core
+machine with AVX-512 BF16 and AMX: 10.4 ms against onnxruntime's 40.8 ms (OpenVINO f32: 41.4 ms).
+The decoder graphs stay on onnxruntime: they cost well under a millisecond a step.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("bf16", "f32")
+
+
+class OpenVINOUnavailable(RuntimeError):
+    """OpenVINO is not installed, or this processor cannot compute in the precision asked for."""
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can compute in here (e.g. FP32, BF16, INT8); OpenVINOUnavailable without it."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise OpenVINOUnavailable("the openvino package is not installed (make install-openvino)") from None
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class OpenVINOEncoder:
+    """`encoder(images) -> features`, compiled once; each calling thread gets its own infer request."""
+
+    def __init__(self, path: Path, image_name: str, features_name: str, precision: str = "bf16", threads: int = 0):
+        if precision not in PRECISIONS:
+            raise ValueError(f"OpenVINO precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if precision == "bf16" and "BF16" not in openvino_capabilities():
+            raise OpenVINOUnavailable("this processor has no bf16 arithmetic for OpenVINO (no AVX512_BF16 or AMX)")
+        import openvino as ov
+
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.image_name, self.features_name, self.precision = image_name, features_name, precision
+        self.output = self.compiled.output(features_name)
+        self.requests = threading.local()
+
+    @property
+    def provider(self) -> str:
+        """How the engine reports where its encoder runs."""
+        return f"OpenVINO CPU {self.precision}"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        request = getattr(self.requests, "request", None)
+        if request is None:
+            request = self.requests.request = self.compiled.create_infer_request()
+        result = request.infer({self.image_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return np.array(result[self.output], copy=True)  # the request reuses its output buffer

@@ -1,0 +1,97 @@
+"""The encoder on OpenVINO: f32 gives onnxruntime's features, bf16 runs where the processor has it
+and falls back (or refuses, under strict providers) where it does not, and its quality gate is
+recorded in the bundle and logged at start-up."""
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from bundle.format import OPENVINO_BF16_PARITY, load_bundle
+from bundle.preprocess import load_image
+from server import openvino_encoder
+from server.app import create_app
+from server.config import Config, ConfigError
+from server.engine import CaptionEngine, EngineOptions
+from server.openvino_encoder import OpenVINOEncoder, openvino_capabilities
+from server.providers import ProviderError
+from tests.conftest import run_cli
+
+HAS_BF16 = "BF16" in openvino_capabilities()
+
+
+@pytest.fixture(scope="module")
+def held_out(bundle_dir, trained_run):
+    preprocessing = load_bundle(bundle_dir).preprocessing
+    items = json.loads((trained_run / "heldout.json").read_text())[:8]
+    return np.stack([load_image(item["image"], preprocessing) for item in items])
+
+
+def openvino(bundle_dir, precision, strict=False):
+    return CaptionEngine(load_bundle(bundle_dir), EngineOptions(providers=("openvino", "cpu"),
+                                                                openvino_precision=precision, strict_providers=strict))
+
+
+def test_f32_on_openvino_gives_onnxruntimes_features_and_captions(bundle_dir, held_out):
+    plain, engine = CaptionEngine(load_bundle(bundle_dir)), openvino(bundle_dir, "f32")
+    assert isinstance(engine.encoder, OpenVINOEncoder) and engine.active_providers[0] == "OpenVINO CPU f32"
+    np.testing.assert_allclose(engine.encode(held_out), plain.encode(held_out), rtol=1e-4, atol=1e-4)
+    assert [[h.tokens for h in b] for b in engine.caption(held_out, 3).hypotheses] == \
+           [[h.tokens for h in b] for b in plain.caption(held_out, 3).hypotheses]
+
+
+def test_bf16_runs_where_the_processor_has_it_and_falls_back_where_not(bundle_dir, held_out):
+    engine = openvino(bundle_dir, "bf16")
+    if HAS_BF16:
+        assert engine.active_providers[0] == "OpenVINO CPU bf16"
+        plain = CaptionEngine(load_bundle(bundle_dir)).encode(held_out)
+        # bf16 keeps 8 bits of mantissa: the features move, by far less than they vary across images.
+        assert np.abs(engine.encode(held_out) - plain).mean() < 0.1 * plain.std(0).mean()
+    else:
+        assert not isinstance(engine.encoder, OpenVINOEncoder)
+        with pytest.raises(ProviderError, match="no bf16"):
+            openvino(bundle_dir, "bf16", strict=True)
+
+
+def test_a_processor_without_bf16_falls_back_with_a_warning_or_refuses_when_strict(bundle_dir, monkeypatch, caplog):
+    monkeypatch.setattr(openvino_encoder, "openvino_capabilities", lambda: ["FP32", "INT8"])
+    with caplog.at_level(logging.WARNING):
+        engine = openvino(bundle_dir, "bf16")
+    assert engine.active_providers == ["CPUExecutionProvider"]
+    assert "no bf16 arithmetic" in caplog.text and "runs on onnxruntime" in caplog.text
+    with pytest.raises(ProviderError) as info:
+        openvino(bundle_dir, "bf16", strict=True)
+    assert "\n" not in str(info.value) and "CAPTION_STRICT_PROVIDERS=0" in str(info.value)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"CAPTION_PROVIDERS": "cpu,openvino"}, "openvino runs the encoder only"),
+    ({"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_OPENVINO_PRECISION": "int4"}, "openvino_precision='int4'"),
+])
+def test_openvino_settings_are_checked_at_start_up(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env(env)
+
+
+def test_the_quality_gate_is_recorded_and_logged(bundle_dir, trained_run, tmp_path, caplog):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    with caplog.at_level(logging.INFO):
+        create_app(Config(bundle=bundle, providers="openvino,cpu", warmup=False))
+    if not HAS_BF16:  # the server fell back; the check says why it cannot run here
+        result = run_cli("export.openvino_check", "--bundle", str(bundle), "--run", str(trained_run), check=False)
+        assert result.returncode == 2 and "no bf16" in result.stderr.strip().splitlines()[-1]
+        return
+    assert "nobody checked" in caplog.text
+    result = run_cli("export.openvino_check", "--bundle", str(bundle), "--run", str(trained_run), "--images", "16",
+                     check=False)
+    gate = json.loads((bundle / "bundle.json").read_text())["provenance"]["parity"][OPENVINO_BF16_PARITY]
+    assert result.returncode == (0 if gate["passed"] else 1)
+    assert gate["images"] == 16 and gate["metric"] == "objects_right_all" and gate["provider"] == "OpenVINO CPU bf16"
+    assert gate["passed"] == (gate["fp32"] - gate["bf16"] <= gate["max_quality_loss"])
+    load_bundle(bundle)  # still a valid bundle, checksums and all
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        create_app(Config(bundle=bundle, providers="openvino,cpu", warmup=False))
+    assert "OpenVINO bf16 encoder, objects_right_all" in caplog.text
