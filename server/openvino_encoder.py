@@ -36,9 +36,9 @@ class OpenVINOEncoder:
     def __init__(self, path: Path, image_name: str, features_name: str, precision: str = "bf16", threads: int = 0):
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-        if precision == "bf16" and "BF16" not in openvino_capabilities():
+        if "BF16" not in openvino_capabilities() and precision == "bf16":
             raise OpenVINOUnavailable("this processor has no bf16 arithmetic for OpenVINO (no AVX512_BF16 or AMX)")
-        import openvino as ov
+        import openvino as ov  # openvino_capabilities has checked that it is installed
 
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -3,6 +3,7 @@ and falls back (or refuses, under strict providers) where it does not, and its q
 recorded in the bundle and logged at start-up."""
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -14,11 +15,16 @@ from server import openvino_encoder
 from server.app import create_app
 from server.config import Config, ConfigError
 from server.engine import CaptionEngine, EngineOptions
-from server.openvino_encoder import OpenVINOEncoder, openvino_capabilities
+from server.openvino_encoder import OpenVINOEncoder, OpenVINOUnavailable, openvino_capabilities
 from server.providers import ProviderError
 from tests.conftest import run_cli
 
-HAS_BF16 = "BF16" in openvino_capabilities()
+try:
+    CAPABILITIES = openvino_capabilities()
+except OpenVINOUnavailable:  # openvino not installed: every request for it falls back
+    CAPABILITIES = None
+HAS_BF16 = CAPABILITIES is not None and "BF16" in CAPABILITIES
+CANNOT = "no bf16|not installed"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +41,11 @@ def openvino(bundle_dir, precision, strict=False):
 
 def test_f32_on_openvino_gives_onnxruntimes_features_and_captions(bundle_dir, held_out):
     plain, engine = CaptionEngine(load_bundle(bundle_dir)), openvino(bundle_dir, "f32")
+    if CAPABILITIES is None:
+        assert engine.active_providers == ["CPUExecutionProvider"]
+        with pytest.raises(ProviderError, match="not installed"):
+            openvino(bundle_dir, "f32", strict=True)
+        return
     assert isinstance(engine.encoder, OpenVINOEncoder) and engine.active_providers[0] == "OpenVINO CPU f32"
     np.testing.assert_allclose(engine.encode(held_out), plain.encode(held_out), rtol=1e-4, atol=1e-4)
     assert [[h.tokens for h in b] for b in engine.caption(held_out, 3).hypotheses] == \
@@ -50,7 +61,7 @@ def test_bf16_runs_where_the_processor_has_it_and_falls_back_where_not(bundle_di
         assert np.abs(engine.encode(held_out) - plain).mean() < 0.1 * plain.std(0).mean()
     else:
         assert not isinstance(engine.encoder, OpenVINOEncoder)
-        with pytest.raises(ProviderError, match="no bf16"):
+        with pytest.raises(ProviderError, match=CANNOT):
             openvino(bundle_dir, "bf16", strict=True)
 
 
@@ -81,7 +92,7 @@ def test_the_quality_gate_is_recorded_and_logged(bundle_dir, trained_run, tmp_pa
         create_app(Config(bundle=bundle, providers="openvino,cpu", warmup=False))
     if not HAS_BF16:  # the server fell back; the check says why it cannot run here
         result = run_cli("export.openvino_check", "--bundle", str(bundle), "--run", str(trained_run), check=False)
-        assert result.returncode == 2 and "no bf16" in result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and re.search(CANNOT, result.stderr.strip().splitlines()[-1])
         return
     assert "nobody checked" in caplog.text
     result = run_cli("export.openvino_check", "--bundle", str(bundle), "--run", str(trained_run), "--images", "16",
@@ -95,3 +106,14 @@ def test_the_quality_gate_is_recorded_and_logged(bundle_dir, trained_run, tmp_pa
     with caplog.at_level(logging.INFO):
         create_app(Config(bundle=bundle, providers="openvino,cpu", warmup=False))
     assert "OpenVINO bf16 encoder, objects_right_all" in caplog.text
+
+
+def test_without_openvino_installed_the_server_falls_back_or_refuses_when_strict(bundle_dir, monkeypatch):
+    def not_installed():
+        raise OpenVINOUnavailable("the openvino package is not installed (make install-openvino)")
+
+    monkeypatch.setattr(openvino_encoder, "openvino_capabilities", not_installed)
+    for precision in ("f32", "bf16"):
+        assert openvino(bundle_dir, precision).active_providers == ["CPUExecutionProvider"]
+        with pytest.raises(ProviderError, match="make install-openvino"):
+            openvino(bundle_dir, precision, strict=True)
