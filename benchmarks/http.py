@@ -1,6 +1,7 @@
 """HTTP latency and throughput of the real gunicorn server on loopback, for several
 worker layouts and client concurrencies, each for a fixed time; the same layouts again on the
-bundle's int8 variant where it exists.
+bundle's int8 variant where it exists, and with the encoder in bf16 on OpenVINO where this
+processor and install have it.
 
 Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--int8 onnx_models/demo-int8] [--seconds 10]
 Writes benchmarks/results/http.json and http.md (or under --results).
@@ -53,6 +54,15 @@ def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple =
         server.stop()
 
 
+def openvino_bf16_available() -> bool:
+    from server.openvino_encoder import OpenVINOUnavailable, openvino_capabilities
+
+    try:
+        return "BF16" in openvino_capabilities()
+    except OpenVINOUnavailable:
+        return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
@@ -65,6 +75,11 @@ def main(argv=None) -> int:
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "floor": floor, "seconds_per_point": args.seconds,
                "layouts": {name: measure_layout(args.bundle, env, args.seconds) for name, env in LAYOUTS}}
+    if openvino_bf16_available():
+        bf16 = {f"{name}, OpenVINO bf16 encoder": measure_layout(args.bundle, {**env, "CAPTION_PROVIDERS": "openvino,cpu",
+                                                                               "CAPTION_STRICT_PROVIDERS": "1"},
+                                                                 args.seconds) for name, env in LAYOUTS}
+        results["layouts"].update(bf16)
     if (args.int8 / "bundle.json").is_file():
         int8 = {f"{name}, int8 encoder": measure_layout(args.int8, env, args.seconds) for name, env in LAYOUTS}
         results["layouts"].update(int8)
