@@ -80,6 +80,7 @@ def main(argv=None) -> int:
                                                                                "CAPTION_STRICT_PROVIDERS": "1"},
                                                                  args.seconds) for name, env in LAYOUTS}
         results["layouts"].update(bf16)
+        results["openvino_layouts"] = list(bf16)
     if (args.int8 / "bundle.json").is_file():
         int8 = {f"{name}, int8 encoder": measure_layout(args.int8, env, args.seconds) for name, env in LAYOUTS}
         results["layouts"].update(int8)

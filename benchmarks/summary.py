@@ -36,10 +36,15 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
     if http:
         floor = http["floor"]["floor_ms"]
         int8_names = set(http.get("int8_layouts", []))
-        for precision, names, single_goal in (("fp32", [n for n in http["layouts"] if n not in int8_names], 1.2),
-                                              ("int8 encoder", [n for n in http["layouts"] if n in int8_names], 0.75)):
+        openvino_names = set(http.get("openvino_layouts", []))
+        fp32_names = [n for n in http["layouts"] if n not in int8_names | openvino_names]
+        # Reduced precision is judged against the fp32 floor: the point is to beat it.
+        for precision, names, single_goal, throughput_goal in (
+                ("fp32", fp32_names, 1.2, 0.85),
+                ("int8 encoder", [n for n in http["layouts"] if n in int8_names], 0.75, 0.85),
+                ("bf16 encoder, OpenVINO", [n for n in http["layouts"] if n in openvino_names], 0.75, 1.6)):
             if names:
-                rows += _http_rows(http, names, floor, precision, single_goal)
+                rows += _http_rows(http, names, floor, precision, single_goal, throughput_goal)
         if int8_names:
             check = http["int8_check"]
             rows.append(("int8 greedy captions equal to fp32's (held-out images)",
@@ -48,7 +53,8 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
     return rows
 
 
-def _http_rows(http: dict, names: list[str], floor: float, precision: str, single_goal: float) -> list:
+def _http_rows(http: dict, names: list[str], floor: float, precision: str, single_goal: float,
+               throughput_goal: float) -> list:
     """The single-image and concurrency-8 targets over the given layouts."""
     layouts = {name: http["layouts"][name] for name in names}
     single = min(points[0]["p50_ms"] for points in layouts.values() if points[0]["concurrency"] == 1)
@@ -59,8 +65,8 @@ def _http_rows(http: dict, names: list[str], floor: float, precision: str, singl
     ratio = best["throughput_rps"] / (1000 / floor)
     errors = best["server_errors_5xx"] + best["connection_errors"] + best["unexpected_status"]
     rows.append((f"throughput at concurrency 8 / (1000 / floor), {best_layout}",
-                 f"{ratio:.3f} ({best['throughput_rps']:.1f}/s, {errors} errors)", ">= 0.85, 0 errors",
-                 ratio >= 0.85 and errors == 0))
+                 f"{ratio:.3f} ({best['throughput_rps']:.1f}/s, {errors} errors)", f">= {throughput_goal}, 0 errors",
+                 ratio >= throughput_goal and errors == 0))
     return rows
 
 

@@ -2,6 +2,7 @@
 turns their results into the target table."""
 import json
 
+from benchmarks.http import openvino_bf16_available
 from tests.conftest import run_cli
 
 
@@ -9,7 +10,9 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--seconds", "0.5",
             "--results", str(tmp_path))
     http = json.loads((tmp_path / "http.json").read_text())
-    assert len(http["layouts"]) == 4 and len(http["int8_layouts"]) == 2
+    openvino = http.get("openvino_layouts", [])
+    assert len(openvino) == (2 if openvino_bf16_available() else 0)  # where this machine has bf16
+    assert len(http["layouts"]) == 4 + len(openvino) and len(http["int8_layouts"]) == 2
     for points in http["layouts"].values():
         assert [p["concurrency"] for p in points] == [1, 2, 4, 8, 16]
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
@@ -20,11 +23,12 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert printed.strip() == summary.strip()
     floor = http["floor"]["floor_ms"]
-    for precision, names in (("fp32", set(http["layouts"]) - set(http["int8_layouts"])),
-                             ("int8 encoder", http["int8_layouts"])):
+    groups = [("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino)),
+              ("int8 encoder", http["int8_layouts"])] + ([("bf16 encoder, OpenVINO", openvino)] if openvino else [])
+    for precision, names in groups:
         single = min(http["layouts"][name][0]["p50_ms"] for name in names)
         assert f"| single image over HTTP, p50 / floor ({precision}) | {single / floor:.2f}x |" in summary
-    assert summary.count("throughput at concurrency 8") == 2
+    assert summary.count("throughput at concurrency 8") == len(groups)
     check = http["int8_check"]
     assert f"| int8 greedy captions equal to fp32's (held-out images) | {check['greedy_captions_identical']} (" in summary
     assert (tmp_path / "http.png").read_bytes()[:4] == b"\x89PNG"
