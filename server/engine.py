@@ -32,7 +32,8 @@ ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "int64": "ten
 class EngineOptions:
     """How the engine runs its graphs (the server fills these from its CAPTION_* settings)."""
 
-    providers: tuple[str, ...] = ("cpu",)  # cpu, cuda, tensorrt, in order of preference
+    providers: tuple[str, ...] = ("cpu",)  # cpu, cuda, tensorrt in order of preference; "openvino" first
+                                           # puts the encoder on OpenVINO (server/openvino_encoder.py)
     strict_providers: bool = False    # refuse, rather than fall back, when a requested provider is missing
     intra_op_threads: int = 0         # the encoder's onnxruntime threads; 0 = one per core
     inter_op_threads: int = 1
@@ -40,7 +41,7 @@ class EngineOptions:
     cpu_arena: bool = True            # onnxruntime's CPU memory arena
     io_binding: str = "auto"          # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     use_optimized_graphs: bool = True  # the onnxruntime-optimised copy of each graph, when the bundle has one
-    openvino_precision: str = "bf16"  # with "openvino" among the providers: the encoder's precision, bf16 or f32
+    openvino_precision: str = "bf16"  # with "openvino" first: the encoder's precision, bf16 or f32
 
 
 @dataclass
