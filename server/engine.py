@@ -100,6 +100,11 @@ class CaptionEngine:
         if isinstance(self.encoder, OpenVINOEncoder):
             self.active_providers = [self.encoder.provider, *self.active_providers]
         self.decoder = self._decoder()
+        if m.get("decoder", {}).get("kind") == "whole_prefix":
+            # Imported from a model whose RNN does not mask padding (export.from_keras): exact, slower.
+            log.info("bundle %s: decoder kind whole_prefix: every step re-runs the model on the whole padded "
+                     "prefix, as the notebook did (about 5x the decoding time of stepping, measured on small GRUs)",
+                     bundle.name)
         log.info("loaded bundle %s: encoder on %s, decoder on %s; CUDA graphs: encoder %s, decoder %s", bundle.name,
                  ", ".join(self.active_providers), self.sessions["decoder_step"].get_providers()[0],
                  getattr(self.encoder, "cuda_graphs", False), getattr(self.decoder, "cuda_graphs", False))

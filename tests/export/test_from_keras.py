@@ -85,6 +85,7 @@ def test_served_greedy_captions_equal_the_notebook_loop(notebooks, imported):
             beams = requests.post(server.url + "/api/v1/captions", files={"image": images[0].read_bytes()},
                                   data={"model": name, "beam_size": "3"}, timeout=30)
             assert beams.status_code == 200 and beams.json()["captions"][0]["tokens"]
+        assert "bundle gru_unmasked: decoder kind whole_prefix" in server.output()  # the log says it is slower
     finally:
         server.stop()
 
