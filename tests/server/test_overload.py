@@ -88,9 +88,11 @@ def test_sigterm_drains_the_worker(bundle_dir):
         time.sleep(0.2)
         ready = kept_alive.get(server.url + "/readyz")
         assert ready.status_code == 503 and ready.json() == {"status": "draining"}
-        # A request already on its way over a kept-alive connection is answered, and the connection closed.
+        # A request sent over the kept-alive connection is answered, not lost: by the draining worker (which
+        # then closes the connection) or, when gunicorn closed it first, by its replacement. Which one
+        # depends on when gunicorn's thread sees the signal: a full suite on a loaded machine saw the second.
         last = kept_alive.post(server.url + "/api/v1/captions", files={"image": scene})
-        assert last.status_code == 200 and last.headers["Connection"] == "close"
+        assert last.status_code == 200 and len(last.json()["captions"]) == 1
         thread.join()
         assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["captions"]) == 16
         deadline = time.monotonic() + 30
