@@ -63,18 +63,26 @@ def reference_beam(table, beam_size, max_length, length_penalty):
     return sorted(finished, key=lambda f: -f[2])[:beam_size]
 
 
-def exhaustive_best(table, max_length, length_penalty):
-    """The best of all sequences: w1..wn <end> for n < max_length, and w1..w_max without <end>."""
+def exhaustive_best(table, max_length, length_penalty, no_repeat_ngram_size=0):
+    """The best of all sequences: w1..wn <end> for n < max_length, and w1..w_max without <end>;
+    with no_repeat_ngram_size n, only those in which no n-gram (<start> and <end> included) occurs twice."""
     best = None
-    for n in range(max_length + 1):
-        for words in itertools.product(range(2, VOCAB), repeat=n):
-            ended = n < max_length
+    for length in range(max_length + 1):
+        for words in itertools.product(range(2, VOCAB), repeat=length):
+            ended = length < max_length
+            if repeats_an_ngram([START, *words, *([END] if ended else [])], no_repeat_ngram_size):
+                continue
             log_prob = sequence_log_prob(table, words, ended)
-            length = n + ended
-            score = log_prob / length ** length_penalty if length_penalty else log_prob
+            size = length + ended
+            score = log_prob / size ** length_penalty if length_penalty else log_prob
             if best is None or score > best[1]:
                 best = (list(words), score)
     return best
+
+
+def repeats_an_ngram(tokens, n):
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return n > 0 and len(grams) != len(set(grams))
 
 
 @pytest.mark.parametrize("beam_size", [1, 2, 3, 4])
@@ -136,26 +144,6 @@ def test_greedy_equals_beam_of_one_and_handles_a_batch(seed):
         assert [h.tokens for h in decode_beam(step, state, 2, START, END, 5, beam_size=3)[i]] == [h.tokens for h in alone]
 
 
-def repeats_an_ngram(tokens, n):
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return n > 0 and len(grams) != len(set(grams))
-
-
-def exhaustive_best_without_repeats(table, max_length, length_penalty, n):
-    """The best of all sequences in which no n-gram (<start> and <end> included) occurs twice."""
-    best = None
-    for length in range(max_length + 1):
-        for words in itertools.product(range(2, VOCAB), repeat=length):
-            ended = length < max_length
-            if repeats_an_ngram([START, *words, *([END] if ended else [])], n):
-                continue
-            log_prob = sequence_log_prob(table, words, ended)
-            size = length + ended
-            score = log_prob / size ** length_penalty if length_penalty else log_prob
-            if best is None or score > best[1]:
-                best = (list(words), score)
-    return best
-
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("max_length", [2, 3, 4])
@@ -165,7 +153,7 @@ def test_wide_beam_without_repeated_ngrams_finds_the_exhaustive_best(n, max_leng
     width = (VOCAB - 1) ** max_length + 1
     [got] = decode_beam(toy_step(table), start_state(1), 1, START, END, max_length, width, length_penalty,
                         no_repeat_ngram_size=n)
-    words, score = exhaustive_best_without_repeats(table, max_length, length_penalty, n)
+    words, score = exhaustive_best(table, max_length, length_penalty, n)
     assert got[0].tokens == words and got[0].score == pytest.approx(score)
     assert not any(repeats_an_ngram([START, *h.tokens], n) for h in got)
 
