@@ -144,7 +144,6 @@ def test_greedy_equals_beam_of_one_and_handles_a_batch(seed):
         assert [h.tokens for h in decode_beam(step, state, 2, START, END, 5, beam_size=3)[i]] == [h.tokens for h in alone]
 
 
-
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("max_length", [2, 3, 4])
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
