@@ -21,8 +21,9 @@ NEXT = "_next"   # suffix of a state tensor's updated value in the step graph's 
 # key -> ONNX tensor name. ONNX names are unique in a graph, so the new state is h_next/c_next.
 # "prefix" is the state of a whole-prefix decoder (the padded words so far, for a model that can
 # only be run on the whole sequence).
-TENSOR_NAMES = {key: key for key in ("image", "features", "h", "c", "context", "token", "log_probs", "h_next",
-                                     "c_next", "prefix", "prefix_next")}
+# "memory" is an attention decoder's projected image map, one row per position.
+TENSOR_NAMES = {key: key for key in ("image", "features", "h", "c", "context", "memory", "token", "log_probs",
+                                     "h_next", "c_next", "prefix", "prefix_next")}
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,13 @@ class StateSpec:
     updated: bool
 
 
-def decoder_specs(input_shape: tuple, feature_dim: int, vocab_size: int, state: list[StateSpec]) -> list[GraphSpec]:
-    """The three graphs of a captioner whose decoder carries `state` (in decoder_init's output order)."""
+def decoder_specs(input_shape: tuple, feature_shape: tuple, vocab_size: int, state: list[StateSpec]) -> list[GraphSpec]:
+    """The three graphs of a captioner whose encoder gives one image's features as `feature_shape`
+    ((2048,) pooled, (64, 2048) a map) and whose decoder carries `state` (in decoder_init's output order)."""
     f32 = "float32"
     return [
-        GraphSpec("encoder", (tensor("image", f32, *input_shape),), (tensor("features", f32, feature_dim),)),
-        GraphSpec("decoder_init", (tensor("features", f32, feature_dim),),
+        GraphSpec("encoder", (tensor("image", f32, *input_shape),), (tensor("features", f32, *feature_shape),)),
+        GraphSpec("decoder_init", (tensor("features", f32, *feature_shape),),
                   tuple(tensor(s.key, s.dtype, *s.shape) for s in state)),
         GraphSpec("decoder_step",
                   (tensor("token", "int32", 1), *(tensor(s.key, s.dtype, *s.shape) for s in state)),
@@ -83,9 +85,12 @@ def decoder_specs(input_shape: tuple, feature_dim: int, vocab_size: int, state: 
     ]
 
 
-def graph_specs(input_shape: tuple[int, int, int], feature_dim: int, units: int, embedding_dim: int,
-                vocab_size: int) -> list[GraphSpec]:
-    """The three graphs of this project's InceptionV3 + LSTM captioner (`input_shape`: one image's)."""
-    return decoder_specs(input_shape, feature_dim, vocab_size,
-                         [StateSpec("h", "float32", (units,), True), StateSpec("c", "float32", (units,), True),
-                          StateSpec("context", "float32", (embedding_dim,), False)])
+def graph_specs(input_shape: tuple[int, int, int], feature_shape: tuple, units: int, embedding_dim: int,
+                vocab_size: int, attention: bool = False) -> list[GraphSpec]:
+    """The three graphs of this project's InceptionV3 + LSTM captioner (`input_shape`: one image's);
+    with `attention`, the features are a map [positions, channels] and the state carries its projection."""
+    state = [StateSpec("h", "float32", (units,), True), StateSpec("c", "float32", (units,), True),
+             StateSpec("context", "float32", (embedding_dim,), False)]
+    if attention:
+        state.append(StateSpec("memory", "float32", (feature_shape[0], embedding_dim), False))
+    return decoder_specs(input_shape, feature_shape, vocab_size, state)

@@ -23,11 +23,19 @@ def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
         out.name = renames[out.name]
 
 
-def _name_batch_axis(model: onnx.ModelProto) -> None:
+def _set_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:
+    """Name the batch axis and write the spec's fixed sizes, which tf2onnx may leave unknown
+    (an attention decoder's memory comes out as [batch, ?, A])."""
+    shapes = {t.name: t.shape for t in spec.inputs + spec.outputs}
     for value in list(model.graph.input) + list(model.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        dim.ClearField("dim_value")
-        dim.dim_param = BATCH
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shapes[value.name]):
+            if size == BATCH:
+                dim.ClearField("dim_value")
+                dim.dim_param = BATCH
+            else:
+                dim.ClearField("dim_param")
+                dim.dim_value = size
 
 
 def convert(keras_model, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto:
@@ -41,7 +49,7 @@ def convert(keras_model, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto
         raise RuntimeError(f"{spec.role}: converter produced {len(model.graph.output)} outputs, "
                            f"spec has {len(spec.outputs)}")
     _rename_outputs(model, [t.name for t in spec.outputs])
-    _name_batch_axis(model)
+    _set_shapes(model, spec)
     model.doc_string = f"{spec.role} of an image-captioning model (InceptionV3 + LSTM)"
     onnx.checker.check_model(model)
     return model

@@ -263,7 +263,7 @@ def import_model(args, log=print) -> dict:
         log("the Embedding does not mask the padding, so the RNN's state depends on how many pads precede "
             "the words: each step re-runs the whole prefix (exact, and slower than stepping)")
     init_model, step_model = step_models(decoder)
-    specs = decoder_specs(input_shape(preprocessing), decoder.feature_dim, decoder.vocab_size, state_specs(decoder))
+    specs = decoder_specs(input_shape(preprocessing), (decoder.feature_dim,), decoder.vocab_size, state_specs(decoder))
     keras_models = {"encoder": encoder, "decoder_init": init_model, "decoder_step": step_model}
     images, names = parity_images(args.images, preprocessing, args.parity_images)
     manifest = {

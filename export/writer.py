@@ -30,8 +30,9 @@ RUN_FILES = ("run.json", "heldout.json", "metrics.json", "vocab.json")
 def run_specs(run: dict) -> list[GraphSpec]:
     """The graphs of a trained run, shaped by its run.json."""
     decoder = run["decoder"]
-    return graph_specs(input_shape(run["preprocessing"]), run["encoder"]["feature_dim"], decoder["units"],
-                       decoder["embedding_dim"], decoder["vocab_size"])
+    feature_shape = tuple(run["encoder"].get("feature_shape", [run["encoder"]["feature_dim"]]))  # older runs: pooled
+    return graph_specs(input_shape(run["preprocessing"]), feature_shape, decoder["units"],
+                       decoder["embedding_dim"], decoder["vocab_size"], decoder.get("attention", False))
 
 
 def graph_entry(spec: GraphSpec) -> dict:

@@ -28,7 +28,7 @@ class BoundEncoder:
                  cuda_graphs: bool = False, max_batch: int = MAX_GRAPH_BATCH):
         self.session, self.plain = session, plain
         self.device, self.device_id, self.cuda_graphs, self.max_batch = device, device_id, cuda_graphs, max_batch
-        self.feature_dim = session.get_outputs()[0].shape[1]
+        self.feature_shape = tuple(session.get_outputs()[0].shape[1:])
         self.buffers: dict[int, tuple] = {}
         self.lock = threading.Lock()  # the buffers of a batch size serve one request at a time
 
@@ -36,7 +36,7 @@ class BoundEncoder:
         n = len(images)
         if n not in self.buffers:
             image = ort.OrtValue.ortvalue_from_shape_and_type(images.shape, np.float32, self.device, self.device_id)
-            features = ort.OrtValue.ortvalue_from_shape_and_type((n, self.feature_dim), np.float32, self.device,
+            features = ort.OrtValue.ortvalue_from_shape_and_type((n, *self.feature_shape), np.float32, self.device,
                                                                  self.device_id)
             binding = self.session.io_binding()
             binding.bind_ortvalue_input(self.plain.image, image)

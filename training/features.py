@@ -31,14 +31,15 @@ def _cache_key(paths: list[Path], encoder_id: str) -> str:
 
 def extract_features(encoder, paths: list[Path], preprocessing: dict,
                      cache_dir: Path | None = None, batch_size: int = 16) -> np.ndarray:
-    """Encoder features for `paths`, [N, 2048] float32, read from / written to `cache_dir`.
+    """Encoder features for `paths`, [N, *encoder output] float32, read from / written to `cache_dir`.
 
     The cache is keyed on the encoder's weights, the preprocessing and the files, so a
     different encoder or a changed image never reuses stale features.
     """
     cache = None
     if cache_dir is not None:
-        encoder_id = weights_digest(encoder) + json.dumps(preprocessing) + FORMAT  # the format pins the preprocessing code
+        # The output shape tells the pooled encoder from the map of the same weights; the format pins the preprocessing code.
+        encoder_id = weights_digest(encoder) + str(encoder.output_shape) + json.dumps(preprocessing) + FORMAT
         cache = Path(cache_dir) / f"features-{_cache_key(paths, encoder_id)}.npy"
         if cache.exists():
             return np.load(cache)
@@ -52,7 +53,7 @@ def extract_features(encoder, paths: list[Path], preprocessing: dict,
             batch = np.stack([load_image(p, preprocessing) for p in paths[start:start + batch_size]])
             chunks.append(np.asarray(encode(batch), dtype=np.float32))
             bar.update(len(batch))
-    features = np.concatenate(chunks) if chunks else np.zeros((0, encoder.output_shape[-1]), np.float32)
+    features = np.concatenate(chunks) if chunks else np.zeros((0, *encoder.output_shape[1:]), np.float32)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, features)

@@ -114,6 +114,15 @@ def caption_arrays(examples: list[Example], vocab: Vocabulary, max_length: int):
     return np.array(index), sequences[:, :-1], targets, (targets != vocab.special_ids["pad"]).astype(np.float32)
 
 
+def grouped_caption_arrays(examples: list[Example], vocab: Vocabulary, max_length: int, per_image: int):
+    """(input ids, target ids, weights), each [images, per_image, T]: every image's first `per_image`
+    captions, repeated in turn when it has fewer."""
+    sequences = np.stack([np.stack([vocab.encode(e.captions[k % len(e.captions)], max_length) for k in range(per_image)])
+                          for e in examples])
+    targets = sequences[..., 1:]
+    return sequences[..., :-1], targets, (targets != vocab.special_ids["pad"]).astype(np.float32)
+
+
 def _read_scenes(data: Path) -> dict | None:
     scenes = Path(data) / "scenes.json"
     return json.loads(scenes.read_text())["scenes"] if scenes.exists() else None
@@ -152,7 +161,7 @@ def prepare(data: DataSettings, config: TrainConfig, log=print) -> Prepared:
     log(f"{len(splits['train'])} train / {len(splits['dev'])} dev / {len(splits['test'])} test images; "
         f"vocabulary {len(vocab)} words; captions up to {max_length} words")
 
-    encoder = build_encoder(data.encoder_weights)
+    encoder = build_encoder(data.encoder_weights, spatial=config.decoder.attention)
     features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, data.cache_dir)
                 for split, examples in splits.items()}
     scenes = _read_scenes(data.data) if data.dataset == "shapes" else None
@@ -173,8 +182,10 @@ def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None
     keras.utils.set_random_seed(config.seed)
     decoder_config = DecoderConfig(vocab_size=len(prepared.vocab), max_length=prepared.max_length,
                                    **asdict(config.decoder))
+    train_features = prepared.features["train"]
     training_model, init_model, step_model = build_decoder(
-        decoder_config, *feature_statistics(prepared.features["train"], config.decoder.feature_norm))
+        decoder_config, *feature_statistics(train_features, config.decoder.feature_norm),
+        positions=train_features.shape[1] if config.decoder.attention else 0)
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
                  if config.weight_decay else keras.optimizers.Adam(config.learning_rate))
     training_model.compile(optimizer=optimizer,
@@ -182,6 +193,10 @@ def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None
                            weighted_metrics=["accuracy"])
 
     def dataset(split):
+        if config.decoder.attention:  # one row per image: copying its map for every caption would not fit in memory
+            inputs, targets, weights = grouped_caption_arrays(prepared.splits[split], prepared.vocab,
+                                                              prepared.max_length, config.decoder.captions_per_image)
+            return [prepared.features[split], inputs], targets, weights
         index, inputs, targets, weights = caption_arrays(prepared.splits[split], prepared.vocab, prepared.max_length)
         return [prepared.features[split][index], inputs], targets, weights
 
@@ -214,6 +229,28 @@ def evaluate_split(prepared: Prepared, init_model, step_model, split: str):
     return captions, metrics
 
 
+def learning_curve_callback(prepared: Prepared, curve: list, log=print):
+    """A callback factory for fit_decoder: after every epoch, the dev split's greedy quality
+    (every object right on synthetic scenes, BLEU-4 otherwise) is appended to `curve`."""
+    import keras
+
+    key = "objects_right_all" if prepared.scenes is not None else "bleu4"
+
+    class DevQuality(keras.callbacks.Callback):
+        def __init__(self, init_model, step_model):
+            super().__init__()
+            self.init_model, self.step_model = init_model, step_model
+
+        def on_epoch_end(self, epoch, logs=None):
+            _, metrics = evaluate_split(prepared, self.init_model, self.step_model, "dev")
+            curve.append({"epoch": epoch + 1, "seconds": round(time.time() - started, 1), key: round(metrics[key], 4),
+                          "val_loss": round(float((logs or {}).get("val_loss", float("nan"))), 4)})
+            log(f"epoch {epoch + 1}: dev {key} {metrics[key]:.3f}")
+
+    started = time.time()
+    return lambda init_model, step_model: [DevQuality(init_model, step_model)]
+
+
 def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: dict | None = None,
           quiet: bool = False) -> dict:
     """Run the whole pipeline into the run folder `out`; returns the metrics written to metrics.json.
@@ -226,8 +263,10 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare(data, config, log)
+    curve: list[dict] = []
     decoder_config, init_model, step_model, history = fit_decoder(
-        prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5", verbose=2 if quiet else 1)
+        prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5",
+        callbacks_for=learning_curve_callback(prepared, curve, log), verbose=2 if quiet else 1)
 
     test_captions, metrics = evaluate_split(prepared, init_model, step_model, "test")
     metrics.update({
@@ -235,6 +274,7 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
         "epochs_run": len(history.history["loss"]),
         "best_val_loss": float(min(history.history["val_loss"])),
         "train_seconds": round(time.time() - started, 1),
+        "learning_curve": curve,
     })
 
     prepared.encoder.save(out / "encoder.keras")
@@ -245,7 +285,8 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
         "decoder": decoder_config.as_dict(),
         "training": config.flat(),
         "encoder": {"architecture": "InceptionV3", "weights": data.encoder_weights, "feature_dim": FEATURE_DIM,
-                    "pooling": "global average",
+                    "feature_shape": list(prepared.features["test"].shape[1:]),
+                    "pooling": "none: the last map, as positions" if config.decoder.attention else "global average",
                     **({"random_weights": RANDOM_WEIGHTS_NOTE} if data.encoder_weights.startswith("random:") else {})},
         "preprocessing": PREPROCESSING,
         "special_tokens": prepared.vocab.special_ids,
@@ -262,7 +303,8 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
     # The features the Keras captions came from: export checks the served preprocessing against them.
     np.save(out / "heldout_features.npy", prepared.features["test"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log("test metrics: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    log("test metrics: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in metrics.items() if k != "learning_curve"))
     return metrics
 
 

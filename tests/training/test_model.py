@@ -42,26 +42,42 @@ def test_bad_encoder_weights_are_refused(tmp_path):
         build_encoder(str(tmp_path / "other.weights.h5"))
 
 
-@pytest.mark.parametrize("image_every_step, feature_norm",
-                         [(True, "standardise"), (False, "standardise"), (True, "l2-standardise")])
-def test_step_model_reproduces_teacher_forcing(image_every_step, feature_norm):
+@pytest.mark.parametrize("image_every_step, feature_norm, attention",
+                         [(True, "standardise", False), (False, "standardise", False), (True, "l2-standardise", False),
+                          (True, "standardise", True), (False, "l2-standardise", True)])
+def test_step_model_reproduces_teacher_forcing(image_every_step, feature_norm, attention):
     config = DecoderConfig(vocab_size=23, max_length=6, units=16, embedding_dim=8, dropout=0.5,
-                           image_every_step=image_every_step, feature_norm=feature_norm)
+                           image_every_step=image_every_step, feature_norm=feature_norm, attention=attention,
+                           captions_per_image=3)
     rng = np.random.default_rng(1)
+    positions = 5
     training_model, init_model, step_model = build_decoder(config, rng.normal(size=2048).astype(np.float32),
-                                                           rng.uniform(0.5, 2, size=2048).astype(np.float32))
+                                                           rng.uniform(0.5, 2, size=2048).astype(np.float32),
+                                                           positions=positions)
     # Train a little so the shared weights are not their initial values.
-    features = rng.normal(size=(8, 2048)).astype(np.float32)
-    tokens = rng.integers(0, 23, size=(8, 7)).astype(np.int32)
+    features = rng.normal(size=(8, positions, 2048) if attention else (8, 2048)).astype(np.float32)
+    tokens = rng.integers(0, 23, size=(8, 3, 7) if attention else (8, 7)).astype(np.int32)
     training_model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     training_model.fit([features, tokens], tokens, epochs=2, verbose=0)
 
     logits = np.asarray(training_model([features, tokens], training=False))
     expected = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    h, c, context = (np.asarray(x) for x in init_model(features))
-    for t in range(7):
-        log_probs, h, c = (np.asarray(x) for x in step_model([tokens[:, t:t + 1], h, c, context]))
-        np.testing.assert_allclose(log_probs, expected[:, t], atol=1e-5)
+    state = [np.asarray(x) for x in init_model(features)]
+    assert len(state) == (4 if attention else 3)
+    for caption in range(3 if attention else 1):
+        h, c, *carried = state
+        words = tokens[:, caption] if attention else tokens
+        for t in range(7):
+            log_probs, h, c = (np.asarray(x) for x in step_model([words[:, t:t + 1], h, c, *carried]))
+            wanted = expected[:, caption, t] if attention else expected[:, t]
+            np.testing.assert_allclose(log_probs, wanted, atol=1e-5)
+
+
+def test_the_map_encoder_gives_the_positions_that_pooling_averages(image_batch):
+    pooled = np.asarray(build_encoder("random:7")(image_batch))
+    positions = np.asarray(build_encoder("random:7", spatial=True)(image_batch))
+    assert positions.shape == (2, 64, 2048)
+    np.testing.assert_allclose(positions.mean(axis=1), pooled, rtol=1e-4, atol=1e-6)
 
 
 def test_feature_statistics_follow_the_normalisation():
