@@ -50,6 +50,23 @@ def bundle_dir(trained_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def attention_run(shapes_dataset, tmp_path_factory) -> Path:
+    """A small attention decoder (over the encoder's 8x8 map), trained briefly."""
+    out = tmp_path_factory.mktemp("runs") / "tiny-attention"
+    run_cli("training.train", "--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
+            "--cache-dir", str(out.parent / "cache"), "--attention", "--units", "48", "--embedding-dim", "24",
+            "--epochs", "4", "--batch-size", "16", "--dropout", "0.1", "--quiet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def attention_bundle_dir(attention_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx_models") / "tiny-attention"
+    run_cli("export", "--run", str(attention_run), "--out", str(out), "--no-repeat-ngram-size", "4")
+    return out
+
+
+@pytest.fixture(scope="session")
 def fp16_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx_models") / "tiny-fp16"
     # Agreement gate off: the tests check the variant's form, that its figures are recorded and

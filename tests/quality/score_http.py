@@ -1,6 +1,7 @@
 """Score a running caption server on the held-out drawn scenes, through its HTTP API.
 
 Usage: python -m tests.quality.score_http --url http://127.0.0.1:8000 [--require]
+       python -m tests.quality.score_http --bundle onnx_models/demo   (starts its own server)
 
 A scene is right when its caption names exactly its objects (size, colour and shape each);
 a caption is degenerate when it says a word twice in a row or repeats four words. With
@@ -51,15 +52,27 @@ def score(url: str, scenes: list[DrawnScene]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True, help="the server's base URL")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="the server's base URL")
+    where.add_argument("--bundle", help="serve this bundle (gunicorn, one worker) and score it")
     parser.add_argument("--require", action="store_true", help="exit 1 unless the demo's quality targets hold")
     parser.add_argument("--show", action="store_true", help="print every wrong or degenerate caption")
     args = parser.parse_args(argv)
+    server = None
     try:
-        results = {"other-drawn": score(args.url, other_drawn()), "paint": score(args.url, paint_drawings())}
-    except requests.RequestException as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.bundle:
+            from benchmarks.server_process import GunicornServer
+
+            server = GunicornServer({"CAPTION_BUNDLE": args.bundle, "WEB_CONCURRENCY": "1"})
+            server.wait_ready(120)
+        url = server.url if server else args.url
+        results = {"other-drawn": score(url, other_drawn()), "paint": score(url, paint_drawings())}
+    except (requests.RequestException, RuntimeError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    finally:
+        if server:
+            server.stop()
     for name, result in results.items():
         print(f"{name}: {result['right']}/{result['scenes']} right ({result['right'] / result['scenes']:.1%}), "
               f"{result['degenerate']} degenerate")

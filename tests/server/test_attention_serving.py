@@ -1,0 +1,67 @@
+"""An attention bundle (the decoder attends over the encoder's 8x8 map) is exported with parity
+and served like a pooled one: batched beams, bound buffers, the HTTP API."""
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from benchmarks.server_process import GunicornServer
+from bundle.format import load_bundle
+from bundle.preprocess import load_image
+from server.engine import CaptionEngine, EngineOptions
+
+
+@pytest.fixture(scope="module")
+def engine(attention_bundle_dir):
+    return CaptionEngine(load_bundle(attention_bundle_dir))
+
+
+@pytest.fixture(scope="module")
+def images(engine, shapes_dataset):
+    paths = sorted((shapes_dataset / "Images").iterdir())[:5]
+    return np.stack([load_image(p, engine.preprocessing) for p in paths])
+
+
+def test_the_manifest_describes_the_map_and_the_carried_memory(attention_bundle_dir):
+    manifest = json.loads((attention_bundle_dir / "bundle.json").read_text())
+    graphs = manifest["graphs"]
+    assert graphs["encoder"]["outputs"][0]["shape"] == ["batch", 64, 2048]
+    init = {t["key"]: t["shape"] for t in graphs["decoder_init"]["outputs"]}
+    assert init["memory"] == ["batch", 64, 24]
+    step_outputs = {t["key"] for t in graphs["decoder_step"]["outputs"]}
+    assert step_outputs == {"log_probs", "h_next", "c_next"}   # the memory is carried, not updated
+    parity = manifest["provenance"]["parity"]["optimized"]
+    assert parity["greedy_captions_identical"].split("/")[0] == parity["greedy_captions_identical"].split("/")[1]
+    assert manifest["provenance"]["decoder"]["attention"] is True
+    assert manifest["decoding"]["no_repeat_ngram_size"] == 4
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_batched_captions_equal_single_ones(engine, images, beam_size):
+    batched = [[h.tokens for h in beams] for beams in engine.caption(images, beam_size=beam_size).hypotheses]
+    single = [[h.tokens for h in engine.caption(images[i:i + 1], beam_size=beam_size).hypotheses[0]]
+              for i in range(len(images))]
+    assert batched == single
+
+
+def test_bound_buffers_decode_like_numpy(attention_bundle_dir, engine, images):
+    bound = CaptionEngine(load_bundle(attention_bundle_dir), EngineOptions(io_binding="on"))
+    for beam_size in (1, 3):
+        want = [[h.tokens for h in beams] for beams in engine.caption(images, beam_size=beam_size).hypotheses]
+        got = [[h.tokens for h in beams] for beams in bound.caption(images, beam_size=beam_size).hypotheses]
+        assert got == want
+
+
+def test_the_api_captions_with_an_attention_bundle(attention_bundle_dir, shapes_dataset):
+    server = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
+    try:
+        server.wait_ready(120)
+        path = sorted((shapes_dataset / "Images").glob("*.png"))[0]
+        for beam in ("1", "3"):
+            response = requests.post(server.url + "/api/v1/captions", data={"beam_size": beam}, timeout=60,
+                                     files={"image": (path.name, path.read_bytes(), "image/png")})
+            assert response.status_code == 200, response.text
+            assert response.json()["captions"][0]["tokens"]
+    finally:
+        server.stop()
