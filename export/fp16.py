@@ -43,10 +43,10 @@ FP16 = variant.Precision(name="float16", short="fp16", purpose="float16 encoder 
                          tool="onnxconverter-common", convert=_convert)
 
 
-def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int, min_agreement: float,
+def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int, max_quality_loss: float,
                  providers: list[str], log=print) -> dict:
     """Convert, check and write the fp16 variant of `source`; returns its manifest."""
-    return variant.make_variant(FP16, source, run_dir, out, name, images, min_agreement, providers, log=log)
+    return variant.make_variant(FP16, source, run_dir, out, name, images, max_quality_loss, providers, log=log)
 
 
 def default_providers() -> list[str]:

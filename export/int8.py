@@ -63,10 +63,10 @@ INT8 = variant.Precision(name="int8", short="int8", purpose="int8 encoder (stati
                          tool="onnxruntime", convert=_convert)
 
 
-def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int, min_agreement: float,
+def make_variant(source: Path, run_dir: Path, out: Path, name: str, images: int, max_quality_loss: float,
                  calibration_images: int = 100, log=print) -> dict:
     """Quantise, check and write the int8 variant of `source`; returns its manifest."""
-    return variant.make_variant(INT8, source, run_dir, out, name, images, min_agreement, ["CPUExecutionProvider"],
+    return variant.make_variant(INT8, source, run_dir, out, name, images, max_quality_loss, ["CPUExecutionProvider"],
                                 calibration_images, log=log)
 
 

@@ -22,15 +22,7 @@ import numpy as np
 from bundle.format import MAX_QUALITY_LOSS, OPENVINO_BF16_PARITY, BundleError, finish, load_bundle
 from bundle.preprocess import load_image
 
-
-def quality(captions: list[list[str]], heldout: list[dict], scenes: dict | None) -> tuple[str, float]:
-    """(metric name, value): every object right on synthetic scenes, corpus BLEU-4 otherwise."""
-    from training.evaluate import attribute_accuracy, corpus_bleu
-
-    if scenes is not None:
-        truth = [scenes[Path(h["image"]).name] for h in heldout]
-        return "objects_right_all", attribute_accuracy(captions, truth)["objects_right_all"]
-    return "bleu4", corpus_bleu(captions, [h["references"] for h in heldout])["bleu4"]
+from .heldout_quality import quality, run_scenes
 
 
 def check(bundle_dir: Path, run_dir: Path, images: int, log=print) -> dict:
@@ -40,8 +32,7 @@ def check(bundle_dir: Path, run_dir: Path, images: int, log=print) -> dict:
     bundle = load_bundle(bundle_dir)
     run = json.loads((run_dir / "run.json").read_text())
     heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
-    scenes_file = Path(run["dataset"]["path"]) / "scenes.json"
-    scenes = json.loads(scenes_file.read_text())["scenes"] if run["dataset"]["kind"] == "shapes" else None
+    scenes = run_scenes(run)
     engines = {"fp32": CaptionEngine(bundle),
                "bf16": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True))}
     captions = {name: [] for name in engines}

@@ -2,9 +2,10 @@
 they are, and the result checked against its source before it is written.
 
 `export.fp16` (float16, for GPUs) and `export.int8` (static int8, for CPUs) differ only in how
-they convert the encoder; everything else (staging, the caption check, the manifest, the
-command line) lives here. A variant whose greedy captions agree with its source's on fewer
-than --min-agreement of the held-out images is refused and nothing is written.
+they convert the encoder; everything else (staging, the quality check, the manifest, the
+command line) lives here. A variant is judged by quality: its held-out quality (every object
+right on synthetic scenes, BLEU-4 on real data) must be within --max-quality-loss of its
+float32 source's, or it is refused and nothing is written. Caption identity is reported beside it.
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from bundle.format import MIN_VARIANT_AGREEMENT, BundleError, finish, read_manifest, sha256, staged_bundle
+from bundle.decoding import words_of
+from bundle.format import MAX_QUALITY_LOSS, BundleError, finish, load_bundle, sha256, staged_bundle
 from bundle.preprocess import load_image
 from bundle.sessions import SessionEncoder
 
+from .heldout_quality import quality, run_scenes
 from .parity import greedy_ids
 
 
@@ -52,9 +55,9 @@ class Context:
 
 
 def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dict], manifest: dict,
-            providers: list[str], short: str, log=print) -> dict:
-    """Features and greedy captions of the variant's graphs against the source's, on the same
-    providers, decoded as the server decodes them."""
+            words: list[str], scenes: dict | None, providers: list[str], short: str, log=print) -> dict:
+    """Held-out quality, greedy captions and features of the variant's graphs against the
+    source's, on the same providers, decoded as the server decodes them."""
     import onnxruntime as ort
 
     reference, converted = ({role: ort.InferenceSession(str(path), providers=providers) for role, path in graphs.items()}
@@ -63,6 +66,7 @@ def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dic
     special, max_length = manifest["special_tokens"], manifest["max_length"]
     encode_reference, encode_converted = SessionEncoder(reference["encoder"], graphs), SessionEncoder(converted["encoder"], graphs)
     same, worst, spread, error = 0, 0.0, [], []
+    captions: dict[str, list] = {"float32": [], "variant": []}
     for first in range(0, len(heldout), 16):
         images = np.stack([load_image(Path(h["image"]), preprocessing) for h in heldout[first:first + 16]])
         want, got = encode_reference(images), encode_converted(images)
@@ -72,22 +76,28 @@ def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dic
         a = greedy_ids(reference, graphs, want, special, max_length)
         b = greedy_ids(converted, graphs, got, special, max_length)
         same += sum(x == y for x, y in zip(a, b))
+        captions["float32"] += [words_of(ids, words, special.values()) for ids in a]
+        captions["variant"] += [words_of(ids, words, special.values()) for ids in b]
+    metric, float32 = quality(captions["float32"], heldout, scenes)
+    _, reduced = quality(captions["variant"], heldout, scenes)
     feature_spread = float(np.concatenate(spread).std(0).mean())
     figures = {"providers": converted["encoder"].get_providers(),
                "images": len(heldout),
+               "metric": metric, "float32": round(float32, 4), "variant": round(reduced, 4),
                "greedy_captions_identical": f"{same}/{len(heldout)}",
                "agreement": round(same / len(heldout), 4),
                "max_abs_feature_diff": worst,
                "mean_abs_feature_diff": float(np.mean(error)),
                "feature_spread": feature_spread}
-    log(f"{short} on {figures['providers'][0]}: greedy captions {same}/{len(heldout)} identical to the source's, "
+    log(f"{short} on {figures['providers'][0]}: held-out {metric} {reduced:.3f} against float32's {float32:.3f}; "
+        f"greedy captions {same}/{len(heldout)} identical to the source's, "
         f"mean |feature diff| {figures['mean_abs_feature_diff']:.2e}, max {worst:.2e} "
         f"(features vary by {feature_spread:.2e} across images)")
     return figures
 
 
 def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, name: str, images: int,
-                 min_agreement: float, providers: list[str], calibration_images: int = 0, log=print) -> dict:
+                 max_quality_loss: float, providers: list[str], calibration_images: int = 0, log=print) -> dict:
     """Convert, check and write a variant of `source`; returns its manifest.
 
     The caption check uses the first `images` held-out images (or all there are) and calibration
@@ -97,15 +107,17 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
     from importlib.metadata import version
 
     try:
-        manifest = read_manifest(source)
+        loaded = load_bundle(source)
     except BundleError as exc:
         raise VariantError(str(exc)) from None
+    manifest, words = dict(loaded.manifest), loaded.words
     source_name = manifest["name"]
     source_graphs = {role: source / graph["file"] for role, graph in manifest["graphs"].items()}
     current = manifest.get("precision", {}).get("encoder", "float32")
     if current != "float32":
         raise VariantError(f"{source} is already a variant ({current} encoder); convert its float32 source")
     heldout = json.loads((run_dir / "heldout.json").read_text())
+    scenes = run_scenes(json.loads((run_dir / "run.json").read_text()))
     compared, calibration = heldout[:images], heldout[images:images + calibration_images]
     if calibration_images and not calibration:
         raise VariantError(f"{run_dir} holds {len(heldout)} held-out images, none left to calibrate on after "
@@ -130,12 +142,15 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
                                    for role in manifest["graphs"]})
         manifest["description"] += f" {precision.short} variant: {precision.purpose}"
         figures = compare(source_graphs, {role: staging / graph["file"] for role, graph in manifest["graphs"].items()},
-                          compared, manifest, providers, precision.short, log)
+                          compared, manifest, words, scenes, providers, precision.short, log)
         figures.update(conversion)
-        if figures["agreement"] < min_agreement:
-            raise VariantError(f"{precision.short} greedy captions agree with float32 on "
-                               f"{figures['greedy_captions_identical']} held-out images, below --min-agreement "
-                               f"{min_agreement}; not written")
+        figures.update(max_quality_loss=max_quality_loss,
+                       passed=figures["float32"] - figures["variant"] <= max_quality_loss + 1e-9)
+        if not figures["passed"]:
+            raise VariantError(f"{precision.short} loses quality: held-out {figures['metric']} {figures['variant']} "
+                               f"against float32's {figures['float32']} (greedy captions identical on "
+                               f"{figures['greedy_captions_identical']}), more than --max-quality-loss "
+                               f"{max_quality_loss}; not written")
         manifest["tools"][precision.tool] = version(precision.tool)
         manifest["provenance"]["variant_of"] = {"name": source_name, "path": str(source),
                                                 "bundle_json_sha256": sha256(source / "bundle.json")}
@@ -154,8 +169,9 @@ def main(precision: Precision, argv: list[str] | None, description: str, example
     parser.add_argument("--out", type=Path, required=True, help=f"variant folder to write, e.g. {example_out}")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--images", type=int, default=200, help="held-out images to compare captions on")
-    parser.add_argument("--min-agreement", type=float, default=MIN_VARIANT_AGREEMENT,
-                        help=f"share of greedy captions that must equal float32's (default {MIN_VARIANT_AGREEMENT})")
+    parser.add_argument("--max-quality-loss", type=float, default=MAX_QUALITY_LOSS,
+                        help=f"held-out quality the variant may lose against float32, as a share (default "
+                             f"{MAX_QUALITY_LOSS}: one point)")
     if calibration_default:
         parser.add_argument("--calibration-images", type=int, default=calibration_default,
                             help=f"held-out images, after the compared ones, to calibrate on (default {calibration_default})")
@@ -170,14 +186,14 @@ def main(precision: Precision, argv: list[str] | None, description: str, example
         problems.append("--images must be > 0")
     if calibration_default and calibration <= 0:
         problems.append("--calibration-images must be > 0")
-    if not 0 <= args.min_agreement <= 1:
-        problems.append("--min-agreement must be between 0 and 1")
+    if not 0 <= args.max_quality_loss <= 1:
+        problems.append("--max-quality-loss must be between 0 and 1")
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2
     try:
         make_variant(precision, args.bundle, args.run, args.out, args.name or args.out.name, args.images,
-                     args.min_agreement, providers(), calibration)
+                     args.max_quality_loss, providers(), calibration)
     except VariantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -69,21 +69,21 @@ def attention_bundle_dir(attention_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fp16_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx_models") / "tiny-fp16"
-    # Agreement gate off: the tests check the variant's form, that its figures are recorded and
+    # Quality gate off: the tests check the variant's form, that its figures are recorded and
     # that the gate refuses (test_fp16.py). How often a 6-epoch model's greedy captions survive
     # float16 depends on the processor (14/16 on one machine of this kind, 16/16 on another).
     run_cli("export.fp16", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "32",
-            "--min-agreement", "0")
+            "--max-quality-loss", "1")
     return out
 
 
 @pytest.fixture(scope="session")
 def int8_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx_models") / "tiny-int8"
-    # Agreement gate off: the tests check the variant's form and that the figures are recorded,
+    # Quality gate off: the tests check the variant's form and that the figures are recorded,
     # and a random encoder quantises poorly (the demo's agreement is in the README).
     run_cli("export.int8", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "8",
-            "--calibration-images", "8", "--min-agreement", "0")
+            "--calibration-images", "8", "--max-quality-loss", "1")
     return out
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from bundle.format import MIN_VARIANT_AGREEMENT, load_bundle
+from bundle.format import MAX_QUALITY_LOSS, load_bundle
 import export.fp16 as fp16
+import export.variant as variant
 from server.engine import CaptionEngine
 from tests.conftest import run_cli
 
@@ -23,6 +24,8 @@ def test_variant_manifest_says_what_it_is(fp16_bundle_dir, bundle_dir, trained_r
     heldout = json.loads((trained_run / "heldout.json").read_text())
     assert figures["images"] == min(32, len(heldout))
     assert figures["greedy_captions_identical"] == f"{round(figures['agreement'] * figures['images'])}/{figures['images']}"
+    assert figures["metric"] == "objects_right_all" and 0 <= figures["variant"] <= 1 and 0 <= figures["float32"] <= 1
+    assert figures["passed"] == (figures["float32"] - figures["variant"] <= figures["max_quality_loss"])
     assert figures["providers"][0] == fp16.default_providers()[0]  # CUDA where there is one, else the CPU
     assert 0 < figures["max_abs_feature_diff"] < figures["feature_spread"]
     assert manifest["tools"]["onnxconverter-common"]
@@ -53,31 +56,31 @@ def test_the_server_loads_and_captions_with_it(fp16_bundle_dir, bundle_dir, shap
     assert all(h[0].tokens for h in variant.caption(images).hypotheses)
 
 
-def test_a_disagreeing_variant_is_not_written(bundle_dir, trained_run, tmp_path, monkeypatch):
-    convert = fp16.convert_encoder
-
-    def broken(source, target):  # the real conversion, then the first convolution's filters negated
-        clamped = convert(source, target)
-        model = onnx.load(str(target))
-        conv = next(n for n in model.graph.node if n.op_type == "Conv")
-        weights = next(t for t in model.graph.initializer if t.name in conv.input[1:])
-        array = onnx.numpy_helper.to_array(weights)
-        weights.CopyFrom(onnx.numpy_helper.from_array(-array, weights.name))
-        onnx.save(model, str(target))
-        return clamped
-
-    monkeypatch.setattr(fp16, "convert_encoder", broken)
-    with pytest.raises(fp16.VariantError, match="below --min-agreement"):
-        fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 16, MIN_VARIANT_AGREEMENT, ["CPUExecutionProvider"],
+def test_a_variant_that_loses_quality_is_not_written(bundle_dir, trained_run, tmp_path, monkeypatch):
+    # A 6-epoch model's own quality is too low to lose reliably, so the scores are set: float32's
+    # first, then the variant's, two points lower.
+    scores = iter([0.5, 0.48])
+    monkeypatch.setattr(variant, "quality", lambda captions, heldout, scenes: ("objects_right_all", next(scores)))
+    with pytest.raises(fp16.VariantError, match="loses quality: held-out objects_right_all 0.48 against float32's 0.5"):
+        fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 16, MAX_QUALITY_LOSS, ["CPUExecutionProvider"],
                           log=lambda m: None)
     assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
+
+
+def test_a_variant_within_the_gate_is_written(bundle_dir, trained_run, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.495])
+    monkeypatch.setattr(variant, "quality", lambda captions, heldout, scenes: ("objects_right_all", next(scores)))
+    manifest = fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 8, MAX_QUALITY_LOSS,
+                                 ["CPUExecutionProvider"], log=lambda m: None)
+    assert manifest["provenance"]["parity"]["fp16_vs_fp32"]["passed"] is True
+    assert load_bundle(tmp_path / "v").summary()["quality_vs_float32"]["variant"] == 0.495
 
 
 def test_refuses_bad_arguments_in_one_line(fp16_bundle_dir, bundle_dir, trained_run, tmp_path):
     cases = [
         (["--bundle", str(tmp_path), "--run", str(trained_run)], 2, "has no bundle.json"),
         (["--bundle", str(bundle_dir), "--run", str(tmp_path)], 2, "has no heldout.json"),
-        (["--bundle", str(bundle_dir), "--run", str(trained_run), "--min-agreement", "2"], 2, "--min-agreement"),
+        (["--bundle", str(bundle_dir), "--run", str(trained_run), "--max-quality-loss", "2"], 2, "--max-quality-loss"),
         (["--bundle", str(fp16_bundle_dir), "--run", str(trained_run)], 1, "already a variant (float16 encoder)"),
     ]
     for args, code, message in cases:

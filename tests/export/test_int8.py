@@ -1,5 +1,5 @@
 """The int8 variant: a statically quantised encoder calibrated on held-out images it is not
-judged on, with its agreement recorded, and served like any bundle."""
+judged on, with its held-out quality and caption agreement recorded, and served like any bundle."""
 import json
 
 import numpy as np
@@ -60,7 +60,7 @@ def test_refuses_what_it_cannot_do_in_one_line(int8_bundle_dir, bundle_dir, trai
         (["--bundle", str(bundle_dir), "--run", str(trained_run), "--images", str(heldout)], 1, "none left to calibrate"),
         (["--bundle", str(int8_bundle_dir), "--run", str(trained_run)], 1, "already a variant (int8 encoder)"),
         (["--bundle", str(bundle_dir), "--run", str(trained_run), "--images", "8", "--calibration-images", "8",
-          "--min-agreement", "1.0001"], 2, "--min-agreement"),
+          "--max-quality-loss", "1.0001"], 2, "--max-quality-loss"),
     ]
     for args, code, message in cases:
         result = run_cli("export.int8", *args, "--out", str(tmp_path / "out"), check=False)
@@ -69,7 +69,7 @@ def test_refuses_what_it_cannot_do_in_one_line(int8_bundle_dir, bundle_dir, trai
         assert not (tmp_path / "out").exists()
 
 
-def test_a_variant_that_disagrees_serves_with_a_warning(int8_bundle_dir, tmp_path, caplog):
+def test_a_variant_below_the_quality_gate_serves_with_a_warning(int8_bundle_dir, tmp_path, caplog):
     import logging
     import shutil
 
@@ -78,10 +78,12 @@ def test_a_variant_that_disagrees_serves_with_a_warning(int8_bundle_dir, tmp_pat
     bundle = tmp_path / "drifted"
     shutil.copytree(int8_bundle_dir, bundle)
     manifest = json.loads((bundle / "bundle.json").read_text())
-    manifest["provenance"]["parity"]["int8_vs_fp32"].update(agreement=0.5, greedy_captions_identical="4/8")
+    manifest["provenance"]["parity"]["int8_vs_fp32"].update(float32=0.75, variant=0.654, passed=False,
+                                                             agreement=0.5, greedy_captions_identical="4/8")
     (bundle / "bundle.json").write_text(json.dumps(manifest))
     with caplog.at_level(logging.WARNING):
         app = create_app(Config(bundle=bundle, warmup=False))
-    assert "equal its float32 source's on only 4/8 held-out images" in caplog.text
+    assert "objects_right_all is 0.654 against its float32 source's 0.75 (greedy captions identical on 4/8)" in caplog.text
     summary = app.test_client().get("/api/v1/models").get_json()
-    assert summary["models"][0]["agreement_with_float32"] == 0.5
+    assert summary["models"][0]["quality_vs_float32"] == {"metric": "objects_right_all", "float32": 0.75, "variant": 0.654,
+                                                          "passed": False, "greedy_captions_identical": "4/8"}
