@@ -233,7 +233,7 @@ def generate(out: Path, images: int, seed: int, two_object_fraction: float = 0.6
         image, objects, captions = make_scene(rng, two_object_fraction)
         if rng.random() < PNG_FRACTION:
             name = f"shapes_{seed}_{i:05d}.png"
-            image.save(image_dir / name)
+            image.save(image_dir / name, compress_level=1)  # the default level takes twice as long to write
         else:
             name = f"shapes_{seed}_{i:05d}.jpg"
             image.save(image_dir / name, quality=int(rng.integers(75, 96)))

@@ -30,7 +30,9 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
         assert f"| single image over HTTP, p50 / floor ({precision}) | {single / floor:.2f}x |" in summary
     assert summary.count("throughput at concurrency 8") == len(groups)
     check = http["int8_check"]
-    assert f"| int8 greedy captions equal to fp32's (held-out images) | {check['greedy_captions_identical']} (" in summary
+    assert (f"| int8 held-out {check['metric']} (fp32: {check['float32']:.1%}; greedy captions identical "
+            f"{check['greedy_captions_identical']}) | {check['variant']:.1%} | within 1% of fp32 | "
+            f"{'yes' if check['passed'] else 'NO'} |") in summary
     assert (tmp_path / "http.png").read_bytes()[:4] == b"\x89PNG"
 
 

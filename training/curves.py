@@ -1,0 +1,68 @@
+"""Dev learning curves of training runs, side by side: quality after every epoch, against the
+epoch and against the seconds spent training.
+
+Usage: python -m training.curves runs/demo runs/pooled --labels attention pooled --out curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def read_curve(run: Path) -> tuple[str, list[dict]]:
+    """(metric name, [{"epoch", "seconds", metric, ...}]) from a run's metrics.json."""
+    curve = json.loads((run / "metrics.json").read_text()).get("learning_curve") or []
+    if not curve:
+        raise ValueError(f"{run}/metrics.json has no learning curve (a run of an earlier version)")
+    metric = next(k for k in curve[0] if k not in ("epoch", "seconds", "val_loss"))
+    return metric, curve
+
+
+def plot(curves: dict[str, tuple[str, list[dict]]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for label, (metric, curve) in curves.items():
+        values = [point[metric] for point in curve]
+        by_epoch.plot([point["epoch"] for point in curve], values, marker="o", label=label)
+        by_time.plot([point["seconds"] for point in curve], values, marker="o", label=label)
+    metric = next(iter(curves.values()))[0]
+    by_epoch.set(xlabel="epoch", ylabel=f"dev {metric}")
+    by_time.set(xlabel="seconds of training (this machine)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend()
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="training run folders")
+    parser.add_argument("--labels", nargs="+", help="one label per run (default: the folder names)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    labels = args.labels or [run.name for run in args.runs]
+    if len(labels) != len(args.runs):
+        print("error: give one label per run", file=sys.stderr)
+        return 2
+    try:
+        curves = {label: read_curve(run) for label, run in zip(labels, args.runs)}
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len({metric for metric, _ in curves.values()}) > 1:
+        print("error: the runs measure different things (synthetic and real data)", file=sys.stderr)
+        return 2
+    plot(curves, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
