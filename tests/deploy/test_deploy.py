@@ -117,3 +117,68 @@ def test_probes_use_the_health_routes_and_shutdown_outlasts_gunicorn():
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     annotations = MANIFESTS["deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] in paths
+
+
+KUBERNETES_VERSION = "1.33"  # the oldest release still supported upstream when these manifests were written
+
+
+def kubernetes_resources() -> dict[str, dict]:
+    """Every Kubernetes object under deploy/k8s (Helm values and other YAML without a kind left out)."""
+    resources = {}
+    for path in sorted((ROOT / "deploy" / "k8s").rglob("*.yaml")):
+        for index, document in enumerate(yaml.safe_load_all(path.read_text())):
+            if document and "kind" in document:
+                resources[f"{path.relative_to(ROOT)}#{index}"] = document
+    return resources
+
+
+def test_every_manifest_passes_the_kubernetes_schemas():
+    import kubernetes_validate
+
+    resources = kubernetes_resources()
+    kinds = sorted(r["kind"] for r in resources.values())
+    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "HorizontalPodAutoscaler", "Ingress",
+                     "PodDisruptionBudget", "Service"]
+    for where, resource in resources.items():
+        try:
+            kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{where}: {exc.message}") from None
+
+
+def test_the_schema_check_refuses_a_misspelt_field():
+    import kubernetes_validate
+
+    broken = yaml.safe_load((ROOT / "deploy" / "k8s" / "autoscaler.yaml").read_text())
+    broken["spec"]["minReplica"] = broken["spec"].pop("minReplicas")
+    try:
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        assert "minReplica" in exc.message
+    else:
+        raise AssertionError("a misspelt field passed the schema check")
+
+
+def test_autoscaling_and_disruption_budget_fit_the_deployment():
+    from server import observability
+
+    deployment = MANIFESTS["deployment"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count; apply must not reset it
+    cpu, queue = (yaml.safe_load(p.read_text()) for p in (ROOT / "deploy" / "k8s" / "autoscaler.yaml",
+                                                           ROOT / "deploy" / "k8s" / "queue-depth" / "autoscaler.yaml"))
+    budget = MANIFESTS["disruption-budget"]
+    assert cpu["metadata"]["name"] == queue["metadata"]["name"]  # one replaces the other
+    for autoscaler in (cpu, queue):
+        target = autoscaler["spec"]["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+        assert autoscaler["spec"]["minReplicas"] > budget["spec"]["maxUnavailable"]  # a drain never empties it
+    assert cpu["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert "cpu" in container()["resources"]["requests"]  # utilisation is measured against the request
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # The queue-depth metric is one the server exports, and the adapter publishes it under that name.
+    metric = queue["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert metric == observability.QUEUE_IMAGES._name
+    adapter = yaml.safe_load((ROOT / "deploy" / "k8s" / "queue-depth" / "prometheus-adapter-values.yaml").read_text())
+    rule = adapter["rules"]["custom"][0]
+    assert metric in rule["seriesQuery"] and rule["name"]["as"] == metric
