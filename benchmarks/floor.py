@@ -1,5 +1,7 @@
 """The compute floor: the encoder's FLOPs counted from its ONNX graph, divided by this
-machine's single-precision matrix-multiply peak (numpy's BLAS sgemm), measured now.
+machine's single-precision matrix-multiply peak (numpy's BLAS sgemm), measured now; and, where
+OpenVINO is installed, a floor per precision from its own matrix-multiply peaks (f32, bf16, int8),
+since a bf16 or int8 path is bounded by what the processor does in that precision.
 
 Usage: python -m benchmarks.floor [--bundle onnx_models/demo]
 """
@@ -79,21 +81,94 @@ def _sgemm_rate(size: int, repeats: int) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-def encoder_floor(bundle: Path) -> dict:
-    """FLOPs, sgemm peak and the floor in ms for the bundle's encoder."""
+def matmul_model(size: int, int8: bool) -> bytes:
+    """An ONNX [size, size] x [size, size] MatMul; with `int8`, both operands quantised (QDQ), which
+    OpenVINO runs as an int8 multiply (VNNI or AMX where the processor has them)."""
+    from onnx import TensorProto, helper
+
+    weights = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    if int8:
+        initialisers = [numpy_helper.from_array(np.clip(weights * 20, -127, 127).astype(np.int8), "wq"),
+                        numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+                        numpy_helper.from_array(np.array(0, np.int8), "zero"),
+                        numpy_helper.from_array(np.array(0, np.uint8), "zero_u8")]
+        nodes = [helper.make_node("QuantizeLinear", ["a", "scale", "zero_u8"], ["aq"]),
+                 helper.make_node("DequantizeLinear", ["aq", "scale", "zero_u8"], ["ad"]),
+                 helper.make_node("DequantizeLinear", ["wq", "scale", "zero"], ["wd"]),
+                 helper.make_node("MatMul", ["ad", "wd"], ["c"])]
+    else:
+        initialisers = [numpy_helper.from_array(weights, "w")]
+        nodes = [helper.make_node("MatMul", ["a", "w"], ["c"])]
+    graph = helper.make_graph(nodes, "matmul", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], initialisers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def openvino_matmul_peak_gflops(precision: str, size: int = 4096, repeats: int = 6) -> float:
+    """Best-of-n matrix multiply rate through OpenVINO's CPU plugin in `precision` (f32, bf16 or
+    int8), GFLOP/s; OpenVINOUnavailable without the package, or for bf16 on a processor without it."""
+    import tempfile
+
+    from server.openvino_encoder import OpenVINOUnavailable, openvino_capabilities
+
+    has_bf16 = "BF16" in openvino_capabilities()
+    if precision == "bf16" and not has_bf16:
+        raise OpenVINOUnavailable("this processor has no bf16 arithmetic for OpenVINO (no AVX512_BF16 or AMX)")
+    import openvino as ov
+
+    # int8 keeps the rest of the graph in the best float precision there is, as the serving path would.
+    hint = "bf16" if precision == "bf16" or (precision == "int8" and has_bf16) else "f32"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "matmul.onnx"
+        path.write_bytes(matmul_model(size, int8=precision == "int8"))
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                              "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    a = np.abs(np.random.default_rng(1).standard_normal((size, size))).astype(np.float32)
+    request.infer({0: a})  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        request.infer({0: a})
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+def precision_floors(encoder_flops: float, size: int = 4096) -> dict:
+    """OpenVINO's matrix-multiply peak and the encoder's floor in each precision this machine
+    runs ({} without OpenVINO). Noisy on shared machines: compare only within one run."""
+    from server.openvino_encoder import OpenVINOUnavailable
+
+    floors = {}
+    for precision in ("f32", "bf16", "int8"):
+        try:
+            peak = openvino_matmul_peak_gflops(precision, size)
+        except OpenVINOUnavailable:
+            continue
+        floors[precision] = {"matmul_peak_gflops": round(peak, 1),
+                             "floor_ms": round(encoder_flops / (peak * 1e9) * 1e3, 2)}
+    return floors
+
+
+def encoder_floor(bundle: Path, precisions: bool = False) -> dict:
+    """FLOPs, sgemm peak and the floor in ms for the bundle's encoder; with `precisions`, also
+    the floor per precision through OpenVINO (`precision_floors`)."""
     manifest = json.loads((bundle / "bundle.json").read_text())
     flops = count_flops(bundle / manifest["graphs"]["encoder"]["file"])
     peak = sgemm_peak_gflops()
     total = sum(flops.values())
-    return {"encoder_gflop": round(total / 1e9, 3), "by_op_gflop": {k: round(v / 1e9, 3) for k, v in flops.items()},
-            "sgemm_peak_gflops": round(peak, 1), "floor_ms": round(total / (peak * 1e9) * 1e3, 2)}
+    floor = {"encoder_gflop": round(total / 1e9, 3), "by_op_gflop": {k: round(v / 1e9, 3) for k, v in flops.items()},
+             "sgemm_peak_gflops": round(peak, 1), "floor_ms": round(total / (peak * 1e9) * 1e3, 2)}
+    if precisions:
+        floor["precisions"] = precision_floors(total)
+    return floor
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
     args = parser.parse_args(argv)
-    print(json.dumps(encoder_floor(args.bundle), indent=2))
+    print(json.dumps(encoder_floor(args.bundle, precisions=True), indent=2))
     return 0
 
 

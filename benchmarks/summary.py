@@ -47,6 +47,14 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
                 ("bf16 encoder, OpenVINO", [n for n in http["layouts"] if n in openvino_names], 0.75, 1.6)):
             if names:
                 rows += _http_rows(http, names, floor, precision, single_goal, throughput_goal)
+        if openvino_names and "bf16" in http["floor"].get("precisions", {}):
+            # The bf16 path against its own floor too: how close it runs to what bf16 allows here.
+            own = http["floor"]["precisions"]["bf16"]
+            layouts = [http["layouts"][name] for name in openvino_names]
+            single = min(points[0]["p50_ms"] for points in layouts if points[0]["concurrency"] == 1)
+            rows.append((f"single image over HTTP, p50 / bf16 floor (OpenVINO bf16 matmul "
+                         f"{own['matmul_peak_gflops']:.0f} GFLOP/s, fp32 sgemm {http['floor']['sgemm_peak_gflops']:.0f})",
+                         f"{single / own['floor_ms']:.2f}x", "-", None))
         if int8_names:
             check = http["int8_check"]
             if "variant" in check:  # variants written before they were judged by quality carry agreement only

@@ -2,7 +2,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.floor import count_flops, sgemm_peak_gflops
+import pytest
+
+from benchmarks.floor import count_flops, openvino_matmul_peak_gflops, precision_floors, sgemm_peak_gflops
+from server.openvino_encoder import OpenVINOUnavailable, openvino_capabilities
 
 
 def test_flops_of_a_known_graph(tmp_path):
@@ -22,3 +25,26 @@ def test_flops_of_a_known_graph(tmp_path):
 
 def test_sgemm_peak_is_a_plausible_rate():
     assert 1 < sgemm_peak_gflops(size=512, repeats=3) < 100_000
+
+
+def test_openvino_peaks_per_precision_are_plausible_rates_or_refused():
+    for precision in ("f32", "int8"):
+        assert 1 < openvino_matmul_peak_gflops(precision, size=256, repeats=2) < 100_000
+    if "BF16" in openvino_capabilities():
+        assert 1 < openvino_matmul_peak_gflops("bf16", size=256, repeats=2) < 100_000
+    else:  # a processor without bf16 says so instead of measuring f32 under another name
+        with pytest.raises(OpenVINOUnavailable, match="no bf16"):
+            openvino_matmul_peak_gflops("bf16", size=256, repeats=2)
+    floors = precision_floors(2e9, size=256)
+    assert {"f32", "int8"} <= set(floors) and ("bf16" in floors) == ("BF16" in openvino_capabilities())
+    for figures in floors.values():  # the floor is the FLOPs over the peak, in ms
+        assert figures["floor_ms"] == pytest.approx(2e9 / (figures["matmul_peak_gflops"] * 1e9) * 1e3, rel=0.02)
+
+
+def test_without_bf16_the_bf16_floor_is_left_out(monkeypatch):
+    import server.openvino_encoder as openvino_encoder
+
+    monkeypatch.setattr(openvino_encoder, "openvino_capabilities", lambda: ["FP32", "INT8"])  # simulated
+    with pytest.raises(OpenVINOUnavailable, match="no bf16"):
+        openvino_matmul_peak_gflops("bf16", size=128, repeats=1)
+    assert set(precision_floors(1e9, size=128)) == {"f32", "int8"}
