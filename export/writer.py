@@ -35,6 +35,14 @@ def run_specs(run: dict) -> list[GraphSpec]:
                        decoder["embedding_dim"], decoder["vocab_size"], decoder.get("attention", False))
 
 
+def describe_decoder(decoder: dict) -> str:
+    """One sentence on the model's architecture, for the manifest's description."""
+    if decoder.get("attention"):
+        return ("InceptionV3 + LSTM caption model with soft attention over the encoder's last map "
+                "(every step looks at each of its positions).")
+    return "InceptionV3 + LSTM caption model on the encoder's pooled features."
+
+
 def graph_entry(spec: GraphSpec) -> dict:
     """A graph as bundle.json describes it."""
     return {"file": spec.onnx_file, "optimized_file": spec.optimized_file,
@@ -59,7 +67,7 @@ def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print, n
     manifest = {
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "description": ("InceptionV3 + LSTM caption model. " + (RANDOM_ENCODER_NOTE if random_encoder else "")).strip(),
+        "description": (describe_decoder(run["decoder"]) + " " + (RANDOM_ENCODER_NOTE if random_encoder else "")).strip(),
         "graphs": {s.role: graph_entry(s) for s in specs},
         "vocabulary": {"file": "vocab.json", "size": len(vocab["words"])},
         "special_tokens": run["special_tokens"],

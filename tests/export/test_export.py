@@ -23,7 +23,7 @@ def test_manifest_describes_everything_the_runtime_needs(bundle_dir, trained_run
     provenance = manifest["provenance"]
     assert provenance["encoder"]["weights"] == "random:0" and provenance["encoder_weights_random"] is True
     assert "centred" in provenance["encoder"]["random_weights"]  # the manifest says how the random weights were made
-    assert "seeded-random" in manifest["description"]
+    assert "seeded-random" in manifest["description"] and "pooled features" in manifest["description"]
     assert provenance["dataset"]["kind"] == "shapes"
     assert {"bleu1", "bleu4", "objects_right_all"} <= set(provenance["metrics"])
     for name, checksum in manifest["checksums"].items():

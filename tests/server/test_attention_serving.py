@@ -34,6 +34,7 @@ def test_the_manifest_describes_the_map_and_the_carried_memory(attention_bundle_
     parity = manifest["provenance"]["parity"]["optimized"]
     assert parity["greedy_captions_identical"].split("/")[0] == parity["greedy_captions_identical"].split("/")[1]
     assert manifest["provenance"]["decoder"]["attention"] is True
+    assert "soft attention" in manifest["description"] and "seeded-random" in manifest["description"]
     assert manifest["decoding"]["no_repeat_ngram_size"] == 4
 
 
