@@ -210,11 +210,12 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
     if c.image_every_step:
         word = layers.Concatenate()([word, context_in])
     out, (h_out, c_out) = lstm.cell(word, [h_in, c_in])
-    memory_in = None
     if c.attention:
         memory_in = keras.Input((positions, c.embedding_dim), name="memory")
         state_in.append(memory_in)
-    logits = head(layers.Reshape((1, c.units))(out), memory_in)
-    log_probs = layers.Activation("log_softmax", name="log_probs")(layers.Reshape((c.vocab_size,))(logits))
+        logits = layers.Reshape((c.vocab_size,))(head(layers.Reshape((1, c.units))(out), memory_in))
+    else:  # the pooled step graph as it always was: no sequence axis to add and take away
+        logits = to_vocab(out)
+    log_probs = layers.Activation("log_softmax", name="log_probs")(logits)
     step_model = keras.Model([token, *state_in], [log_probs, h_out, c_out], name="decoder_step")
     return training_model, init_model, step_model
