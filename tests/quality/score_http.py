@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url if server else args.url
         results = {"other-drawn": score(url, other_drawn()), "paint": score(url, paint_drawings())}
     except (requests.RequestException, RuntimeError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        reason = (server.startup_error() if server else None) or str(exc).splitlines()[0]
+        print(f"error: {reason.removeprefix('error: ')}", file=sys.stderr)
         return 2
     finally:
         if server:

@@ -68,3 +68,11 @@ def test_scoring_goes_through_the_http_api(server, other):
         assert (scene.name not in result["wrong"]) == (said == Counter(scene.objects))
     assert result["right"] == 9 - len(result["wrong"])
     assert result["degenerate"] == sum(degenerate(c.split()) for c in result["captions"].values())
+
+
+def test_the_scorer_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
+    from .score_http import main
+
+    assert main(["--bundle", str(tmp_path / "none")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: no model bundle at")
