@@ -13,24 +13,18 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# One stamp per requirements set, rebuilt when its files change. `make serve` needs only what
-# builds and serves the demo (.installed-run), so a fresh clone's first caption does not wait for
-# the test tools; `make test` adds them (.installed-dev).
-$(VENV)/.installed-run: requirements-train.txt requirements-server.txt pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -r requirements-train.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $@
-
-$(VENV)/.installed-dev: $(VENV)/.installed-run requirements-dev.txt requirements-keras2.txt requirements-openvino.txt
+# One stamp per requirements set, rebuilt when its files change.
+$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt requirements-openvino.txt pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-keras2.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed-dev
 
 # The built-in demo: synthetic scenes -> attention decoder -> ONNX bundle. No repeated 4-gram: two objects
 # of one size and colour make a right caption say "a small red" twice, so 3 would be too strict.
-$(DEMO_BUNDLE): $(DEMO_CONFIG) | $(VENV)/.installed-run
+$(DEMO_BUNDLE): $(DEMO_CONFIG) | $(VENV)/.installed-dev
 	$(PY) -m training.synthetic --out data/shapes --images $(DEMO_IMAGES) --seed 0
 	$(PY) -m training.train --dataset shapes --data data/shapes --out runs/demo --config $(DEMO_CONFIG) --quiet
 	$(PY) -m export --run runs/demo --out onnx_models/demo --no-repeat-ngram-size 4
@@ -69,7 +63,7 @@ openvino-check: install-openvino $(DEMO_BUNDLE)
 quality: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(PY) -m tests.quality.score_http --bundle onnx_models/demo --show
 
-serve: $(VENV)/.installed-run $(DEMO_BUNDLE)
+serve: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is not reachable here).
