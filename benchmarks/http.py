@@ -71,11 +71,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for http.json and http.md")
     args = parser.parse_args(argv)
-    floor = encoder_floor(args.bundle, precisions=openvino_bf16_available())
+    bf16_here = openvino_bf16_available()
+    floor = encoder_floor(args.bundle, precisions=bf16_here)
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "floor": floor, "seconds_per_point": args.seconds,
                "layouts": {name: measure_layout(args.bundle, env, args.seconds) for name, env in LAYOUTS}}
-    if openvino_bf16_available():
+    if bf16_here:
         bf16 = {f"{name}, OpenVINO bf16 encoder": measure_layout(args.bundle, {**env, "CAPTION_PROVIDERS": "openvino,cpu",
                                                                                "CAPTION_STRICT_PROVIDERS": "1"},
                                                                  args.seconds) for name, env in LAYOUTS}

@@ -50,8 +50,7 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
         if openvino_names and "bf16" in http["floor"].get("precisions", {}):
             # The bf16 path against its own floor too: how close it runs to what bf16 allows here.
             own = http["floor"]["precisions"]["bf16"]
-            layouts = [http["layouts"][name] for name in openvino_names]
-            single = min(points[0]["p50_ms"] for points in layouts if points[0]["concurrency"] == 1)
+            single = _single_image_p50(http, openvino_names)
             rows.append((f"single image over HTTP, p50 / bf16 floor (OpenVINO bf16 matmul "
                          f"{own['matmul_peak_gflops']:.0f} GFLOP/s, fp32 sgemm {http['floor']['sgemm_peak_gflops']:.0f})",
                          f"{single / own['floor_ms']:.2f}x", "-", None))
@@ -64,11 +63,16 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
     return rows
 
 
+def _single_image_p50(http: dict, names) -> float:
+    """The best p50 at concurrency 1 over the given layouts, in ms."""
+    return min(http["layouts"][name][0]["p50_ms"] for name in names if http["layouts"][name][0]["concurrency"] == 1)
+
+
 def _http_rows(http: dict, names: list[str], floor: float, precision: str, single_goal: float,
                throughput_goal: float) -> list:
     """The single-image and concurrency-8 targets over the given layouts."""
     layouts = {name: http["layouts"][name] for name in names}
-    single = min(points[0]["p50_ms"] for points in layouts.values() if points[0]["concurrency"] == 1)
+    single = _single_image_p50(http, names)
     rows = [(f"single image over HTTP, p50 / floor ({precision})", f"{single / floor:.2f}x", f"<= {single_goal}x",
              single / floor <= single_goal)]
     best_layout, best = max(((name, p) for name, points in layouts.items() for p in points if p["concurrency"] == 8),
