@@ -7,14 +7,14 @@ DEMO_IMAGES ?= 3000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino openvino-check browser clean-demo
+.PHONY: serve test quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino install-ray openvino-check browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 # One stamp per requirements set, rebuilt when its files change.
-$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt requirements-openvino.txt pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt requirements-openvino.txt requirements-ray.txt pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-keras2.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -54,6 +54,10 @@ install-gpu: $(VENV)/.installed-dev
 # OpenVINO for the encoder in bf16 on CPUs that have it (CAPTION_PROVIDERS=openvino,cpu).
 install-openvino: $(VENV)/.installed-dev
 	$(PY) -m pip install --quiet -r requirements-openvino.txt
+
+# Ray Data for batch captioning across many cores or machines (`caption --ray`).
+install-ray: $(VENV)/.installed-dev
+	$(PY) -m pip install --quiet -r requirements-ray.txt
 
 # The bf16 encoder's quality gate on the demo's 500 held-out scenes; the figures go into its bundle.json.
 openvino-check: install-openvino $(DEMO_BUNDLE)

@@ -1,16 +1,18 @@
 """Caption many images from the command line with the server's engine: `caption PATH...`.
 
-PATHs are files, folders (searched recursively) or glob patterns. One row per image goes to
---out (JSON lines, or CSV when the file ends in .csv; standard output by default); a file that
-cannot be captioned gets a row with its reason instead of a caption. With --out, a second run
-skips the images already in the file, so a large folder can be captioned in several goes.
-Exit status: 0 when every image was captioned, 1 when some were skipped, 2 for bad arguments.
+PATHs are files, folders (searched recursively) or glob patterns; --list names a file of paths.
+One row per image goes to --out (JSON lines, or CSV when the file ends in .csv; standard output
+by default); a file that cannot be captioned gets a row with its reason instead of a caption.
+With --out, a second run skips the images already in the file, so a large folder can be
+captioned in several goes. With --ray, a pool of Ray actors captions the images into sharded
+files in the --out folder (server/ray_captions.py); PATHs may then also be pyarrow URIs.
+Exit status: 0 when every image was captioned, 1 when some were skipped (or a Ray job failed
+part-way), 2 for bad arguments.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import sys
 import time
@@ -18,27 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+from .image_files import UsageError, find_images, read_list_file
+from .ray_captions import MAX_SHARD_SIZE
+
 CSV_FIELDS = ("path", "caption", "log_prob", "error")
-
-
-class UsageError(Exception):
-    """Arguments the command cannot work with; reported as one line with exit status 2."""
-
-
-def find_images(paths: list[str]) -> list[Path]:
-    """Expand files, folders and glob patterns into a sorted, de-duplicated list of image files."""
-    found: set[Path] = set()
-    for raw in paths:
-        matches = [Path(p) for p in glob.glob(raw, recursive=True)] if glob.has_magic(raw) else [Path(raw)]
-        if not matches or not all(m.exists() for m in matches):
-            raise UsageError(f"{raw}: no such file, folder or matching files")
-        for match in matches:
-            if match.is_dir():
-                found.update(p for p in match.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            else:
-                found.add(match)  # named explicitly: try it whatever its suffix, and say why if it fails
-    return sorted(found)
 
 
 def drop_partial_last_line(out: Path) -> None:
@@ -89,13 +74,22 @@ class RowWriter:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caption", description="Caption image files with a model bundle.")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
-    parser.add_argument("--bundle", type=Path, help="model bundle folder (default: CAPTION_BUNDLE or onnx_models/demo)")
-    parser.add_argument("--out", type=Path, help="output file; resumed when it exists (default: standard output)")
-    parser.add_argument("--format", choices=("jsonl", "csv"), help="default: csv for a .csv --out, else jsonl")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders or glob patterns")
+    parser.add_argument("--list", dest="list_file", metavar="FILE", help="a file of image paths, one per line")
+    parser.add_argument("--bundle", help="model bundle folder (default: CAPTION_BUNDLE or onnx_models/demo)")
+    parser.add_argument("--out", help="output file; resumed when it exists (default: standard output). "
+                                      "With --ray: the folder for the shards (required)")
+    parser.add_argument("--format", choices=("jsonl", "csv", "parquet"),
+                        help="default: csv for a .csv --out, else jsonl; parquet with --ray only")
     parser.add_argument("--batch-size", type=int, default=8, help="images per encoder run (default 8)")
     parser.add_argument("--beam-size", type=int, help="1 = greedy (default: CAPTION_DEFAULT_BEAM_SIZE or 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group("Ray Data (on the cluster at RAY_ADDRESS, else a local Ray)")
+    ray.add_argument("--ray", action="store_true", help="caption on a pool of Ray actors into sharded files")
+    ray.add_argument("--shard-size", type=int, help=f"images per shard file (default: the job's size spread over "
+                                                    f"the actors, at most {MAX_SHARD_SIZE})")
+    ray.add_argument("--cpus-per-actor", type=int, default=1,
+                     help="CPUs (and onnxruntime threads) of each actor (default 1)")
     return parser
 
 
@@ -117,21 +111,28 @@ def run(args) -> int:
     from .config import Config, ConfigError
     from .providers import ProviderError
 
-    fmt = args.format or ("csv" if args.out is not None and args.out.suffix.lower() == ".csv" else "jsonl")
+    if args.ray:
+        return run_on_ray(args)
+    if args.format == "parquet" or args.shard_size is not None:
+        raise UsageError("--format parquet and --shard-size go with --ray")
+    out = Path(args.out) if args.out is not None else None
+    fmt = args.format or ("csv" if out is not None and out.suffix.lower() == ".csv" else "jsonl")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    paths = find_images(args.paths)
+    if not args.paths and args.list_file is None:
+        raise UsageError("name images: PATHs, --list FILE, or both")
+    paths = (find_images(args.paths) if args.paths else []) + (read_list_file(args.list_file) if args.list_file else [])
     if not paths:
         raise UsageError("no image files found in " + ", ".join(args.paths))
     try:
         config = Config.from_env()
         if args.bundle is not None:
-            config.bundle = args.bundle
+            config.bundle = Path(args.bundle)
         beam_size = config.default_beam_size if args.beam_size is None else args.beam_size
         if not 1 <= beam_size <= config.max_beam_size:
             raise UsageError(f"--beam-size must be between 1 and {config.max_beam_size}")
-        done = already_done(args.out, fmt)
-        todo = [p for p in paths if str(p) not in done]
+        done = already_done(out, fmt)
+        todo = [p for p in paths if p not in done]
         from .captioning import caption_files
         from .engine import CaptionEngine
 
@@ -140,9 +141,9 @@ def run(args) -> int:
         raise UsageError(str(exc)) from None
 
     if done:
-        print(f"caption: {len(paths) - len(todo)} of {len(paths)} images already in {args.out}; "
+        print(f"caption: {len(paths) - len(todo)} of {len(paths)} images already in {out}; "
               f"captioning the other {len(todo)}", file=sys.stderr)
-    writer = RowWriter(args.out, fmt)
+    writer = RowWriter(out, fmt)
     skipped = captioned = 0
     started = time.perf_counter()
     try:
@@ -161,6 +162,38 @@ def run(args) -> int:
     seconds = time.perf_counter() - started
     print(f"caption: {captioned} captioned, {skipped} skipped in {seconds:.1f} s", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def run_on_ray(args) -> int:
+    """`caption --ray`: the job in the --out folder, started or resumed, on Ray actors."""
+    from .config import Config, ConfigError
+    from .ray_captions import caption_dataset
+
+    if args.out is None:
+        raise UsageError("--ray needs --out FOLDER for the shards")
+    if args.format == "csv":
+        raise UsageError("--ray writes jsonl or parquet, not csv")
+    try:
+        summary = caption_dataset(args.paths, args.out, bundle=args.bundle, list_file=args.list_file,
+                                  output_format=args.format or "jsonl", shard_size=args.shard_size,
+                                  batch_size=args.batch_size, beam_size=args.beam_size,
+                                  cpus_per_actor=args.cpus_per_actor, progress=not args.quiet,
+                                  config=Config.from_env())
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except UsageError:
+        raise
+    except Exception as exc:  # a failed actor or task: what finished stays finished
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        print(f"caption: error: the Ray job stopped: {reason[:300]}; finished shards are kept in {args.out}, "
+              "run the same command again to go on", file=sys.stderr)
+        return 1
+    if summary.shards_before:
+        print(f"caption: {summary.shards_before} of {summary.shards} shards already in {args.out}", file=sys.stderr)
+    print(f"caption: {summary.captioned} captioned, {summary.skipped} skipped in {summary.wall_s:.1f} s "
+          f"({summary.shards - summary.shards_before} shards on {summary.actors} actors, "
+          f"{summary.images_per_second:.1f} images/s once started)", file=sys.stderr)
+    return 1 if summary.skipped else 0
 
 
 if __name__ == "__main__":
