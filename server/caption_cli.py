@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import sys
 import time
@@ -169,6 +170,10 @@ def run_on_ray(args) -> int:
     from .config import Config, ConfigError
     from .ray_captions import caption_dataset
 
+    missing = [name for name in ("ray", "pyarrow") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"--ray needs Ray Data ({' and '.join(missing)} not installed): make install-ray, "
+                         "or pip install -r requirements-ray.txt")
     if args.out is None:
         raise UsageError("--ray needs --out FOLDER for the shards")
     if args.format == "csv":

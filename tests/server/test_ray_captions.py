@@ -149,3 +149,14 @@ def test_the_python_entry_point_reads_uris_and_list_files_into_parquet(bundle_di
     assert [r["path"] for r in rows] == [r["path"] for r in expected]
     assert [r.get("caption") for r in rows] == [r.get("caption") for r in expected]
     assert [r.get("tokens") for r in rows] == [r.get("tokens") for r in expected]
+
+
+def test_without_ray_installed_the_command_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    from server import caption_cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert caption_cli.main(["--ray", str(tmp_path), "--out", str(tmp_path / "job")]) == 2
+    assert "make install-ray" in capsys.readouterr().err
