@@ -75,3 +75,13 @@ def test_layout_study_measures_every_layout(bundle_dir, tmp_path):
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0
                    for p in entry["points"])
     assert "| 1 worker x 2 threads, spinning off, batching on |" in (tmp_path / "layouts.md").read_text()
+
+
+def test_ray_batch_benchmark_compares_ray_with_the_one_process_command(bundle_dir, tmp_path):
+    run_cli("benchmarks.ray_batch", "--bundle", str(bundle_dir), "--images", "24", "--results", str(tmp_path))
+    results = json.loads((tmp_path / "ray_batch.json").read_text())
+    run = results["runs"][0]
+    assert run["images"] == 24 and run["rows_identical"] and run["captioned"] + run["skipped"] == 24
+    assert run["ray"]["actors"] >= 1 and run["ray"]["images_per_s_once_started"] > 0
+    assert run["ray_vs_single"] > 0 and "sgemm peak" in results["machine"]
+    assert "| 24 |" in (tmp_path / "ray_batch.md").read_text()
