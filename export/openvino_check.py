@@ -1,9 +1,12 @@
 """The quality gate of the OpenVINO bf16 encoder: held-out quality against the float32 bundle.
 
 Usage: python -m export.openvino_check --bundle onnx_models/demo --run runs/demo
+       python -m export.openvino_check --bundle onnx_models/demo-int8 --reference onnx_models/demo --run runs/demo
 
 Captions every held-out image of the training run twice, the same way the server does (greedy):
-with the bundle as it is (onnxruntime, float32) and with its encoder on OpenVINO in bf16. Quality
+with the float32 bundle on onnxruntime (--reference, by default the bundle itself) and with the
+bundle's encoder on OpenVINO in bf16. An int8 bundle's quantised operators run in int8 there
+(VNNI), the rest in bf16, so it is checked against its float32 source. Quality
 is the share of scenes with every object right on synthetic scenes, BLEU-4 elsewhere; bf16 passes
 when it is within 1 point of float32's. The figures (quality of both, caption identity, whether it
 passed) go into bundle.json as provenance.parity.openvino_bf16_quality, which the server logs when
@@ -25,15 +28,16 @@ from bundle.preprocess import load_image
 from .heldout_quality import quality, run_scenes
 
 
-def check(bundle_dir: Path, run_dir: Path, images: int, log=print) -> dict:
+def check(bundle_dir: Path, run_dir: Path, images: int, log=print, reference_dir: Path | None = None) -> dict:
     """Caption the held-out images both ways, record the figures in bundle.json, return them."""
     from server.engine import CaptionEngine, EngineOptions
 
     bundle = load_bundle(bundle_dir)
+    reference = load_bundle(reference_dir) if reference_dir is not None else bundle
     run = json.loads((run_dir / "run.json").read_text())
     heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
     scenes = run_scenes(run)
-    engines = {"fp32": CaptionEngine(bundle),
+    engines = {"fp32": CaptionEngine(reference),
                "bf16": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True))}
     captions = {name: [] for name in engines}
     for first in range(0, len(heldout), 16):
@@ -45,7 +49,8 @@ def check(bundle_dir: Path, run_dir: Path, images: int, log=print) -> dict:
     same = sum(a == b for a, b in zip(captions["fp32"], captions["bf16"]))
     figures = {"images": len(heldout), "metric": metric, "fp32": round(fp32, 4), "bf16": round(bf16, 4),
                "greedy_captions_identical": f"{same}/{len(heldout)}", "max_quality_loss": MAX_QUALITY_LOSS,
-               "passed": fp32 - bf16 <= MAX_QUALITY_LOSS, "provider": engines["bf16"].active_providers[0]}
+               "passed": fp32 - bf16 <= MAX_QUALITY_LOSS, "provider": engines["bf16"].active_providers[0],
+               "reference": reference.manifest["name"]}
     log(f"{metric}: fp32 {fp32:.3f}, OpenVINO bf16 {bf16:.3f} ({'passed' if figures['passed'] else 'FAILED'}: "
         f"at most {MAX_QUALITY_LOSS:.2f} lower); greedy captions identical {same}/{len(heldout)}")
     manifest = dict(bundle.manifest)
@@ -57,6 +62,7 @@ def check(bundle_dir: Path, run_dir: Path, images: int, log=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="the float32 bundle, e.g. onnx_models/demo")
+    parser.add_argument("--reference", type=Path, help="the float32 bundle to compare with (default: --bundle)")
     parser.add_argument("--run", type=Path, required=True, help="its training run (held-out images)")
     parser.add_argument("--images", type=int, default=500, help="held-out images to compare (default 500)")
     args = parser.parse_args(argv)
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run} has no heldout.json, or --images is below 1", file=sys.stderr)
         return 2
     try:
-        figures = check(args.bundle, args.run, args.images, log=lambda m: print(m, file=sys.stderr))
+        figures = check(args.bundle, args.run, args.images, log=lambda m: print(m, file=sys.stderr),
+                        reference_dir=args.reference)
     except (BundleError, ProviderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

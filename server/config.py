@@ -23,6 +23,14 @@ class ConfigError(ValueError):
     """A setting with a value the server cannot use."""
 
 
+def _writable_folder(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 @dataclass
 class Config:
     """Each field is read from the environment variable CAPTION_<FIELD NAME IN CAPITALS>."""
@@ -32,6 +40,8 @@ class Config:
     providers: str = "cpu"                    # execution providers, in order of preference: cpu, cuda, tensorrt,
                                               # openvino (first only: the encoder on OpenVINO, the decoder on cpu)
     openvino_precision: str = "bf16"          # the encoder's precision on OpenVINO: bf16 or f32
+    openvino_cache_dir: str = ""              # OpenVINO keeps compiled encoders here (start-up about 10x faster
+                                              # from the second start); empty: compiled at every start
     strict_providers: bool = False            # refuse to start if a requested provider is unavailable
     intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
     inter_op_threads: int = 1
@@ -68,6 +78,9 @@ class Config:
                             "(e.g. openvino,cpu)")
         if self.openvino_precision not in OPENVINO_PRECISIONS:
             problems.append(f"openvino_precision={self.openvino_precision!r} (choose from {', '.join(OPENVINO_PRECISIONS)})")
+        if self.openvino_cache_dir and not _writable_folder(self.openvino_cache_dir):
+            problems.append(f"openvino_cache_dir={self.openvino_cache_dir!r} is not a folder this process can "
+                            "create or write to")
         if self.io_binding not in IO_BINDING:
             problems.append(f"io_binding={self.io_binding!r} (choose from {', '.join(IO_BINDING)})")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
@@ -102,7 +115,8 @@ class Config:
                              intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
                              spinning=self.spinning, cpu_arena=self.cpu_arena, io_binding=self.io_binding,
                              use_optimized_graphs=self.use_optimized_graphs,
-                             openvino_precision=self.openvino_precision)
+                             openvino_precision=self.openvino_precision,
+                             openvino_cache_dir=self.openvino_cache_dir)
 
     @property
     def max_upload_bytes(self) -> int:

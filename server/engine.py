@@ -42,6 +42,7 @@ class EngineOptions:
     io_binding: str = "auto"          # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
     use_optimized_graphs: bool = True  # the onnxruntime-optimised copy of each graph, when the bundle has one
     openvino_precision: str = "bf16"  # with "openvino" first: the encoder's precision, bf16 or f32
+    openvino_cache_dir: str = ""      # where OpenVINO caches the compiled encoder; empty: no cache
 
 
 @dataclass
@@ -150,7 +151,8 @@ class CaptionEngine:
         names = SessionEncoder(self.sessions["encoder"], self.bundle.manifest["graphs"])
         try:
             return OpenVINOEncoder(self.bundle.graph_file("encoder", optimized=False), names.image, names.features,
-                                   self.options.openvino_precision, self.options.intra_op_threads)
+                                   self.options.openvino_precision, self.options.intra_op_threads,
+                                   self.options.openvino_cache_dir)
         except OpenVINOUnavailable as exc:
             if self.options.strict_providers:
                 raise ProviderError(f"OpenVINO {self.options.openvino_precision}: {exc}; "

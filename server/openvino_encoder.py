@@ -33,7 +33,8 @@ def openvino_capabilities() -> list[str]:
 class OpenVINOEncoder:
     """`encoder(images) -> features`, compiled once; each calling thread gets its own infer request."""
 
-    def __init__(self, path: Path, image_name: str, features_name: str, precision: str = "bf16", threads: int = 0):
+    def __init__(self, path: Path, image_name: str, features_name: str, precision: str = "bf16", threads: int = 0,
+                 cache_dir: str = ""):
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if "BF16" not in openvino_capabilities() and precision == "bf16":
@@ -44,7 +45,10 @@ class OpenVINOEncoder:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        if cache_dir:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        # From the file's path, so that OpenVINO can find the compiled model in its cache without reading the ONNX.
+        self.compiled = core.compile_model(str(path), "CPU", config)
         self.image_name, self.features_name, self.precision = image_name, features_name, precision
         self.output = self.compiled.output(features_name)
         self.requests = threading.local()

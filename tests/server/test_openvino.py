@@ -117,3 +117,36 @@ def test_without_openvino_installed_the_server_falls_back_or_refuses_when_strict
         assert openvino(bundle_dir, precision).active_providers == ["CPUExecutionProvider"]
         with pytest.raises(ProviderError, match="make install-openvino"):
             openvino(bundle_dir, precision, strict=True)
+
+
+@pytest.mark.skipif(CAPABILITIES is None, reason="needs openvino, which requirements-dev.txt installs")
+def test_compiled_encoders_are_cached_and_the_cached_one_gives_the_same_features(bundle_dir, held_out, tmp_path):
+    cache = tmp_path / "openvino-cache"
+    config = Config(bundle=bundle_dir, providers="openvino,cpu", openvino_precision="f32",
+                    openvino_cache_dir=str(cache), warmup=False)
+    first = CaptionEngine(load_bundle(bundle_dir), config.engine_options())
+    assert any(cache.iterdir()), "OpenVINO wrote nothing to its cache"
+    cached = CaptionEngine(load_bundle(bundle_dir), config.engine_options())
+    np.testing.assert_array_equal(cached.encode(held_out), first.encode(held_out))
+
+
+def test_an_unwritable_cache_folder_is_refused_at_start_up(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="openvino_cache_dir=.* is not a folder"):
+        Config.from_env({"CAPTION_OPENVINO_CACHE_DIR": str(tmp_path / "a-file" / "cache")})
+
+
+def test_an_int8_bundle_on_openvino_is_gated_against_its_float32_source(bundle_dir, int8_bundle_dir, trained_run,
+                                                                         tmp_path):
+    bundle = tmp_path / "int8"
+    shutil.copytree(int8_bundle_dir, bundle)
+    result = run_cli("export.openvino_check", "--bundle", str(bundle), "--reference", str(bundle_dir),
+                     "--run", str(trained_run), "--images", "16", check=False)
+    if not HAS_BF16:
+        assert result.returncode == 2 and re.search(CANNOT, result.stderr.strip().splitlines()[-1])
+        return
+    gate = json.loads((bundle / "bundle.json").read_text())["provenance"]["parity"][OPENVINO_BF16_PARITY]
+    assert result.returncode == (0 if gate["passed"] else 1), result.stderr
+    assert gate["reference"] == load_bundle(bundle_dir).manifest["name"] and gate["images"] == 16
+    source = json.loads((bundle_dir / "bundle.json").read_text())["provenance"]["parity"]
+    assert OPENVINO_BF16_PARITY not in source  # the reference is read, never written
