@@ -1,7 +1,7 @@
 """HTTP latency and throughput of the real gunicorn server on loopback, for several
 worker layouts and client concurrencies, each for a fixed time; the same layouts again on the
-bundle's int8 variant where it exists, and with the encoder in bf16 on OpenVINO where this
-processor and install have it.
+bundle's int8 variant where it exists, and with the encoder on OpenVINO (bf16; the int8
+variant's quantised operators in int8) where this processor and install have bf16.
 
 Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--int8 onnx_models/demo-int8] [--seconds 10]
 Writes benchmarks/results/http.json and http.md (or under --results).
@@ -87,6 +87,13 @@ def main(argv=None) -> int:
         results["layouts"].update(int8)
         results["int8_layouts"] = list(int8)
         results["int8_check"] = load_bundle(args.int8).variant_check()
+        if bf16_here:
+            # OpenVINO runs the quantised operators in int8 (VNNI) and the rest in bf16. One layout: for
+            # OpenVINO, one worker with both cores led at every concurrency in the bf16 rows.
+            name, env = LAYOUTS[0]
+            results["layouts"][f"{name}, int8 encoder on OpenVINO"] = measure_layout(
+                args.int8, {**env, "CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}, args.seconds)
+            results["openvino_int8_layouts"] = [f"{name}, int8 encoder on OpenVINO"]
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "http.json").write_text(json.dumps(results, indent=2))
     floor_ms = floor["floor_ms"]

@@ -1,7 +1,8 @@
 """Component latency: preprocessing, encoder, one decoder step and whole captions, for Keras
 as the seed project ran it (`model.predict` per step), Keras at its best (`tf.function`) and
-onnxruntime (fp32, and int8 where the bundle's int8 variant exists), each also as a multiple
-of the encoder's compute floor.
+onnxruntime (fp32, and int8 where the bundle's int8 variant exists) and, where this processor
+has bf16, the encoder on OpenVINO (the fp32 bundle in bf16, the int8 variant), each also as a
+multiple of the encoder's compute floor.
 
 Usage: python -m benchmarks.latency [--bundle onnx_models/demo] [--int8 onnx_models/demo-int8] [--run runs/demo]
        [--runs 50]
@@ -22,10 +23,11 @@ from PIL import Image
 
 from bundle.format import load_bundle
 from bundle.preprocess import to_model_input
-from server.engine import CaptionEngine
+from server.engine import CaptionEngine, EngineOptions
 from server.uploads import decode_image
 
 from .floor import encoder_floor
+from .http import openvino_bf16_available
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,24 +75,28 @@ def keras_latencies(run_dir: Path, image: np.ndarray, special: dict, max_length:
     step = keras.models.load_model(run_dir / "decoder_step.keras", compile=False)
     start = np.full((1, 1), special["start"], np.int32)
 
+    # The decoder-state rule of bundle.specs: the step returns log_probs and the states it updates
+    # (h, c), which come first; the rest (context, and memory for attention) are carried.
     def caption_predict():
-        h, c, context = init.predict(encoder.predict(image, verbose=0), verbose=0)
+        state = list(init.predict(encoder.predict(image, verbose=0), verbose=0))
         token = start
         for _ in range(max_length):
-            log_probs, h, c = step.predict([token, h, c, context], verbose=0)
+            log_probs, *updated = step.predict([token, *state], verbose=0)
+            state[:len(updated)] = updated
             token = log_probs.argmax(-1).astype(np.int32)[:, None]
             if token[0, 0] == special["end"]:
                 break
 
     encode_fn = tf.function(lambda x: encoder(x, training=False))
     init_fn = tf.function(lambda f: init(f, training=False))
-    step_fn = tf.function(lambda t, h, c, x: step([t, h, c, x], training=False))
+    step_fn = tf.function(lambda t, *state: step([t, *state], training=False))
 
     def caption_function():
-        h, c, context = init_fn(encode_fn(image))
+        state = list(init_fn(encode_fn(image)))
         token = tf.constant(start)
         for _ in range(max_length):
-            log_probs, h, c = step_fn(token, h, c, context)
+            log_probs, *updated = step_fn(token, *state)
+            state[:len(updated)] = updated
             token = tf.cast(tf.argmax(log_probs, -1), tf.int32)[:, None]
             if int(token[0, 0]) == special["end"]:
                 break
@@ -125,11 +131,16 @@ def main(argv=None) -> int:
                        "jpeg_12mp": timed(lambda: preprocess(large), max(10, args.runs // 5))},
         "onnxruntime_fp32": onnx_latencies(engine, image, args.runs),
     }
+    on_openvino = EngineOptions(providers=("openvino", "cpu"), strict_providers=True)
+    if openvino_bf16_available():
+        results["openvino_bf16"] = onnx_latencies(CaptionEngine(bundle, on_openvino), image, args.runs, decoder=False)
     if (args.int8 / "bundle.json").is_file():
         int8 = load_bundle(args.int8)
         results["onnxruntime_int8"] = onnx_latencies(CaptionEngine(int8), image, args.runs,
                                                      decoder=False)
         results["int8_check"] = int8.variant_check()
+        if openvino_bf16_available():
+            results["openvino_int8"] = onnx_latencies(CaptionEngine(int8, on_openvino), image, args.runs, decoder=False)
     if (args.run / "encoder.keras").is_file():
         results.update(keras_latencies(args.run, image, bundle.manifest["special_tokens"], engine.max_length,
                                        args.runs))
@@ -147,7 +158,8 @@ def write_results(results: dict, folder: Path = RESULTS) -> None:
              f"{results['floor']['sgemm_peak_gflops']} GFLOP/s; floor {floor} ms. Batch 1, one process. "
              "Written by `python -m benchmarks.latency`.", "",
              "| what | p50 ms | p95 ms | p99 ms | p50 / floor |", "| --- | --- | --- | --- | --- |"]
-    for group in ("preprocess", "onnxruntime_fp32", "onnxruntime_int8", "keras_tf_function", "keras_predict"):
+    for group in ("preprocess", "onnxruntime_fp32", "onnxruntime_int8", "openvino_bf16", "openvino_int8",
+                  "keras_tf_function", "keras_predict"):
         for name, t in results.get(group, {}).items():
             lines.append(f"| {group} {name} | {t['p50']} | {t['p95']} | {t['p99']} | {t['p50'] / floor:.2f} |")
     if "keras_predict" in results:
@@ -161,6 +173,11 @@ def write_results(results: dict, folder: Path = RESULTS) -> None:
                       f"its greedy captions equal fp32's on {check['greedy_captions_identical']} held-out images "
                       f"(mean feature error {check['mean_abs_feature_diff'] / check['feature_spread']:.1%} of the "
                       "features' spread across images)."]
+    if "openvino_bf16" in results:
+        fp32 = results["onnxruntime_fp32"]["encoder"]["p50"]
+        faster = [f"{what}: {fp32 / results[group]['encoder']['p50']:.2f}x" for group, what in
+                  (("openvino_bf16", "the fp32 bundle in bf16"), ("openvino_int8", "the int8 variant")) if group in results]
+        lines += ["", "Encoder on OpenVINO against onnxruntime fp32: " + "; ".join(faster) + "."]
     (folder / "latency.md").write_text("\n".join(lines) + "\n")
 
 

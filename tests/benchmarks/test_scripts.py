@@ -10,9 +10,9 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--seconds", "0.5",
             "--results", str(tmp_path))
     http = json.loads((tmp_path / "http.json").read_text())
-    openvino = http.get("openvino_layouts", [])
-    assert len(openvino) == (2 if openvino_bf16_available() else 0)  # where this machine has bf16
-    assert len(http["layouts"]) == 4 + len(openvino) and len(http["int8_layouts"]) == 2
+    openvino, openvino_int8 = http.get("openvino_layouts", []), http.get("openvino_int8_layouts", [])
+    assert (len(openvino), len(openvino_int8)) == ((2, 1) if openvino_bf16_available() else (0, 0))  # where bf16 is
+    assert len(http["layouts"]) == 4 + len(openvino) + len(openvino_int8) and len(http["int8_layouts"]) == 2
     for points in http["layouts"].values():
         assert [p["concurrency"] for p in points] == [1, 2, 4, 8, 16]
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
@@ -23,8 +23,10 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert printed.strip() == summary.strip()
     floor = http["floor"]["floor_ms"]
-    groups = [("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino)),
-              ("int8 encoder", http["int8_layouts"])] + ([("bf16 encoder, OpenVINO", openvino)] if openvino else [])
+    groups = [("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8)),
+              ("int8 encoder", http["int8_layouts"])]
+    if openvino:
+        groups += [("bf16 encoder, OpenVINO", openvino), ("int8 encoder, OpenVINO", openvino_int8)]
     for precision, names in groups:
         single = min(http["layouts"][name][0]["p50_ms"] for name in names)
         assert f"| single image over HTTP, p50 / floor ({precision}) | {single / floor:.2f}x |" in summary
@@ -48,6 +50,18 @@ def test_latency_benchmark_compares_onnxruntime_with_keras(bundle_dir, int8_bund
     summary = run_cli("benchmarks.summary", "--results", str(tmp_path)).stdout
     assert "onnxruntime vs seed-style Keras predict loop" in summary and "onnxruntime vs tf.function Keras" in summary
     assert "greedy caption in-process (int8 encoder) / encoder floor" in summary
+    on_openvino = [group for group in ("openvino_bf16", "openvino_int8") if group in latency]
+    assert len(on_openvino) == (2 if openvino_bf16_available() else 0)
+    for group in on_openvino:
+        assert "decoder_step" not in latency[group] and latency[group]["encoder"]["p50"] > 0
+    assert ("Encoder on OpenVINO against onnxruntime fp32" in (tmp_path / "latency.md").read_text()) == bool(on_openvino)
+
+
+def test_latency_benchmark_steps_an_attention_decoder_in_keras_too(attention_bundle_dir, attention_run, tmp_path):
+    run_cli("benchmarks.latency", "--bundle", str(attention_bundle_dir), "--int8", str(tmp_path / "none"),
+            "--run", str(attention_run), "--runs", "4", "--results", str(tmp_path))
+    latency = json.loads((tmp_path / "latency.json").read_text())
+    assert latency["keras_predict"]["caption_greedy"]["p50"] > latency["onnxruntime_fp32"]["caption_greedy"]["p50"]
 
 
 def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_bundle_dir, trained_run, tmp_path):
