@@ -7,7 +7,7 @@ DEMO_IMAGES ?= 3000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino install-ray openvino-check browser clean-demo
+.PHONY: serve test quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ install-ray: $(VENV)/.installed-dev
 # The bf16 encoder's quality gate on the demo's 500 held-out scenes; the figures go into its bundle.json.
 openvino-check: install-openvino $(DEMO_BUNDLE)
 	$(PY) -m export.openvino_check --bundle onnx_models/demo --run runs/demo
+
+# The int8 variant on OpenVINO (its quantised operators in int8 on VNNI, the rest in bf16), gated
+# against the float32 demo on the same held-out scenes; the figures go into the variant's bundle.json.
+openvino-check-int8: install-openvino onnx_models/demo-int8/bundle.json
+	$(PY) -m export.openvino_check --bundle onnx_models/demo-int8 --reference onnx_models/demo --run runs/demo
 
 # The demo's quality on scenes drawn by code other than the generator (tests/quality), through the HTTP API.
 quality: $(VENV)/.installed-dev $(DEMO_BUNDLE)
