@@ -22,14 +22,14 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     printed = run_cli("benchmarks.summary", "--results", str(tmp_path)).stdout
     summary = (tmp_path / "summary.md").read_text()
     assert printed.strip() == summary.strip()
-    floor = http["floor"]["floor_ms"]
+    assert set(http["floors"]) == set(http["layouts"])  # each layout against the floor measured just before it
     groups = [("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8)),
               ("int8 encoder", http["int8_layouts"])]
     if openvino:
         groups += [("bf16 encoder, OpenVINO", openvino), ("int8 encoder, OpenVINO", openvino_int8)]
     for precision, names in groups:
-        single = min(http["layouts"][name][0]["p50_ms"] for name in names)
-        assert f"| single image over HTTP, p50 / floor ({precision}) | {single / floor:.2f}x |" in summary
+        single = min(http["layouts"][name][0]["p50_ms"] / http["floors"][name]["floor_ms"] for name in names)
+        assert f"| single image over HTTP, p50 / floor ({precision}) | {single:.2f}x |" in summary
     assert summary.count("throughput at concurrency 8") == len(groups)
     check = http["int8_check"]
     assert (f"| int8 held-out {check['metric']} (fp32: {check['float32']:.1%}; greedy captions identical "
