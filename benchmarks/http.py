@@ -20,12 +20,14 @@ from PIL import Image
 
 from bundle.format import load_bundle
 
-from .floor import encoder_floor
-from .load import run_load
+from .floor import encoder_floor, sgemm_peak_gflops
+from .load import LoadResult, run_load
 from .server_process import GunicornServer
 
 RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 2, 4, 8, 16)
+PAIRED = (1, 8)       # the concurrencies the targets name
+PAIRED_CHUNKS = 4
 # (name, environment): one worker using both cores for onnxruntime, or one worker per core.
 LAYOUTS = (
     ("1 worker x 2 onnxruntime threads", {"WEB_CONCURRENCY": "1", "CAPTION_INTRA_OP_THREADS": "2"}),
@@ -42,13 +44,38 @@ def scene_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple = CONCURRENCY) -> list[dict]:
+def paired_load(url: str, request, concurrency: int, seconds: float, encoder_gflop: float) -> dict:
+    """One point measured in PAIRED_CHUNKS chunks, each right after a fresh sgemm peak, so that each
+    chunk's ratio to the floor compares two things measured at the same moment (these machines'
+    speed drifts by up to 2x within minutes); the point's ratios are the chunks' medians."""
+    merged, chunks = LoadResult(0.0), []
+    for _ in range(PAIRED_CHUNKS):
+        floor_ms = encoder_gflop / sgemm_peak_gflops() * 1e3
+        chunk = run_load(url, request, concurrency, seconds / PAIRED_CHUNKS)
+        point = chunk.summary()
+        chunks.append({"floor_ms": round(floor_ms, 2), "p50_ms": point["p50_ms"],
+                       "throughput_rps": point["throughput_rps"]})
+        merged.duration_s += chunk.duration_s
+        merged.client_cpu_s += chunk.client_cpu_s
+        for name in ("statuses", "latencies_ms", "expected"):
+            getattr(merged, name).extend(getattr(chunk, name))
+    paired = {"chunks": chunks,
+              "p50_over_floor": round(float(np.median([c["p50_ms"] / c["floor_ms"] for c in chunks])), 3),
+              "throughput_x_floor": round(float(np.median([c["throughput_rps"] * c["floor_ms"] / 1000
+                                                           for c in chunks])), 3)}
+    return {**merged.summary(), "paired": paired}
+
+
+def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple = CONCURRENCY,
+                   encoder_gflop: float | None = None) -> list[dict]:
+    """Every concurrency's point; with `encoder_gflop`, those in PAIRED also against floors taken as they run."""
     server = GunicornServer({"CAPTION_BUNDLE": str(bundle), **env})
     try:
         server.wait_ready()
-        request = [({"files": {"image": scene_jpeg()}}, 200)]
-        run_load(server.url + "/api/v1/captions", request, 2, 2)  # warm every worker
-        return [{"concurrency": c, **run_load(server.url + "/api/v1/captions", request, c, seconds).summary()}
+        url, request = server.url + "/api/v1/captions", [({"files": {"image": scene_jpeg()}}, 200)]
+        run_load(url, request, 2, 2)  # warm every worker
+        return [{"concurrency": c, **(paired_load(url, request, c, seconds, encoder_gflop)
+                                      if encoder_gflop and c in PAIRED else run_load(url, request, c, seconds).summary())}
                 for c in concurrency]
     finally:
         server.stop()
@@ -77,7 +104,7 @@ def main(argv=None) -> int:
     def measured(name: str, bundle: Path, env: dict) -> list[dict]:
         # The floor again just before each layout: these machines' speed drifts by up to 2x within a run.
         floors[name] = encoder_floor(args.bundle, precisions=bf16_here)
-        return measure_layout(bundle, env, args.seconds)
+        return measure_layout(bundle, env, args.seconds, encoder_gflop=floors[name]["encoder_gflop"])
 
     on_openvino = {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}
     layouts = {name: measured(name, args.bundle, env) for name, env in LAYOUTS}
@@ -110,15 +137,19 @@ def main(argv=None) -> int:
              f"per point, after warm-up. The encoder's floor is measured again before each layout (the sgemm "
              f"peak drifts): {floor_range[0]} to {floor_range[-1]} ms in this run; each layout's ratios use its own. "
              "Written by `python -m benchmarks.http`.", "",
+             f"Concurrency {' and '.join(map(str, PAIRED))}: {PAIRED_CHUNKS} chunks, each right after its own sgemm "
+             "peak; their ratios are the medians of the chunks' (marked *).", "",
              "| layout | concurrency | captions/s | x (1000 / floor) | p50 ms | p95 ms | p99 ms | p50 / floor | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, points in results["layouts"].items():
         floor_ms = floors[name]["floor_ms"]
         for p in points:
             errors = p["server_errors_5xx"] + p["connection_errors"] + p["unexpected_status"]
+            paired = p.get("paired")
+            throughput_x = f"{paired['throughput_x_floor']:.2f}*" if paired else f"{p['throughput_rps'] * floor_ms / 1000:.2f}"
+            p50_x = f"{paired['p50_over_floor']:.2f}*" if paired else f"{p['p50_ms'] / floor_ms:.2f}"
             lines.append(f"| {name} (floor {floor_ms} ms) | {p['concurrency']} | {p['throughput_rps']} | "
-                         f"{p['throughput_rps'] * floor_ms / 1000:.2f} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | "
-                         f"{p['p50_ms'] / floor_ms:.2f} | {errors} |")
+                         f"{throughput_x} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p50_x} | {errors} |")
     client = [p["client_cpu_ms_per_request"] for points in results["layouts"].values() for p in points]
     lines += ["", f"The load generator runs on the same cores and used {min(client)} to {max(client)} ms of CPU per "
                   "request (bodies encoded once, connections kept alive)."]

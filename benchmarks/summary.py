@@ -52,7 +52,9 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
                 rows += _http_rows(http, names, precision, single_goal, throughput_goal)
         if openvino_names and "bf16" in http["floor"].get("precisions", {}):
             # The bf16 path against its own floor too: how close it runs to what bf16 allows here.
-            name, ratio = _best_single_image(http, openvino_names, lambda f: f["precisions"]["bf16"]["floor_ms"])
+            name, ratio = _best_single_image(
+                http, openvino_names,
+                lambda name, point: point["p50_ms"] / _floor_of(http, name)["precisions"]["bf16"]["floor_ms"])
             own = _floor_of(http, name)
             rows.append((f"single image over HTTP, p50 / bf16 floor (OpenVINO bf16 matmul "
                          f"{own['precisions']['bf16']['matmul_peak_gflops']:.0f} GFLOP/s, fp32 sgemm "
@@ -71,9 +73,23 @@ def _floor_of(http: dict, name: str) -> dict:
     return http.get("floors", {}).get(name, http["floor"])
 
 
-def _best_single_image(http: dict, names, floor_ms=lambda f: f["floor_ms"]) -> tuple[str, float]:
+def _p50_over_floor(http: dict, name: str, point: dict) -> float:
+    """Paired chunks' median where the point has them, else against the layout's floor."""
+    if "paired" in point:
+        return point["paired"]["p50_over_floor"]
+    return point["p50_ms"] / _floor_of(http, name)["floor_ms"]
+
+
+def _throughput_x_floor(http: dict, name: str, point: dict) -> float:
+    if "paired" in point:
+        return point["paired"]["throughput_x_floor"]
+    return point["throughput_rps"] * _floor_of(http, name)["floor_ms"] / 1000
+
+
+def _best_single_image(http: dict, names, ratio=None) -> tuple[str, float]:
     """The layout with the lowest p50 / floor at concurrency 1, and that ratio."""
-    return min(((name, http["layouts"][name][0]["p50_ms"] / floor_ms(_floor_of(http, name))) for name in names
+    ratio = ratio or (lambda name, point: _p50_over_floor(http, name, point))
+    return min(((name, ratio(name, http["layouts"][name][0])) for name in names
                 if http["layouts"][name][0]["concurrency"] == 1), key=lambda item: item[1])
 
 
@@ -82,9 +98,9 @@ def _http_rows(http: dict, names: list[str], precision: str, single_goal: float,
     _, single = _best_single_image(http, names)
     rows = [(f"single image over HTTP, p50 / floor ({precision})", f"{single:.2f}x", f"<= {single_goal}x",
              single <= single_goal)]
-    ratio, best_layout, best = max(
-        (p["throughput_rps"] * _floor_of(http, name)["floor_ms"] / 1000, name, p)
-        for name in names for p in http["layouts"][name] if p["concurrency"] == 8)
+    ratio, best_layout, best = max(((_throughput_x_floor(http, name, p), name, p)
+                                    for name in names for p in http["layouts"][name] if p["concurrency"] == 8),
+                                   key=lambda item: item[0])
     errors = best["server_errors_5xx"] + best["connection_errors"] + best["unexpected_status"]
     rows.append((f"throughput at concurrency 8 / (1000 / floor), {best_layout}",
                  f"{ratio:.3f} ({best['throughput_rps']:.1f}/s, {errors} errors)", f">= {throughput_goal}, 0 errors",

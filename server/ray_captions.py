@@ -138,8 +138,11 @@ def caption_dataset(inputs: list[str], out: str, *, bundle: str | None = None, l
         spread = -(-images // (SHARDS_PER_ACTOR * max(1, _actor_slots(cpus_per_actor, ray_cpus))))
         return min(MAX_SHARD_SIZE, -(-spread // batch_size) * batch_size)
 
-    job = open_job(out, settings, list_images, choose_shard_size)
-    pending = job.pending()
+    try:
+        job = open_job(out, settings, list_images, choose_shard_size)
+        pending = job.pending()
+    except OSError as exc:  # the output folder cannot be made, listed or written
+        raise UsageError(f"{out}: {exc}") from None
     summary = JobSummary(images=job.images, shards=job.shards, shards_before=job.shards - len(pending))
     if pending:
         _run_shards(job, pending, summary, bundle, config, cpus_per_actor, actors, ray_cpus, batch_size, progress)

@@ -23,12 +23,15 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert printed.strip() == summary.strip()
     assert set(http["floors"]) == set(http["layouts"])  # each layout against the floor measured just before it
+    for points in http["layouts"].values():  # the targets' points against floors taken as they ran
+        assert [p["concurrency"] for p in points if "paired" in p] == [1, 8]
+        assert all(len(p["paired"]["chunks"]) == 4 and p["paired"]["p50_over_floor"] > 0 for p in points if "paired" in p)
     groups = [("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8)),
               ("int8 encoder", http["int8_layouts"])]
     if openvino:
         groups += [("bf16 encoder, OpenVINO", openvino), ("int8 encoder, OpenVINO", openvino_int8)]
     for precision, names in groups:
-        single = min(http["layouts"][name][0]["p50_ms"] / http["floors"][name]["floor_ms"] for name in names)
+        single = min(http["layouts"][name][0]["paired"]["p50_over_floor"] for name in names)
         assert f"| single image over HTTP, p50 / floor ({precision}) | {single:.2f}x |" in summary
     assert summary.count("throughput at concurrency 8") == len(groups)
     check = http["int8_check"]

@@ -160,3 +160,15 @@ def test_without_ray_installed_the_command_says_how_to_install_it(monkeypatch, c
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     assert caption_cli.main(["--ray", str(tmp_path), "--out", str(tmp_path / "job")]) == 2
     assert "make install-ray" in capsys.readouterr().err
+
+
+def test_actors_that_cannot_start_stop_the_job_with_one_line_and_keep_the_folder(bundle_dir, photos, tmp_path):
+    out = tmp_path / "job"
+    env = {**os.environ, **QUIET, "CAPTION_PROVIDERS": "cuda", "CAPTION_STRICT_PROVIDERS": "1"}  # no GPU here
+    result = subprocess.run([str(CAPTION), "--ray", str(photos), "--bundle", str(bundle_dir), "--out", str(out),
+                             "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("caption: error: the Ray job stopped: ") and "run the same command again" in last
+    assert "CUDA" in last or "cuda" in last
+    assert (out / "job.json").is_file() and not list(out.glob("captions-*"))
