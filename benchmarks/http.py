@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from PIL import Image
 
 from bundle.format import load_bundle
 
-from .floor import encoder_floor, sgemm_peak_gflops
+from .floor import encoder_floor, machine, sgemm_peak_gflops
 from .load import LoadResult, run_load
 from .server_process import GunicornServer
 
@@ -108,7 +106,7 @@ def main(argv=None) -> int:
 
     on_openvino = {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}
     layouts = {name: measured(name, args.bundle, env) for name, env in LAYOUTS}
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    results = {"machine": machine(),
                "seconds_per_point": args.seconds, "layouts": layouts}
     if bf16_here:
         bf16 = {f"{name}, OpenVINO bf16 encoder": measured(f"{name}, OpenVINO bf16 encoder", args.bundle,

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from bundle.preprocess import to_model_input
 from server.engine import CaptionEngine, EngineOptions
 from server.uploads import decode_image
 
-from .floor import encoder_floor
+from .floor import encoder_floor, machine
 from .http import openvino_bf16_available
 
 RESULTS = Path(__file__).parent / "results"
@@ -125,7 +123,7 @@ def main(argv=None) -> int:
                                              engine.preprocessing)
     image = preprocess(small)[None]
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "floor": encoder_floor(args.bundle),
         "preprocess": {"jpeg_640x480": timed(lambda: preprocess(small), args.runs),
                        "jpeg_12mp": timed(lambda: preprocess(large), max(10, args.runs // 5))},

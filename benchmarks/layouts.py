@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
-from .floor import encoder_floor
+from .floor import encoder_floor, machine
 from .http import measure_layout
 
 RESULTS = Path(__file__).parent / "results"
@@ -54,7 +52,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     floor = encoder_floor(args.bundle)
     floor_ms = floor["floor_ms"]
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    results = {"machine": machine(),
                "floor": floor, "seconds_per_point": args.seconds, "layouts": {}}
     for name, env in LAYOUTS:
         results["layouts"][name] = {"env": env, "points": measure_layout(args.bundle, env, args.seconds, CONCURRENCY)}

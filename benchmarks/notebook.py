@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from export.from_keras import load_keras_model
     from server.engine import CaptionEngine
 
-    from .reliability import machine
+    from .floor import machine
 
     with tempfile.TemporaryDirectory() as scratch:
         models, bundle_dir = Path(scratch) / "notebook", Path(scratch) / "bundle"

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if not (args.bundle / "bundle.json").exists():
         print(f"error: no bundle at {args.bundle}; build the demo with `make demo` or pass --bundle", file=sys.stderr)
         return 2
-    from .reliability import machine
+    from .floor import machine
 
     with tempfile.TemporaryDirectory() as scratch:
         runs = [measure(args.bundle.resolve(), n, Path(scratch)) for n in args.images]

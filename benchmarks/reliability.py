@@ -11,7 +11,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -27,6 +26,8 @@ import numpy as np
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from .floor import machine
 
 from .load import run_load
 from .server_process import GunicornServer, rss_kb
@@ -276,16 +277,6 @@ def broken_bundles(bundle: Path) -> dict:
             results[name] = {"exit_code": code, "seconds": round(time.monotonic() - started, 2),
                              "message": server.startup_error()}
     return results
-
-
-def machine() -> str:
-    """The processor and its speed, as the benchmarks' results state them."""
-    from .floor import sgemm_peak_gflops
-
-    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
-    features = ", ".join(sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")))
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy sgemm peak {sgemm_peak_gflops():.0f} GFLOP/s, {features or 'no AVX2'}")
 
 
 def write_results(results: dict) -> None:
