@@ -84,9 +84,10 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
-# The speed suite on the demo bundle (about 10 minutes): component latency against Keras, HTTP
-# layouts x concurrency (fp32 and the int8 variant), the serving-layout study, an imported
-# notebook model against its own loop, then the target table. Results land in benchmarks/results/.
+# The speed suite on the demo bundle (about 17 minutes): component latency against Keras, HTTP
+# layouts x concurrency (fp32, the int8 variant, and both on OpenVINO where the processor has bf16),
+# the serving-layout study, an imported notebook model against its own loop, then the target table.
+# Results land in benchmarks/results/. Batch captioning on Ray: python -m benchmarks.ray_batch.
 bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(MAKE) demo-int8 INT8_MAX_QUALITY_LOSS=1
 	$(PY) -m benchmarks.latency
