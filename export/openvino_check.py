@@ -61,7 +61,8 @@ def check(bundle_dir: Path, run_dir: Path, images: int, log=print, reference_dir
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, required=True, help="the float32 bundle, e.g. onnx_models/demo")
+    parser.add_argument("--bundle", type=Path, required=True,
+                        help="the bundle to check: float32 (onnx_models/demo), or a variant with --reference")
     parser.add_argument("--reference", type=Path, help="the float32 bundle to compare with (default: --bundle)")
     parser.add_argument("--run", type=Path, required=True, help="its training run (held-out images)")
     parser.add_argument("--images", type=int, default=500, help="held-out images to compare (default 500)")
