@@ -53,10 +53,7 @@ def paired_load(url: str, request, concurrency: int, seconds: float, encoder_gfl
         point = chunk.summary()
         chunks.append({"floor_ms": round(floor_ms, 2), "p50_ms": point["p50_ms"],
                        "throughput_rps": point["throughput_rps"]})
-        merged.duration_s += chunk.duration_s
-        merged.client_cpu_s += chunk.client_cpu_s
-        for name in ("statuses", "latencies_ms", "expected"):
-            getattr(merged, name).extend(getattr(chunk, name))
+        merged.extend(chunk)
     paired = {"chunks": chunks,
               "p50_over_floor": round(float(np.median([c["p50_ms"] / c["floor_ms"] for c in chunks])), 3),
               "throughput_x_floor": round(float(np.median([c["throughput_rps"] * c["floor_ms"] / 1000

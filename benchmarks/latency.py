@@ -130,14 +130,15 @@ def main(argv=None) -> int:
         "onnxruntime_fp32": onnx_latencies(engine, image, args.runs),
     }
     on_openvino = EngineOptions(providers=("openvino", "cpu"), strict_providers=True)
-    if openvino_bf16_available():
+    bf16_here = openvino_bf16_available()
+    if bf16_here:
         results["openvino_bf16"] = onnx_latencies(CaptionEngine(bundle, on_openvino), image, args.runs, decoder=False)
     if (args.int8 / "bundle.json").is_file():
         int8 = load_bundle(args.int8)
         results["onnxruntime_int8"] = onnx_latencies(CaptionEngine(int8), image, args.runs,
                                                      decoder=False)
         results["int8_check"] = int8.variant_check()
-        if openvino_bf16_available():
+        if bf16_here:
             results["openvino_int8"] = onnx_latencies(CaptionEngine(int8, on_openvino), image, args.runs, decoder=False)
     if (args.run / "encoder.keras").is_file():
         results.update(keras_latencies(args.run, image, bundle.manifest["special_tokens"], engine.max_length,

@@ -44,6 +44,14 @@ class LoadResult:
             "shed_503_without_retry_after": self.retry_after_missing,
         }
 
+    def extend(self, other: "LoadResult") -> None:
+        """Add another run's requests and time, as if they had been one run."""
+        self.duration_s += other.duration_s
+        self.client_cpu_s += other.client_cpu_s
+        self.retry_after_missing += other.retry_after_missing
+        for name in ("statuses", "latencies_ms", "expected"):
+            getattr(self, name).extend(getattr(other, name))
+
     def latency_max_ms(self, status: int) -> float:
         """The longest answer with `status` (0 when none)."""
         return round(max((ms for s, ms in zip(self.statuses, self.latencies_ms) if s == status), default=0.0), 1)

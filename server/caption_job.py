@@ -96,8 +96,7 @@ class CaptionJob:
         filesystem, root = self._fs()
         path = f"{root}/{self.shard_name(shard)}"
         if self.output_format == "jsonl":
-            with filesystem.open_input_stream(path) as f:
-                return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+            return [json.loads(line) for line in _read(filesystem, path).decode().splitlines() if line.strip()]
         import pyarrow.parquet as pq
 
         with filesystem.open_input_file(path) as f:
@@ -145,7 +144,7 @@ def open_job(out: str, settings: dict, list_images, choose_shard_size) -> Captio
 
 def _resume(out: str, filesystem, root: str, settings: dict) -> CaptionJob:
     try:
-        record = json.loads(read_bytes_from(filesystem, f"{root}/job.json"))
+        record = json.loads(_read(filesystem, f"{root}/job.json"))
         if record.get("format") != JOB_FORMAT:
             raise ValueError(record.get("format"))
     except (OSError, ValueError) as exc:
@@ -160,7 +159,7 @@ def _resume(out: str, filesystem, root: str, settings: dict) -> CaptionJob:
     return CaptionJob(out, {k: record[k] for k in settings}, record["images"], record["shard_size"], record["base"])
 
 
-def read_bytes_from(filesystem, path: str) -> bytes:
+def _read(filesystem, path: str) -> bytes:
     with filesystem.open_input_stream(path) as f:
         return f.read()
 

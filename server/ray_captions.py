@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .caption_job import OUTPUT_FORMATS, CaptionJob, bundle_identity, open_job
-from .image_files import UsageError, find_images, is_uri, read_list_file
+from .image_files import UsageError, find_images, is_uri, read_bytes, read_list_file
 
 MAX_SHARD_SIZE = 1024      # images per shard file: about a minute's work for a one-CPU actor
 SHARDS_PER_ACTOR = 4       # small jobs still get several shards per actor, to share the work out
@@ -34,7 +34,6 @@ class JobSummary:
     actors: int = 0
     wall_s: float = 0.0
     caption_s: float = 0.0
-    shard_seconds: list[float] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -74,19 +73,13 @@ class ShardCaptioner:
             paths = self.job.shard_paths(shard)
             rows = [row for rows in caption_files(self.engine, paths, self.max_pixels, self.beam_size,
                                                   self.length_penalty, self.batch_size,
-                                                  read=lambda path: _read(self.job, path))
+                                                  read=lambda path: read_bytes(self.job.readable(path)))
                     for row in rows]
             self.job.write_shard(shard, rows)
             for key, value in (("shard", shard), ("images", len(rows)), ("skipped", sum("error" in r for r in rows)),
                                ("started", started), ("finished", time.time())):
                 results[key].append(value)
         return {key: np.asarray(values) for key, values in results.items()}
-
-
-def _read(job: CaptionJob, path: str) -> bytes:
-    from .image_files import read_bytes
-
-    return read_bytes(job.readable(path))
 
 
 def start_ray(cpus: int | None = None) -> None:
@@ -190,6 +183,5 @@ def _run_shards(job: CaptionJob, pending: list[int], summary: JobSummary, bundle
     for row in captioned.iter_rows():
         summary.skipped += int(row["skipped"])
         summary.captioned += int(row["images"]) - int(row["skipped"])
-        summary.shard_seconds.append(float(row["finished"] - row["started"]))
         first, last = min(first, float(row["started"])), max(last, float(row["finished"]))
     summary.caption_s = max(0.0, last - first)
