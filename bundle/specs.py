@@ -22,6 +22,7 @@ NEXT = "_next"   # suffix of a state tensor's updated value in the step graph's 
 # "prefix" is the state of a whole-prefix decoder (the padded words so far, for a model that can
 # only be run on the whole sequence).
 # "memory" is an attention decoder's projected image map, one row per position.
+# A key not listed here is its own name (an imported decoder's h2, c2, context2 ...).
 TENSOR_NAMES = {key: key for key in ("image", "features", "h", "c", "context", "memory", "token", "log_probs",
                                      "h_next", "c_next", "prefix", "prefix_next")}
 
@@ -39,7 +40,7 @@ class TensorSpec:
 
 def tensor(key: str, dtype: str, *shape) -> TensorSpec:
     """The tensor `key`, named as TENSOR_NAMES says at the time of the call."""
-    return TensorSpec(key, TENSOR_NAMES[key], dtype, (BATCH, *shape))
+    return TensorSpec(key, TENSOR_NAMES.get(key, key), dtype, (BATCH, *shape))
 
 
 @dataclass(frozen=True)

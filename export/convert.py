@@ -38,13 +38,29 @@ def _set_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:
                 dim.dim_value = size
 
 
+def _erfc(ctx, node, name, args):
+    """TensorFlow's Erfc (Keras' exact gelu) as 1 - Erf: ONNX has Erf and no Erfc, and tf2onnx
+    leaves the node as it is, which no runtime can load."""
+    import numpy as np
+    from tf2onnx import utils
+
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name("one"), np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+CUSTOM_OP_HANDLERS = {"Erfc": (_erfc, [])}
+
+
 def convert(keras_model, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto:
     """Convert one Keras model to ONNX whose inputs and outputs match `spec` exactly."""
     import tensorflow as tf
     import tf2onnx
 
     signature = [tf.TensorSpec([None, *t.shape[1:]], getattr(tf, t.dtype), name=t.name) for t in spec.inputs]
-    model, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset)
+    model, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset,
+                                          custom_op_handlers=CUSTOM_OP_HANDLERS)
     if len(model.graph.output) != len(spec.outputs):
         raise RuntimeError(f"{spec.role}: converter produced {len(model.graph.output)} outputs, "
                            f"spec has {len(spec.outputs)}")

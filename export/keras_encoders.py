@@ -38,6 +38,20 @@ ENCODERS = {
 }
 
 
+def _folded(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def encoder_name(typed: str) -> str:
+    """The ENCODERS key for a name as people type it: `InceptionV3`, `inception_v3` and
+    `inceptionv3` are one encoder (case, `_` and `-` do not count); ValueError for another name."""
+    for key, recipe in ENCODERS.items():
+        if _folded(typed) in (_folded(key), _folded(recipe.application)):
+            return key
+    raise ValueError(f"unknown encoder {typed!r}; one of: "
+                     + ", ".join(f"{r.application} ({k})" for k, r in ENCODERS.items()))
+
+
 def build_encoder(name: str, weights: Path):
     """The notebook's encoder `name` with the weights in the local file `weights`; ValueError if
     they do not fit (skip_mismatch stays off: a file for another architecture must fail)."""

@@ -1,8 +1,8 @@
 """A notebook's vocabulary -> the bundle's word list and special tokens, read without running code.
 
 Accepted: a pickled Keras Tokenizer (Keras 2, tf.keras, keras_preprocessing), a Tokenizer JSON
-(`tokenizer.to_json()`), or pickled `wordtoix` / `ixtoword` dicts (one of them, or both in a tuple,
-list or dict). A pickle from a stranger can run code, so pickles go through an unpickler that
+(`tokenizer.to_json()`), pickled `wordtoix` / `ixtoword` dicts (one of them, or both in a tuple,
+list or dict), or one of those dicts saved with `json.dump`. A pickle from a stranger can run code, so pickles go through an unpickler that
 rebuilds only plain containers and the Tokenizer class (as a bare attribute holder); anything
 else is refused in one line, before it is called.
 """
@@ -106,6 +106,17 @@ def read_vocabulary(path: Path, vocab_size: int, start_word: str = "startseq", e
     if data.lstrip()[:1] == b"{":
         try:
             document = json.loads(data)
+        except ValueError:
+            raise VocabularyError(f"{path}: not valid JSON") from None
+        if isinstance(document, dict) and "config" not in document:
+            # json.dump(wordtoix) or json.dump(ixtoword), whose int keys JSON turned into strings.
+            ixtoword = {int(k): v for k, v in document.items() if k.isdigit() and isinstance(v, str)}
+            index = _index_of(document) or (ixtoword if len(ixtoword) == len(document) else None)
+            if index is None:
+                raise VocabularyError(f"{path}: JSON, but not a Tokenizer's to_json() or a wordtoix/ixtoword dict")
+            kind = "ixtoword JSON" if ixtoword else "wordtoix JSON"
+            return _from_index(index, vocab_size, start_word, end_word, None, kind)
+        try:
             config = document["config"]
             index_word = json.loads(config["index_word"]) if config.get("index_word") else None
             word_index = json.loads(config["word_index"])

@@ -44,6 +44,19 @@ def test_notebook_dicts(tmp_path, payload):
     assert vocab.words[1:] == words and vocab.words[vocab.start] == "startseq" and vocab.unknown == 0
 
 
+@pytest.mark.parametrize("payload", ["wordtoix", "ixtoword"])
+def test_notebook_dicts_saved_as_json(tmp_path, payload):
+    words = sorted({w for c in CAPTIONS for w in c.split()})
+    wordtoix = {w: i + 1 for i, w in enumerate(words)}
+    data = wordtoix if payload == "wordtoix" else {i: w for w, i in wordtoix.items()}  # JSON makes keys strings
+    (tmp_path / "v.json").write_text(json.dumps(data))
+    vocab = read_vocabulary(tmp_path / "v.json", len(words) + 1)
+    assert vocab.words[1:] == words and vocab.source == f"{payload} JSON"
+    (tmp_path / "bad.json").write_text(json.dumps({"a": [1], "b": 2}))
+    with pytest.raises(VocabularyError, match="not a Tokenizer's to_json.. or a wordtoix/ixtoword dict"):
+        read_vocabulary(tmp_path / "bad.json", 3)
+
+
 def test_a_vocabulary_without_the_start_word_says_which_flag_to_give(tmp_path):
     (tmp_path / "v.pkl").write_bytes(pickle.dumps({"<s>": 1, "cat": 2, "</s>": 3}))
     with pytest.raises(VocabularyError, match="no 'startseq' or 'endseq'.*--start-word"):
