@@ -24,6 +24,7 @@ RUN pip install -r requirements-server.txt \
 COPY pyproject.toml gunicorn.conf.py ./
 COPY bundle/ bundle/
 COPY server/ server/
+COPY batch/ batch/
 RUN pip install --no-deps . \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin caption
 

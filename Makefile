@@ -7,7 +7,7 @@ DEMO_IMAGES ?= 3000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
+.PHONY: serve test test-fast quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,9 +84,14 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(PY) -m pytest -q
 
+# The unit tests that need no trained model and no server (tests/README.md says which are slow).
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "not slow"
+
 # The speed suite on the demo bundle (about 17 minutes): component latency against Keras, HTTP
 # layouts x concurrency (fp32, the int8 variant, and both on OpenVINO where the processor has bf16),
-# the serving-layout study, an imported notebook model against its own loop, then the target table.
+# the serving-layout study, imported notebook models against their own loop, then the target table and the
+# docs' generated tables (python -m docs.generate).
 # Results land in benchmarks/results/. Batch captioning on Ray: python -m benchmarks.ray_batch.
 bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(MAKE) demo-int8 INT8_MAX_QUALITY_LOSS=1
@@ -95,6 +100,7 @@ bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(PY) -m benchmarks.layouts
 	$(PY) -m benchmarks.notebook
 	$(PY) -m benchmarks.summary
+	$(PY) -m docs.generate
 
 clean-demo:
 	rm -rf data/shapes data/cache runs/demo onnx_models/demo onnx_models/demo-fp16 onnx_models/demo-int8

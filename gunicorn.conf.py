@@ -1,15 +1,7 @@
-"""gunicorn settings for the caption server; every value comes from the environment.
-
-| variable          | default    | meaning                                                   |
-| HOST              | 127.0.0.1  | address to bind                                           |
-| PORT              | 8000       | port to bind                                              |
-| WEB_CONCURRENCY   | 1          | worker processes (each loads its own copy of the model)   |
-| GUNICORN_WORKER_CONNECTIONS | 1000 | open connections per worker (gevent)               |
-| GUNICORN_TIMEOUT  | 60         | seconds before a silent worker is killed and replaced     |
-| LOG_LEVEL         | info       | debug, info, warning, error                               |
-| LOG_FORMAT        | json       | json (one object per line, with request ids) or text      |
-| PROMETHEUS_MULTIPROC_DIR | a new temporary folder | where workers share their /metrics  |
-The model's own settings are CAPTION_* variables (server/config.py).
+"""gunicorn settings for the caption server; every value comes from the environment. The process
+settings (HOST, PORT, WEB_CONCURRENCY, GUNICORN_*, LOG_*, PROMETHEUS_MULTIPROC_DIR) and their
+defaults are in server/process_settings.py; the model's own are CAPTION_* (server/config.py).
+docs/operating.md lists both.
 """
 import os
 import shutil
@@ -17,11 +9,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server.logs import TEXT_FORMAT, log_format  # noqa: E402  (plain stdlib; safe in the master)
+from server import process_settings as settings  # noqa: E402  (plain stdlib; safe in the master)
+from server.logs import TEXT_FORMAT, log_format  # noqa: E402
 
 
-def _int(name: str, default: int, low: int = 1) -> int:
-    raw = os.environ.get(name, str(default))
+def _int(setting: settings.ProcessSetting, low: int = 1) -> int:
+    name, raw = setting.name, setting.value()
     try:
         value = int(raw)
     except ValueError:
@@ -31,13 +24,13 @@ def _int(name: str, default: int, low: int = 1) -> int:
     return value
 
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{_int('PORT', 8000, 0)}"
+bind = f"{settings.HOST.value()}:{_int(settings.PORT, 0)}"
 # The layout study (python -m benchmarks.layouts, results/layouts.md) chose one worker whose
 # encoder uses both cores, with onnxruntime's spinning on and micro-batching on. In its two
 # runs that served a single image in 35.4 and 35.7 ms (spinning off: 36.0, 37.0) and 31.6-31.8
 # captions/s at concurrency 8 with fair tails (p95 273-297 ms; 567-639 ms unbatched). Two
 # one-thread workers serve 33.6-35.5/s but take 56-60 ms for a single image.
-workers = _int("WEB_CONCURRENCY", 1)
+workers = _int(settings.WEB_CONCURRENCY)
 # gevent, not gthread: gthread hands a connection to a thread as soon as its first bytes
 # arrive, and a client that then sends its headers slowly holds that thread; 40 such
 # connections froze a 2x2 gthread server (measured). Under gevent a slow client costs one
@@ -45,8 +38,8 @@ workers = _int("WEB_CONCURRENCY", 1)
 # reading requests meanwhile and batches those that queue up.
 # (server/gunicorn_worker.py: gevent's worker, with gunicorn's own error pages in JSON.)
 worker_class = "server.gunicorn_worker.CaptionWorker"
-worker_connections = _int("GUNICORN_WORKER_CONNECTIONS", 1000)
-timeout = _int("GUNICORN_TIMEOUT", 60)
+worker_connections = _int(settings.WORKER_CONNECTIONS)
+timeout = _int(settings.TIMEOUT)
 graceful_timeout = 30
 keepalive = 5
 wsgi_app = "server.wsgi:application"
@@ -56,7 +49,7 @@ control_socket_disable = True
 # gunicorn's own access log stays off.
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+loglevel = settings.LOG_LEVEL.value()
 try:
     _format = log_format()
 except ValueError as exc:

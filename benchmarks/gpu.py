@@ -102,6 +102,11 @@ def measure(bundles: dict[str, Path], images: np.ndarray, provider: str, runs: i
 def write_results(results: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gpu.json").write_text(json.dumps(results, indent=2))
+    (folder / "gpu.md").write_text(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """gpu.md from gpu.json."""
     lines = ["# GPU serving", "",
              f"Device: {results['device']}; onnxruntime {results['onnxruntime']} on {results['provider']}. "
              f"{results['images']} held-out images. Written by `python -m benchmarks.gpu`.", "",
@@ -114,7 +119,7 @@ def write_results(results: dict, folder: Path) -> None:
               for name, t in results["caption"].items()]
     lines += ["", "CUDA graphs capture batches of up to 8 images in the encoder; batch 32 runs plainly in both modes. "
               "GPU memory is the whole card's, read by nvidia-smi after each configuration: a rough figure."]
-    (folder / "gpu.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for gpu.json and gpu.md")
     args = parser.parse_args(argv)
     if ORT_PROVIDER[args.provider] not in ort.get_available_providers():
-        print(f"error: this onnxruntime has no {ORT_PROVIDER[args.provider]} (install onnxruntime-gpu; see README)",
+        print(f"error: this onnxruntime has no {ORT_PROVIDER[args.provider]} (install onnxruntime-gpu; see docs/performance.md)",
               file=sys.stderr)
         return 2
     needed = [args.bundle / "bundle.json", args.fp16 / "bundle.json", args.run / "heldout.json"]

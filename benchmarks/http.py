@@ -19,8 +19,8 @@ from PIL import Image
 from bundle.format import load_bundle
 
 from .floor import encoder_floor, machine, sgemm_peak_gflops
-from .load import LoadResult, run_load
-from .server_process import GunicornServer
+from harness.load import LoadResult, run_load
+from harness.server_process import GunicornServer
 
 RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 2, 4, 8, 16)
@@ -126,9 +126,18 @@ def main(argv=None) -> int:
     results["floor"] = next(iter(floors.values()))
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "http.json").write_text(json.dumps(results, indent=2))
+    (args.results / "http.md").write_text(markdown(results))
+    print((args.results / "http.md").read_text())
+    return 0
+
+
+def markdown(results: dict) -> str:
+    """http.md from http.json."""
+    floors = results["floors"]
     floor_range = sorted(f["floor_ms"] for f in floors.values())
     lines = ["# HTTP latency and throughput", "",
-             f"Machine: {results['machine']}. Greedy captions of a 640x480 JPEG over loopback, {args.seconds:g} s "
+             f"Machine: {results['machine']}. Greedy captions of a 640x480 JPEG over loopback, "
+             f"{results['seconds_per_point']:g} s "
              f"per point, after warm-up. The encoder's floor is measured again before each layout (the sgemm "
              f"peak drifts): {floor_range[0]} to {floor_range[-1]} ms in this run; each layout's ratios use its own. "
              "Written by `python -m benchmarks.http`.", "",
@@ -148,9 +157,7 @@ def main(argv=None) -> int:
     client = [p["client_cpu_ms_per_request"] for points in results["layouts"].values() for p in points]
     lines += ["", f"The load generator runs on the same cores and used {min(client)} to {max(client)} ms of CPU per "
                   "request (bodies encoded once, connections kept alive)."]
-    (args.results / "http.md").write_text("\n".join(lines) + "\n")
-    print((args.results / "http.md").read_text())
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

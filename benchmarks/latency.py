@@ -151,6 +151,11 @@ def main(argv=None) -> int:
 def write_results(results: dict, folder: Path = RESULTS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "latency.json").write_text(json.dumps(results, indent=2))
+    (folder / "latency.md").write_text(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """latency.md from latency.json."""
     floor = results["floor"]["floor_ms"]
     lines = ["# Component latency", "",
              f"Machine: {results['machine']}. Encoder: {results['floor']['encoder_gflop']} GFLOP; sgemm peak "
@@ -177,7 +182,7 @@ def write_results(results: dict, folder: Path = RESULTS) -> None:
         faster = [f"{what}: {fp32 / results[group]['encoder']['p50']:.2f}x" for group, what in
                   (("openvino_bf16", "the fp32 bundle in bf16"), ("openvino_int8", "the int8 variant")) if group in results]
         lines += ["", "Encoder on OpenVINO against onnxruntime fp32: " + "; ".join(faster) + "."]
-    (folder / "latency.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

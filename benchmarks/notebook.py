@@ -98,7 +98,8 @@ def measure(models: Path, name: str, entry: dict, bundle_dir: Path, count: int) 
     return result
 
 
-def table(results: dict) -> str:
+def markdown(results: dict) -> str:
+    """notebook.md from notebook.json."""
     lines = ["# Imported notebook models against the notebooks' own loop\n",
              f"Machine: {results['machine']}. Merge decoders over a seeded-random InceptionV3, one caption at a "
              "time, greedy, medians over held-out scenes. *step*: the importer steps the RNN one word at a time; "
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     results = {"machine": machine(), "kinds": kinds}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "notebook.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.results / "notebook.md").write_text(table(results))
+    (args.results / "notebook.md").write_text(markdown(results))
     print((args.results / "notebook.md").read_text())
     return 0
 

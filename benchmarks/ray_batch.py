@@ -67,6 +67,11 @@ def measure(bundle: Path, images: int, scratch: Path) -> dict:
 def write_results(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "ray_batch.json").write_text(json.dumps(results, indent=2))
+    (out / "ray_batch.md").write_text(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """ray_batch.md from ray_batch.json."""
     lines = ["# Batch captioning: `caption --ray` against the one-process `caption`", "",
              f"Machine: {results['machine']}. Bundle: {results['bundle']}. Written by `python -m benchmarks.ray_batch`; "
              "each figure from one run, the two commands back to back on the same generated scenes.", "",
@@ -84,7 +89,7 @@ def write_results(results: dict, out: Path) -> None:
               "Ray and its actors (a fixed cost of several seconds that a long job spreads thin). "
               "On a cluster the per-actor rate is the figure that multiplies: one actor per CPU, each with "
               "its own onnxruntime thread."]
-    (out / "ray_batch.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the keras.applications encoder the notebook used: "
                              + ", ".join(recipe.application for recipe in ENCODERS.values())
                              + " (InceptionV3, inception_v3 and inceptionv3 are the same)")
-    parser.add_argument("--encoder-weights", type=Path, help="its weights, a local file (see the README)")
+    parser.add_argument("--encoder-weights", type=Path, help="its weights, a local file (see docs/serve-your-own-model.md)")
     parser.add_argument("--encoder-model", type=Path, help="or: an encoder saved as a Keras model of its own")
     parser.add_argument("--preprocessing", choices=KERAS_MODES, help="with --encoder-model: preprocess_input's mode")
     parser.add_argument("--image-size", type=int, help="with --encoder-model: the square input size")

@@ -19,8 +19,7 @@ from . import observability as metrics
 from .batching import BatchLimits, MicroBatcher, off_event_loop
 from .engine import CaptionEngine
 from .errors import RequestError
-from .image_files import read_bytes
-from .uploads import ImageError, decode_image, load_rgb, open_image
+from .uploads import ImageError, load_rgb, open_image
 
 PREVIEW_SIZE = (640, 640)
 DIGITS = re.compile(r"^[0-9]+$")
@@ -107,30 +106,6 @@ def best_caption(engine: CaptionEngine, beams) -> dict:
     """The best hypothesis of one image as the API reports it: caption, tokens, log_prob."""
     words = engine.words(beams[0].tokens)
     return {"caption": " ".join(words), "tokens": words, "log_prob": round(beams[0].log_prob, 6)}
-
-
-def caption_files(engine: CaptionEngine, paths: list[str], max_pixels: int, beam_size: int, length_penalty: float,
-                  batch_size: int, read=read_bytes):
-    """Yield one list of rows per batch of image files: {"path", "caption", "tokens", "log_prob"},
-    or {"path", "error"} for a file that cannot be captioned (the others still are).
-    `read(path) -> bytes` fetches each file (local paths or pyarrow URIs by default)."""
-    for first in range(0, len(paths), batch_size):
-        rows, inputs, good = [], [], []
-        for path in map(str, paths[first:first + batch_size]):
-            try:
-                image = decode_image(read(path), max_pixels, engine.preprocessing)
-                inputs.append(to_model_input(image, engine.preprocessing))
-                good.append(len(rows))
-                rows.append({"path": path})
-            except ImageError as exc:
-                rows.append({"path": path, "error": exc.message})
-            except OSError as exc:
-                rows.append({"path": path, "error": exc.strerror or str(exc)})
-        if inputs:
-            result = engine.caption(np.stack(inputs), beam_size, engine.max_length, length_penalty)
-            for index, beams in zip(good, result.hypotheses):
-                rows[index].update(best_caption(engine, beams))
-        yield rows
 
 
 class ServedModel:

@@ -1,10 +1,14 @@
-"""Server configuration from environment variables, validated once at start-up."""
+"""Server configuration from environment variables, validated once at start-up.
+
+Every CAPTION_* setting is a field of Config, with its default and meaning; the process settings
+that gunicorn.conf.py reads are in server/process_settings.py. docs/operating.md's reference is
+generated from both (python -m docs.generate)."""
 from __future__ import annotations
 
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from bundle.decoding import DEFAULT_LENGTH_PENALTY
@@ -31,40 +35,61 @@ def _writable_folder(path: str) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def setting(default, meaning: str):
+    """A Config field with its meaning, which the configuration reference (docs/operating.md) shows."""
+    return field(default=default, metadata={"meaning": meaning})
+
+
 @dataclass
 class Config:
     """Each field is read from the environment variable CAPTION_<FIELD NAME IN CAPITALS>."""
 
-    bundle: Path = Path("onnx_models/demo")   # the default model's bundle folder
-    extra_bundles: str = ""                   # more bundle folders to serve, comma-separated; chosen per request
-    providers: str = "cpu"                    # execution providers, in order of preference: cpu, cuda, tensorrt,
-                                              # openvino (first only: the encoder on OpenVINO, the decoder on cpu)
-    openvino_precision: str = "bf16"          # the encoder's precision on OpenVINO: bf16 or f32
-    openvino_cache_dir: str = ""              # OpenVINO keeps compiled encoders here (start-up about 10x faster
-                                              # from the second start); empty: compiled at every start
-    strict_providers: bool = False            # refuse to start if a requested provider is unavailable
-    intra_op_threads: int = 0                 # onnxruntime threads for the encoder; 0 = one per core
-    inter_op_threads: int = 1
-    spinning: bool = True                     # onnxruntime's idle encoder threads spin (faster wake-up, busy cores)
-    cpu_arena: bool = True                    # onnxruntime's CPU memory arena (reuses activation buffers)
-    io_binding: str = "auto"                  # fixed buffers + CUDA graph replay: auto (on CUDA), on, off
-    verify_checksums: bool = True             # hash the bundle's files at start-up
-    use_optimized_graphs: bool = True         # load the onnxruntime-optimised copy when the bundle has one
-    max_upload_mb: float = 10.0               # whole request body, checked as it is read
-    max_pixels: int = 40_000_000              # one image's size, read from its header before decoding
-    max_request_pixels: int = 50_000_000      # decoded pixels of all a request's images together (JPEGs count
-                                              # at their draft-decoded size); a 40 MP PNG takes 0.4-1.4 s
-    preprocess_threads: int = 2               # requests decoded at once, off the event loop (bounds their memory)
-    max_images: int = 16                      # images per request
-    micro_batching: bool = True               # caption requests that queue up together, in arrival order
-    max_batch_size: int = 16                  # images in one model run, at most (a larger request runs alone)
-    max_queue_delay_ms: float = 0.0           # how long a batch may wait for more requests to fill it
-    max_queue_images: int = 32                # images waiting per worker; beyond, a 503 with Retry-After at once
-    request_timeout_s: float = 5.0            # deadline per request (a request may ask for less with timeout_ms)
-    default_beam_size: int = 1                # 1 = greedy
-    max_beam_size: int = 10
-    length_penalty: float = DEFAULT_LENGTH_PENALTY  # beam score = log_prob / length ** length_penalty
-    warmup: bool = True                       # caption one image before reporting ready
+    bundle: Path = setting(Path("onnx_models/demo"), "model bundle folder: the default model")
+    extra_bundles: str = setting("", "more bundle folders to serve, comma-separated; requests choose with `model`")
+    providers: str = setting("cpu", "execution providers in order of preference: `tensorrt`, `cuda`, `cpu` (needs "
+                             "`onnxruntime-gpu`); or `openvino` first: the encoder on OpenVINO "
+                             "(`make install-openvino`), the decoder on `cpu`")
+    openvino_precision: str = setting("bf16", "with `openvino`: the encoder's precision, `bf16` (on processors with "
+                                      "AVX512_BF16 or AMX; elsewhere it falls back to onnxruntime with a warning, or "
+                                      "refuses under `CAPTION_STRICT_PROVIDERS=1`) or `f32`")
+    openvino_cache_dir: str = setting("", "with `openvino`: a folder where OpenVINO keeps the compiled encoder, so "
+                                      "later starts load it instead of compiling; created if missing, refused at "
+                                      "start-up if it cannot be written. In Kubernetes, an `emptyDir` shared by the "
+                                      "pod's workers")
+    strict_providers: bool = setting(False, "`1`: refuse to start when a requested provider is missing or cannot "
+                                     "start, instead of falling back to CPU with a warning")
+    intra_op_threads: int = setting(0, "onnxruntime threads for the encoder (0 = one per core); the decoder graphs "
+                                    "always use one")
+    inter_op_threads: int = setting(1, "onnxruntime's threads between independent operators")
+    spinning: bool = setting(True, "onnxruntime's idle encoder threads spin instead of sleeping: faster for a single "
+                             "image, a little less throughput under load (benchmarks.layouts)")
+    cpu_arena: bool = setting(True, "onnxruntime's CPU memory arena (reuses activation buffers)")
+    io_binding: str = setting("auto", "fixed IO-bound buffers replayed as CUDA graphs: `auto` (on CUDA), `off`, or "
+                              "`on` (on the CPU too, without graphs: for tests)")
+    verify_checksums: bool = setting(True, "hash the bundle's files at start-up")
+    use_optimized_graphs: bool = setting(True, "load the onnxruntime-optimised graphs when the bundle has them")
+    max_upload_mb: float = setting(10.0, "request body limit, checked before the body is read (as it is read, for a "
+                                   "chunked body)")
+    max_pixels: int = setting(40_000_000, "one image's pixels, checked from its header before decoding")
+    max_request_pixels: int = setting(50_000_000, "decoded pixels of a request's images together (JPEGs at their "
+                                      "draft-decoded size), checked from the headers before decoding")
+    preprocess_threads: int = setting(2, "requests decoded at once per worker, off the event loop (bounds decoding "
+                                      "memory)")
+    max_images: int = setting(16, "images per request")
+    micro_batching: bool = setting(True, "requests that queue up while the model is busy are captioned together, "
+                                   "oldest first (`0`: one request per model run, still off the event loop)")
+    max_batch_size: int = setting(16, "images in one model run at most (a larger request runs alone)")
+    max_queue_delay_ms: float = setting(0.0, "how long a batch that is not full may wait for more requests (under "
+                                        "load the queue fills batches by itself)")
+    max_queue_images: int = setting(32, "images waiting per worker; past it a request gets 503 with `Retry-After` "
+                                    "at once")
+    request_timeout_s: float = setting(5.0, "deadline per request; work still queued then is dropped and answered "
+                                       "503 (`timeout_ms` asks for less)")
+    default_beam_size: int = setting(1, "beam width when a request gives none (1 = greedy)")
+    max_beam_size: int = setting(10, "the widest beam a request may ask for (at most 10)")
+    length_penalty: float = setting(DEFAULT_LENGTH_PENALTY, "beam hypotheses are ranked by "
+                                    "log_prob / length ** length_penalty")
+    warmup: bool = setting(True, "caption one image before `/readyz` says ready")
 
     def __post_init__(self):
         self.bundle = Path(self.bundle)

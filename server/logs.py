@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+from .process_settings import LOG_FORMAT
+
 LOG_FORMATS = ("json", "text")
 # LogRecord attributes that are not caller-supplied `extra` fields.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
@@ -59,7 +61,7 @@ TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(na
 
 def log_format() -> str:
     """LOG_FORMAT from the environment, checked."""
-    value = os.environ.get("LOG_FORMAT", "json").strip().lower()
+    value = LOG_FORMAT.value().strip().lower()
     if value not in LOG_FORMATS:
         raise ValueError(f"LOG_FORMAT={value!r}: expected json or text")
     return value

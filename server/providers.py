@@ -73,5 +73,5 @@ def check_active(chosen: list, active: list[str], strict: bool = False) -> None:
     message = (f"{', '.join(dropped)} could not start (its CUDA/cuDNN libraries did not load) and the model "
                f"runs on {', '.join(active)}")
     if strict:
-        raise ProviderError(message + "; see the README's GPU section, or set CAPTION_STRICT_PROVIDERS=0")
+        raise ProviderError(message + "; see docs/performance.md#on-a-gpu, or set CAPTION_STRICT_PROVIDERS=0")
     log.warning(message)

@@ -1,14 +1,14 @@
 """The WSGI entry point gunicorn loads in each worker (see gunicorn.conf.py)."""
-import os
 import sys
 
 from bundle.format import BundleError
 from .config import ConfigError
 from .logs import configure, log_format
+from .process_settings import LOG_LEVEL
 from .providers import ProviderError
 
 try:
-    configure(os.environ.get("LOG_LEVEL", "info"), log_format())
+    configure(LOG_LEVEL.value(), log_format())
     from .app import create_app
 
     application = create_app()

@@ -9,9 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.server_process import ROOT, GunicornServer
+from harness.server_process import ROOT, GunicornServer
 
 PYTHON = sys.executable
+# The fast tier (`make test-fast`) is every test not marked slow. A test is slow when it needs a
+# model this session trains or a live server (these fixtures, directly or through another), or
+# when its module says so (`pytestmark = pytest.mark.slow`: it trains, converts or serves by itself).
+SLOW_FIXTURES = {"shapes_dataset", "trained_run", "bundle_dir", "attention_run", "attention_bundle_dir",
+                 "fp16_bundle_dir", "int8_bundle_dir", "server", "notebooks", "imported"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
@@ -81,7 +92,7 @@ def fp16_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
 def int8_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx_models") / "tiny-int8"
     # Quality gate off: the tests check the variant's form and that the figures are recorded,
-    # and a random encoder quantises poorly (the demo's agreement is in the README).
+    # and a random encoder quantises poorly (the demo's agreement is in docs/demo-model.md).
     run_cli("export.int8", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "8",
             "--calibration-images", "8", "--max-quality-loss", "1")
     return out

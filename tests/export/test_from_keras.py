@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from benchmarks.server_process import GunicornServer
+from harness.server_process import GunicornServer
 from tests.conftest import PYTHON, QUIET_TF, ROOT, run_cli
 
 

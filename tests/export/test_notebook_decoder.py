@@ -87,15 +87,6 @@ def test_what_is_no_caption_decoder_is_refused_naming_why(build, message):
         analyse(build(*words_and_image()))
 
 
-def test_the_import_page_shows_the_zoo_the_tests_build():
-    from pathlib import Path
-
-    from training.notebook_zoo import markdown_table
-
-    page = (Path(__file__).parents[2] / "docs" / "serve-your-own-model.md").read_text()
-    assert markdown_table() in page, "docs/serve-your-own-model.md: paste training.notebook_zoo.markdown_table()"
-
-
 def test_an_exact_gelu_converts_to_onnx():
     """Keras' exact gelu is TensorFlow's Erfc, which ONNX lacks: converted as 1 - Erf."""
     import onnxruntime as ort

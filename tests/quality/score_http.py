@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         if args.bundle:
-            from benchmarks.server_process import GunicornServer
+            from harness.server_process import GunicornServer
 
             server = GunicornServer({"CAPTION_BUNDLE": args.bundle, "WEB_CONCURRENCY": "1"})
             server.wait_ready(120)

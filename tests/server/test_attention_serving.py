@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import requests
 
-from benchmarks.server_process import GunicornServer
+from harness.server_process import GunicornServer
 from bundle.format import load_bundle
 from bundle.preprocess import load_image
 from server.engine import CaptionEngine, EngineOptions

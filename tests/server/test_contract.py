@@ -37,7 +37,7 @@ def test_schemathesis_with_every_check_passes_against_the_live_server(server):
     import sys
     from pathlib import Path
 
-    from benchmarks.server_process import ROOT
+    from harness.server_process import ROOT
 
     st = Path(sys.executable).with_name("st")
     result = subprocess.run([str(st), "run", server.url + "/openapi.json", "--checks", "all", "--max-examples", "40",

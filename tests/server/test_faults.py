@@ -1,12 +1,12 @@
 """Load, worker faults, slow clients and broken bundles, with the functions that
-`python -m benchmarks.reliability` uses to write its results."""
+`python -m benchmarks.reliability` records (harness.scenarios)."""
 import os
 
 import pytest
 from PIL import Image
 
-from benchmarks.reliability import broken_bundles, kill_worker_under_load, slow_clients, soak
-from benchmarks.server_process import GunicornServer
+from harness.scenarios import broken_bundles, kill_worker_under_load, slow_clients, soak
+from harness.server_process import GunicornServer
 
 from .test_uploads import encode
 

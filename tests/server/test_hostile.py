@@ -8,7 +8,7 @@ import pytest
 import requests
 from PIL import Image
 
-from benchmarks.server_process import rss_kb
+from harness.server_process import rss_kb
 
 from .test_uploads import encode
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.server_process import ROOT, GunicornServer
+from harness.server_process import ROOT, GunicornServer
 
 
 def image_bytes(path: Path) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.server_process import GunicornServer
+from harness.server_process import GunicornServer
 
 
 def renamed_copy(bundle_dir: Path, target: Path, name: str, **manifest_changes) -> Path:

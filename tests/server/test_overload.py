@@ -1,5 +1,5 @@
 """Overload, deadlines, huge images and graceful drain against the real server with its default
-settings, through the functions `python -m benchmarks.reliability` reports with."""
+settings, through the scenarios (harness.scenarios) that `python -m benchmarks.reliability` reports."""
 import os
 import signal
 import threading
@@ -9,8 +9,8 @@ import pytest
 import requests
 from PIL import Image
 
-from benchmarks.reliability import huge_images, overload
-from benchmarks.server_process import GunicornServer
+from harness.scenarios import huge_images, overload
+from harness.server_process import GunicornServer
 from server.config import Config
 
 from .test_uploads import encode
@@ -104,7 +104,7 @@ def test_sigterm_drains_the_worker(bundle_dir):
 
 
 def test_without_micro_batching_inference_still_leaves_the_event_loop_free(bundle_dir):
-    from benchmarks.reliability import HealthProbe
+    from harness.scenarios import HealthProbe
 
     server = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_MICRO_BATCHING": "0"})
     try:

@@ -1,7 +1,7 @@
 """Times GET URL every PERIOD seconds until a line arrives on stdin, then prints
-{"latencies_ms": [...], "failed": N} as JSON (used by benchmarks.reliability.HealthProbe).
+{"latencies_ms": [...], "failed": N} as JSON (used by harness.scenarios.HealthProbe).
 
-Usage: python -m benchmarks.health_probe URL PERIOD
+Usage: python -m harness.health_probe URL PERIOD
 """
 from __future__ import annotations
 

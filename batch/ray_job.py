@@ -1,6 +1,6 @@
 """Caption a whole dataset on Ray Data: `caption --ray`, or `caption_dataset(...)` from Python.
 
-The job's shards (server/caption_job.py) are the rows of a Ray dataset. A pool of actors,
+The job's shards (batch/job.py) are the rows of a Ray dataset. A pool of actors,
 each holding one caption engine whose onnxruntime threads match the actor's CPUs, captions a
 shard at a time and writes its file itself, so results never pass through the driver. Runs on
 the cluster at RAY_ADDRESS, or on a local Ray started for the job.
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .caption_job import OUTPUT_FORMATS, CaptionJob, bundle_identity, open_job
+from .job import OUTPUT_FORMATS, CaptionJob, bundle_identity, open_job
 from .image_files import UsageError, find_images, is_uri, read_bytes, read_list_file
 
 MAX_SHARD_SIZE = 1024      # images per shard file: about a minute's work for a one-CPU actor
@@ -58,14 +58,14 @@ class ShardCaptioner:
                  beam_size: int, length_penalty: float, batch_size: int):
         from bundle.format import load_bundle
 
-        from .engine import CaptionEngine
+        from server.engine import CaptionEngine
 
         self.job, self.max_pixels, self.beam_size = job, max_pixels, beam_size
         self.length_penalty, self.batch_size = length_penalty, batch_size
         self.engine = CaptionEngine(load_bundle(local_copy_of_bundle(bundle), verify_checksums), engine_options)
 
     def __call__(self, batch: dict) -> dict:
-        from .captioning import caption_files
+        from .files import caption_files
 
         results = {"shard": [], "images": [], "skipped": [], "started": [], "finished": []}
         for shard in map(int, batch["shard"]):
@@ -101,7 +101,7 @@ def caption_dataset(inputs: list[str], out: str, *, bundle: str | None = None, l
     """Caption every image that `inputs` (files, folders, globs; local or URIs) and `list_file` name
     into sharded rows under `out`, resuming the job already there. Decoding and engine settings
     come from `config` (CAPTION_* variables by default). Raises UsageError for bad arguments."""
-    from .config import Config
+    from server.config import Config
 
     config = config or Config.from_env()
     if output_format not in OUTPUT_FORMATS:

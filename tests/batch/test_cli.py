@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.server_process import ROOT
+from harness.server_process import ROOT
 
 CAPTION = Path(sys.executable).parent / "caption"  # the console entry point `make install` puts in the venv
 

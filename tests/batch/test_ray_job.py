@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.server_process import ROOT
-from server.caption_job import CaptionJob, open_job
+from harness.server_process import ROOT
+from batch.job import CaptionJob, open_job
 
 CAPTION = Path(sys.executable).parent / "caption"
 QUIET = {"RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -130,7 +130,7 @@ def test_a_folder_holding_another_job_is_refused_before_ray_starts(bundle_dir, p
 def test_the_python_entry_point_reads_uris_and_list_files_into_parquet(bundle_dir, photos, single_rows, tmp_path):
     import ray
 
-    from server.ray_captions import caption_dataset
+    from batch.ray_job import caption_dataset
 
     listing = tmp_path / "list.txt"
     chosen = [r["path"] for r in single_rows[::3]]
@@ -154,7 +154,7 @@ def test_the_python_entry_point_reads_uris_and_list_files_into_parquet(bundle_di
 def test_without_ray_installed_the_command_says_how_to_install_it(monkeypatch, capsys, tmp_path):
     import importlib.util
 
-    from server import caption_cli
+    from batch import cli as caption_cli
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from server.image_files import UsageError, find_images, read_bytes, read_list_file
+from batch.image_files import UsageError, find_images, read_bytes, read_list_file
 
 
 @pytest.fixture

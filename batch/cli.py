@@ -5,7 +5,7 @@ One row per image goes to --out (JSON lines, or CSV when the file ends in .csv; 
 by default); a file that cannot be captioned gets a row with its reason instead of a caption.
 With --out, a second run skips the images already in the file, so a large folder can be
 captioned in several goes. With --ray, a pool of Ray actors captions the images into sharded
-files in the --out folder (server/ray_captions.py); PATHs may then also be pyarrow URIs.
+files in the --out folder (batch/ray_job.py); PATHs may then also be pyarrow URIs.
 Exit status: 0 when every image was captioned, 1 when some were skipped (or a Ray job failed
 part-way), 2 for bad arguments.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .image_files import UsageError, find_images, read_list_file
-from .ray_captions import MAX_SHARD_SIZE
+from .ray_job import MAX_SHARD_SIZE
 
 CSV_FIELDS = ("path", "caption", "log_prob", "error")
 
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     from bundle.format import BundleError, load_bundle
 
-    from .config import Config, ConfigError
-    from .providers import ProviderError
+    from server.config import Config, ConfigError
+    from server.providers import ProviderError
 
     if args.ray:
         return run_on_ray(args)
@@ -134,8 +134,8 @@ def run(args) -> int:
             raise UsageError(f"--beam-size must be between 1 and {config.max_beam_size}")
         done = already_done(out, fmt)
         todo = [p for p in paths if p not in done]
-        from .captioning import caption_files
-        from .engine import CaptionEngine
+        from .files import caption_files
+        from server.engine import CaptionEngine
 
         engine = CaptionEngine(load_bundle(config.bundle, config.verify_checksums), config.engine_options())
     except (BundleError, ConfigError, ProviderError, OSError) as exc:
@@ -167,8 +167,8 @@ def run(args) -> int:
 
 def run_on_ray(args) -> int:
     """`caption --ray`: the job in the --out folder, started or resumed, on Ray actors."""
-    from .config import Config, ConfigError
-    from .ray_captions import caption_dataset
+    from server.config import Config, ConfigError
+    from .ray_job import caption_dataset
 
     missing = [name for name in ("ray", "pyarrow") if importlib.util.find_spec(name) is None]
     if missing:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from server.caption_job import open_job
-from server.image_files import UsageError
+from batch.job import open_job
+from batch.image_files import UsageError
 
 SETTINGS = {"inputs": ["photos"], "list": None, "bundle_sha256": "sha256:0", "beam_size": 1,
             "length_penalty": 1.0, "output_format": "jsonl", "shard_size": None}

@@ -1,0 +1,1 @@
+"""Batch captioning: the `caption` command, its job folders, image listing and Ray Data jobs."""

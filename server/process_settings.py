@@ -1,0 +1,32 @@
+"""The process settings (not CAPTION_*) that gunicorn.conf.py and the logging read: names, defaults
+and meanings, in one place. Standard library only, since gunicorn's master imports it before it
+forks the workers."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProcessSetting:
+    name: str
+    default: str      # as the environment would give it; "" for none
+    meaning: str
+
+    def value(self) -> str:
+        return os.environ.get(self.name, self.default)
+
+
+HOST = ProcessSetting("HOST", "127.0.0.1", "address to bind")
+PORT = ProcessSetting("PORT", "8000", "port to bind")
+WEB_CONCURRENCY = ProcessSetting("WEB_CONCURRENCY", "1", "gunicorn worker processes (each holds its own model)")
+WORKER_CONNECTIONS = ProcessSetting("GUNICORN_WORKER_CONNECTIONS", "1000",
+                                    "open connections per worker (`gevent` worker class, so slow clients cost a "
+                                    "greenlet, not a thread)")
+TIMEOUT = ProcessSetting("GUNICORN_TIMEOUT", "60", "seconds before a silent worker is killed and replaced")
+LOG_LEVEL = ProcessSetting("LOG_LEVEL", "info", "`debug`, `info`, `warning` or `error`")
+LOG_FORMAT = ProcessSetting("LOG_FORMAT", "json", "`json` (one object per line, with request ids) or `text`")
+METRICS_DIR = ProcessSetting("PROMETHEUS_MULTIPROC_DIR", "",
+                             "where the workers share their metrics (default: a new temporary folder, removed at exit)")
+
+PROCESS_SETTINGS = (HOST, PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS, TIMEOUT, LOG_LEVEL, LOG_FORMAT, METRICS_DIR)
