@@ -50,7 +50,7 @@ def targets(latency: dict | None, http: dict | None) -> list[tuple[str, str, str
                 ("int8 encoder, OpenVINO", [n for n in http["layouts"] if n in openvino_int8_names], 0.75, 1.6)):
             if names:
                 rows += _http_rows(http, names, precision, single_goal, throughput_goal)
-        if openvino_names and "bf16" in http["floor"].get("precisions", {}):
+        if openvino_names and all("bf16" in _floor_of(http, n).get("precisions", {}) for n in openvino_names):
             # The bf16 path against its own floor too: how close it runs to what bf16 allows here.
             name, ratio = _best_single_image(
                 http, openvino_names,
