@@ -68,9 +68,11 @@ openvino-check: install-openvino $(DEMO_BUNDLE)
 openvino-check-int8: install-openvino onnx_models/demo-int8/bundle.json
 	$(PY) -m export.openvino_check --bundle onnx_models/demo-int8 --reference onnx_models/demo --run runs/demo
 
-# The demo's quality on scenes drawn by code other than the generator (tests/quality), through the HTTP API.
+# The demo's quality on scenes drawn by code other than the generator (tests/quality), through the HTTP API;
+# recorded in benchmarks/results/quality.json, which docs/demo-model.md shows.
 quality: $(VENV)/.installed-dev $(DEMO_BUNDLE)
-	$(PY) -m tests.quality.score_http --bundle onnx_models/demo --show
+	$(PY) -m tests.quality.score_http --bundle onnx_models/demo --show --results benchmarks/results/quality.json
+	$(PY) -m docs.generate
 
 serve: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
-# results/<name>.md is written from results/<name>.json by benchmarks.<module>.markdown
-RESULT_PAGES = {"latency": "latency", "http": "http", "layouts": "layouts", "gpu": "gpu", "ray_batch": "ray_batch",
-                "reliability": "reliability", "notebook": "notebook"}
+# results/<name>.md is written from results/<name>.json by <module>.markdown
+RESULT_PAGES = {**{name: f"benchmarks.{name}" for name in ("latency", "http", "layouts", "gpu", "ray_batch",
+                                                           "reliability", "notebook")},
+                "quality": "tests.quality.score_http"}
 
 
 def _results(name: str) -> dict:
@@ -32,7 +33,7 @@ def _results(name: str) -> dict:
 
 
 def _result_markdown(name: str) -> str:
-    return importlib.import_module(f"benchmarks.{RESULT_PAGES[name]}").markdown(_results(name))
+    return importlib.import_module(RESULT_PAGES[name]).markdown(_results(name))
 
 
 def _without_title(text: str) -> str:
@@ -146,7 +147,7 @@ def stale(write: bool) -> list[str]:
             page.write_text(new)
     for name in RESULT_PAGES:
         page = RESULTS / f"{name}.md"
-        if page.read_text() != _result_markdown(name):
+        if not page.exists() or page.read_text() != _result_markdown(name):
             found.append(f"benchmarks/results/{name}.md: differs from {name}.json")
             if write:
                 page.write_text(_result_markdown(name))

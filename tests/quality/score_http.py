@@ -2,6 +2,8 @@
 
 Usage: python -m tests.quality.score_http --url http://127.0.0.1:8000 [--require]
        python -m tests.quality.score_http --bundle onnx_models/demo   (starts its own server)
+       ... --results benchmarks/results/quality.json   (what make quality records; with --bundle, the
+       bundle's own held-out figures and parity go in beside the scores; docs/demo-model.md shows them)
 
 A scene is right when its caption names exactly its objects (size, colour and shape each);
 a caption is degenerate when it says a word twice in a row or repeats four words. With
@@ -11,8 +13,10 @@ scenes right, PAINT_TARGET of the 18 paint drawings right, and no degenerate cap
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 import requests
 
@@ -50,6 +54,50 @@ def score(url: str, scenes: list[DrawnScene]) -> dict:
             "wrong": [name for name in captions if name not in right], "degenerate_names": bad}
 
 
+def recorded(results: dict, bundle: str | None) -> dict:
+    """The figures worth keeping: each set's counts, and with a bundle its manifest's own held-out
+    quality and parity."""
+    out = {"sets": {name: {k: r[k] for k in ("scenes", "right", "degenerate")} for name, r in results.items()},
+           "targets": {"other_drawn_right": OTHER_DRAWN_TARGET, "paint_right": PAINT_TARGET}}
+    if bundle:
+        manifest = json.loads((Path(bundle) / "bundle.json").read_text())
+        metrics = manifest["provenance"].get("metrics", {})
+        parity = manifest["provenance"].get("parity", {}).get("onnx", {})
+        out["bundle"] = {"name": manifest["name"], "created": manifest["created"],
+                         "held_out": {k: metrics[k] for k in ("test_images", "objects_right_all", "objects_right_1_objects",
+                                                              "objects_right_2_objects", "bleu4") if k in metrics},
+                         "greedy_captions_identical_to_keras": parity.get("greedy_captions_identical"),
+                         "max_abs_graph_diff": max((g["max_abs_diff_real"] for g in parity.values()
+                                                    if isinstance(g, dict) and "max_abs_diff_real" in g), default=None)}
+    return out
+
+
+def markdown(recorded: dict) -> str:
+    """quality.md from quality.json: the demo's quality on every set, against its targets."""
+    sets, bundle = recorded["sets"], recorded.get("bundle", {})
+    other, paint = sets["other-drawn"], sets["paint"]
+    lines = ["# The demo's quality", "",
+             f"Bundle {bundle.get('name')} built {bundle.get('created')}. Written by `make quality` "
+             "(`python -m tests.quality.score_http`): the two drawn sets through the HTTP API, the held-out "
+             "figures from the bundle's manifest.", "",
+             "| | measured | target |", "| --- | --- | --- |",
+             f"| drawn by other code: {other['scenes']} scenes, every object right | **{other['right'] / other['scenes']:.1%}** "
+             f"({other['right']}), {other['degenerate']} degenerate | ≥ {recorded['targets']['other_drawn_right']:.0%}, "
+             "none degenerate |",
+             f"| paint-program drawings, every object right | **{paint['right']} / {paint['scenes']}**, "
+             f"{paint['degenerate']} degenerate | ≥ {recorded['targets']['paint_right']}, none degenerate |"]
+    held = bundle.get("held_out", {})
+    if held:
+        lines += [f"| own held-out scenes ({held['test_images']}), every object right | {held['objects_right_all']:.1%} "
+                  "| ≥ 90 % |",
+                  f"| ... one-object / two-object scenes | {held['objects_right_1_objects']:.1%} / "
+                  f"{held['objects_right_2_objects']:.1%} | |",
+                  f"| corpus BLEU-4 (5 references), own held-out scenes | {held['bleu4']:.3f} | ≥ 0.6 |",
+                  f"| ONNX vs Keras: greedy captions identical; max \\|diff\\| of the graphs | "
+                  f"{bundle['greedy_captions_identical_to_keras']}; {bundle['max_abs_graph_diff']:.1e} | all; ≤ 1e-4 |"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)
@@ -57,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--bundle", help="serve this bundle (gunicorn, one worker) and score it")
     parser.add_argument("--require", action="store_true", help="exit 1 unless the demo's quality targets hold")
     parser.add_argument("--show", action="store_true", help="print every wrong or degenerate caption")
+    parser.add_argument("--results", type=Path, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     server = None
     try:
@@ -80,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.show:
             for scene in sorted(set(result["wrong"]) | set(result["degenerate_names"])):
                 print(f"  {scene}: {result['captions'][scene]}")
+    if args.results:
+        args.results.write_text(json.dumps(recorded(results, args.bundle), indent=2) + "\n")
     other, paint = results["other-drawn"], results["paint"]
     met = (other["right"] >= OTHER_DRAWN_TARGET * other["scenes"] and paint["right"] >= PAINT_TARGET
            and other["degenerate"] == 0 and paint["degenerate"] == 0)

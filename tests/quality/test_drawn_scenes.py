@@ -76,3 +76,15 @@ def test_the_scorer_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
     assert main(["--bundle", str(tmp_path / "none")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: no model bundle at")
+
+
+def test_the_recorded_scores_make_the_quality_page(bundle_dir):
+    from tests.quality.score_http import markdown, recorded
+
+    results = {"other-drawn": {"scenes": 120, "right": 90, "degenerate": 1, "captions": {}},
+               "paint": {"scenes": 18, "right": 17, "degenerate": 0, "captions": {}}}
+    page = markdown(recorded(results, str(bundle_dir)))
+    assert "| drawn by other code: 120 scenes, every object right | **75.0%** (90), 1 degenerate |" in page
+    assert "| paint-program drawings, every object right | **17 / 18**, 0 degenerate |" in page
+    assert "own held-out scenes" in page and "greedy captions identical" in page
+    assert "own held-out scenes" not in markdown(recorded(results, None))
