@@ -107,21 +107,22 @@ def teacher_forced_probabilities(sessions: dict, graphs: dict, features: np.ndar
 
 
 def keras_features(keras_encoder, images: np.ndarray) -> np.ndarray:
+    """The Keras encoder's features of `images`, in batches of 8."""
     return np.concatenate([np.asarray(keras_encoder(images[i:i + 8], training=False))
                            for i in range(0, len(images), 8)])
 
 
-def check_import_parity(keras_features: np.ndarray, model, decoder: NotebookDecoder, sessions: dict, graphs: dict,
+def check_import_parity(expected_features: np.ndarray, model, decoder: NotebookDecoder, sessions: dict, graphs: dict,
                         images: np.ndarray, names: list[str], vocab: Vocabulary, encoder_spec: GraphSpec,
                         log=print) -> dict:
     """The bundle against the Keras models on `images` (whose Keras encoder features are
-    `keras_features`): features, greedy captions against the notebook loop, and next-word
+    `expected_features`): features, greedy captions against the notebook loop, and next-word
     probabilities along each notebook caption."""
     failures = []
-    reference, reference_probs = notebook_greedy(model, keras_features, decoder, vocab)
+    reference, reference_probs = notebook_greedy(model, expected_features, decoder, vocab)
     features, served = bundle_greedy(sessions, graphs, images, vocab, decoder.max_length)
-    feature_diff = float(np.abs(features - keras_features).max())
-    if not np.allclose(features, keras_features, rtol=encoder_spec.rtol, atol=encoder_spec.atol):
+    feature_diff = float(np.abs(features - expected_features).max())
+    if not np.allclose(features, expected_features, rtol=encoder_spec.rtol, atol=encoder_spec.atol):
         failures.append(f"encoder features differ from Keras': max |diff| {feature_diff:.3e}")
     same = 0
     worst_probability = 0.0
