@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from bundle.preprocess import to_model_input
 
@@ -59,6 +60,16 @@ def preview_of(image) -> bytes:
     thumbnail.thumbnail(PREVIEW_SIZE)
     buffer = io.BytesIO()
     thumbnail.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def sample_upload(image_format: str) -> bytes:
+    """A 640x480 photo-sized image file (a noisy gradient), for warming up the upload path."""
+    ramp = np.linspace(0, 255, 640, dtype=np.float32)[None, :, None]
+    noise = np.random.default_rng(0).integers(0, 32, (480, 640, 3))
+    pixels = np.clip(ramp + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format)
     return buffer.getvalue()
 
 

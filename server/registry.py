@@ -11,7 +11,7 @@ from bundle.preprocess import input_shape
 
 from . import lifecycle
 from .batching import off_event_loop
-from .captioning import ServedModel
+from .captioning import ServedModel, preprocess_uploads, sample_upload
 from .config import Config
 from .engine import CaptionEngine
 from .errors import RequestError
@@ -63,11 +63,15 @@ class ModelRegistry:
 
     def warm_up(self) -> None:
         """Caption the largest batch a request (or a micro-batch) can make with every model, so
-        that onnxruntime's memory arena grows to its peak at start-up rather than under load."""
+        that onnxruntime's memory arena grows to its peak at start-up rather than under load; and
+        take a JPEG and a PNG through the upload path (decoding, resizing, the form's preview), so
+        that the first request does not pay for its first use either."""
+        uploads = [sample_upload("JPEG"), sample_upload("PNG")]
         for engine in self.engines.values():
             largest = max(self.config.max_images, self.config.max_batch_size)
             blank = np.zeros((largest, *input_shape(engine.preprocessing)), np.float32)
             # Off the event loop, so /healthz and /readyz keep answering meanwhile.
+            off_event_loop(partial(preprocess_uploads, uploads, self.config, engine, previews=True))
             off_event_loop(partial(engine.caption, blank, beam_size=2))
 
 

@@ -30,6 +30,22 @@ def test_readiness_follows_the_warm_up(app):
     assert client.get("/readyz").status_code == 200
 
 
+def test_the_warm_up_takes_a_jpeg_and_a_png_through_the_upload_path(app, monkeypatch):
+    from server import registry
+
+    seen = []
+    real = registry.preprocess_uploads
+
+    def recording(uploads, config, engine, previews=False):
+        inputs, shown = real(uploads, config, engine, previews)
+        seen.append(([Image.open(io.BytesIO(u)).format for u in uploads], inputs.shape[0], len(shown)))
+        return inputs, shown
+
+    monkeypatch.setattr(registry, "preprocess_uploads", recording)
+    app.extensions["readiness"].warm_up()
+    assert seen == [(["JPEG", "PNG"], 2, 2)]
+
+
 def test_large_uploads_never_touch_the_disk(app, monkeypatch):
     def no_disk(*args, **kwargs):
         raise AssertionError("an upload was spooled to a temporary file")
