@@ -7,7 +7,7 @@ Keras 3 loads Keras 2 files, but not always into the same computation:
 - Keras 3 passes no padding mask to an RNN called with an initial state, and its Concatenate keeps a
   position when *any* input is unmasked there, where Keras 2 kept it when *all* were: a Keras 2
   init-inject or par-inject model that skipped its padding would read it under Keras 3.
-So a Keras 2 file is rebuilt with Keras 2's masking (Keras2RNN, Keras2Concatenate), and its weights
+So a Keras 2 file is rebuilt with Keras 2's masking (KERAS2_LAYERS), and its weights
 are matched by layer name (Keras 3 can order a Keras 2 model's layers differently). A Keras 3 .h5
 saves the operations between layers (the `not_equal` that computes an Embedding's mask) as if they
 were layers and cannot load them back by name: they are named to it. Keras 3 files keep Keras 3's

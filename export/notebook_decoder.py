@@ -71,6 +71,10 @@ class NotebookDecoder:
     fallback: str | None = None   # why stepping is not used
     image_only: list[str] = field(default_factory=list)   # layers that depend on the image alone
     recurrent: list = field(default_factory=list)
+    reaches: dict = field(default_factory=dict)   # id(tensor) -> indices of the model inputs it depends on
+
+    def image_only_tensor(self, tensor) -> bool:
+        return self.reaches[id(tensor)] == {self.model.inputs.index(self.features)}
 
     @property
     def feature_input_first(self) -> bool:
@@ -153,8 +157,8 @@ def analyse(model) -> NotebookDecoder:
                   if not isinstance(op, layers.InputLayer) and any(id(n) in used for n in op._inbound_nodes)
                   and all(reaches[id(t)] == {image_index} for node in op._inbound_nodes for t in node.outputs)]
     return NotebookDecoder(model=model, features=features, words=words,
-                           architecture=_architecture(model, reaches, image_index),
-                           image_only=image_only, recurrent=recurrent)
+                           architecture=_architecture(model, reaches, image_index, used),
+                           image_only=image_only, recurrent=recurrent, reaches=reaches)
 
 
 def _inputs_reaching(model) -> dict[int, set[int]]:
@@ -189,7 +193,7 @@ def _computing_nodes(model) -> set[int]:
     return found
 
 
-def _architecture(model, reaches: dict, image_index: int) -> list[str]:
+def _architecture(model, reaches: dict, image_index: int, used: set[int]) -> list[str]:
     """Where the image joins the words (Tanti et al.'s names), in the order the model does it."""
     after_rnn: set[int] = set()   # ids of tensors computed from a recurrent layer's last output
     found = []
@@ -198,7 +202,6 @@ def _architecture(model, reaches: dict, image_index: int) -> list[str]:
         if name not in found:
             found.append(name)
 
-    used = _computing_nodes(model)
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
             op = node.operation
@@ -255,14 +258,12 @@ class _StepBuilder:
 
     def __init__(self, decoder: NotebookDecoder):
         self.decoder = decoder
-        self.reaches = _inputs_reaching(decoder.model)
-        self.image_index = decoder.model.inputs.index(decoder.features)
         self.values: dict[int, object] = {}
         self.contexts: dict[tuple, tuple] = {}     # (id, form) -> (tensor, form, step input)
         self.recurrent: list[_Recurrent] = []
 
     def static(self, tensor) -> bool:
-        return self.reaches[id(tensor)] == {self.image_index}
+        return self.decoder.image_only_tensor(tensor)
 
     # Step graph.
     def step_value(self, tensor):
