@@ -21,6 +21,7 @@ from .registry import ModelRegistry, Readiness
 
 log = logging.getLogger(__name__)
 
+DISCARD_PIECE = 1 << 20
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                                "form-action 'self'; "
@@ -101,6 +102,19 @@ def create_app(config: Config | None = None) -> Flask:
     def unexpected_error(exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the server failed to caption this request")
+
+    @app.after_request
+    def discard_unread_body(response):
+        """Read what the route left of a body (a request refused before its upload was read) in
+        large pieces. gunicorn discards it 1 KB at a time, copying the rest of the body each time:
+        1-6 ms of the event loop per 550 KB body (0.2-0.5 ms here); under overload those refusals
+        held /healthz for up to 300 ms."""
+        length = request.content_length
+        if length and length <= config.max_upload_bytes:
+            body = request.environ["wsgi.input"]
+            while body.read(DISCARD_PIECE):
+                pass
+        return response
 
     @app.after_request
     def security_headers(response):

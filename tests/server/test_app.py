@@ -96,6 +96,27 @@ def test_method_not_allowed_says_what_is(app):
     assert app.test_client().delete("/healthz").headers["Allow"]
 
 
+class RecordedBody(io.BytesIO):
+    """A request body that remembers the size of every read."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.reads = []
+
+    def read(self, size=-1):
+        self.reads.append(size)
+        return super().read(size)
+
+
+def test_a_body_refused_unread_is_discarded_in_large_pieces(app):
+    # gunicorn would discard it 1 KB at a time on the event loop, copying the rest each time.
+    body = RecordedBody(b"x" * 550_000)
+    response = app.test_client().post("/api/v1/captions", input_stream=body,
+                                      headers={"Content-Type": "text/plain", "Content-Length": "550000"})
+    assert response.status_code == 415
+    assert body.tell() == 550_000 and len(body.reads) <= 3
+
+
 def test_multipart_without_a_boundary_is_named(app):
     response = app.test_client().post("/api/v1/captions", data=b"--x\r\n",
                                       headers={"Content-Type": "multipart/form-data"})
