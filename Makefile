@@ -7,14 +7,14 @@ DEMO_IMAGES ?= 3000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test test-fast quality demo demo-fp16 demo-int8 bench install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
+.PHONY: serve test test-fast quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 # One stamp per requirements set, rebuilt when its files change.
-$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt requirements-openvino.txt requirements-ray.txt pyproject.toml | $(VENV)/bin/python
+$(VENV)/.installed-dev: requirements-dev.txt requirements-train.txt requirements-server.txt requirements-keras2.txt requirements-openvino.txt requirements-ray.txt requirements-peers.txt pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-keras2.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -102,6 +102,23 @@ bench: $(VENV)/.installed-dev $(DEMO_BUNDLE)
 	$(PY) -m benchmarks.layouts
 	$(PY) -m benchmarks.notebook
 	$(PY) -m benchmarks.summary
+	$(PY) -m docs.generate
+
+# Triton (through PyTriton) for the peer comparison, in its own environment from Debian's Python
+# (PyTriton's model stub fails under pyenv's 3.11.7, pytriton issue 51; it needs numpy < 2).
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed: requirements-triton.txt
+	/usr/bin/python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet -r requirements-triton.txt
+	touch $@
+
+peers-install: $(TRITON_VENV)/.installed
+
+# This server against Triton and LitServe, same bundle, same machine, alternating rounds (about
+# 15 minutes): benchmarks/results/peers.{json,md,png}. Not part of make test.
+bench-peers: $(VENV)/.installed-dev $(DEMO_BUNDLE) peers-install
+	$(PY) -m benchmarks.peers
 	$(PY) -m docs.generate
 
 clean-demo:

@@ -15,6 +15,7 @@ from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 
 from .config import Config
 from .engine import CaptionEngine
+from .multipart import FastFormDataParser
 from .errors import RequestError
 from .openvino_encoder import OpenVINOEncoder
 from .registry import ModelRegistry, Readiness
@@ -34,7 +35,10 @@ SECURITY_HEADERS = {
 
 class InMemoryRequest(Request):
     """Werkzeug spools large multipart files to temporary files; uploads stay in memory here
-    (the body is already capped by MAX_CONTENT_LENGTH, so memory is bounded)."""
+    (the body is already capped by MAX_CONTENT_LENGTH, so memory is bounded), and forms are
+    split by server/multipart.py where they are strictly formed."""
+
+    form_data_parser_class = FastFormDataParser
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         return io.BytesIO()

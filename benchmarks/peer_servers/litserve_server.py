@@ -1,0 +1,49 @@
+"""The caption engine behind LitServe, with its request batching: one inference worker (as this
+server runs one), batches of up to 16 images of whatever has queued (batch_timeout 0, as this
+server and Triton's dynamic batcher do by default).
+
+Usage: python -m benchmarks.peer_servers.litserve_server PORT   (CAPTION_BUNDLE chooses the bundle)
+POST /predict with a multipart field "image" -> {"caption": "..."}
+"""
+from __future__ import annotations
+
+import sys
+
+import litserve as ls
+
+from .captioner import Captioner
+
+MAX_BATCH_SIZE = 16
+BATCH_TIMEOUT_S = 0.001
+
+
+class CaptionAPI(ls.LitAPI):
+    def setup(self, device):
+        self.captioner = Captioner()
+
+    def decode_request(self, request):
+        return self.captioner.inputs(request["image"].file.read())
+
+    def batch(self, inputs):
+        return inputs
+
+    def predict(self, inputs):
+        return self.captioner.captions(inputs)
+
+    def unbatch(self, output):
+        return output
+
+    def encode_response(self, output):
+        return {"caption": output}
+
+
+def main(argv=None) -> int:
+    port = int((argv or sys.argv[1:])[0])
+    api = CaptionAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S)
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=30).run(
+        host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

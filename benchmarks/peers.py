@@ -1,0 +1,410 @@
+"""This server against the servers a team might pick instead, on the same machine in one run:
+the same bundle, engine settings (CPU, one encoder using every core) and 640x480 JPEGs behind
+this server (as `make serve` starts it, and with its encoder on OpenVINO bf16 where the
+processor has bf16), NVIDIA Triton through PyTriton, and LitServe. One load generator
+(harness.load) drives them all, in rounds that alternate the order of the servers; each round
+measures single-image latency and throughput at several concurrencies. For every peer, each
+round's ratio (this server's figure over the peer's) and the median of the rounds.
+
+Every server must caption the images identically before anything is timed.
+
+Usage: python -m benchmarks.peers [--bundle onnx_models/demo] [--rounds 3] [--seconds 8]
+       [--concurrency 1 8 32] [--servers this this-openvino triton litserve]
+Writes benchmarks/results/peers.json, peers.md and peers.png (make bench-peers).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image, ImageDraw
+
+from harness.load import run_load
+from harness.server_process import ROOT, GunicornServer, free_port, rss_kb
+
+from .floor import machine
+
+RESULTS = Path(__file__).parent / "results"
+TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
+CONCURRENCY = (1, 8, 32)
+BASELINE = "this"
+
+
+def scene_photos(count: int = 4, seed: int = 0) -> list[bytes]:
+    """640x480 JPEGs of two shapes on a noisy background, the size of a typical upload."""
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(count):
+        background = rng.integers(40, 220, 3)
+        pixels = np.clip(background + rng.normal(0, 12, (480, 640, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for left in (60, 360):
+            top, size = int(rng.integers(60, 260)), int(rng.integers(100, 180))
+            box, colour = (left, top, left + size, top + size), tuple(int(v) for v in rng.integers(0, 256, 3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MB."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += rss_kb(current)
+        except (OSError, RuntimeError):
+            continue
+        children = subprocess.run(["pgrep", "-P", str(current)], capture_output=True, text=True).stdout
+        todo.extend(int(p) for p in children.split())
+    return round(total / 1024, 1)
+
+
+class Peer:
+    """One server under test: how to start it, ask it for a caption and read the answer."""
+
+    name = ""
+    process: subprocess.Popen | None = None
+
+    def __init__(self, bundle: Path):
+        self.bundle, self.port = bundle, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"peer-{self.name}-{self.port}.log", "w")
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        # A session of its own, so that stop() ends the server's whole process tree.
+        self.process = subprocess.Popen(self.command(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "CAPTION_BUNDLE": str(self.bundle)}, start_new_session=True)
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {self.output()[-2000:]}")
+            try:
+                if self.ready():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} not ready in {timeout:.0f} s: {self.output()[-2000:]}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()
+
+    @property
+    def endpoint(self) -> str:
+        """The URL a caption request is POSTed to."""
+        raise NotImplementedError
+
+    def request(self, image: bytes) -> dict:
+        """Keyword arguments for requests.Request("POST", self.endpoint, ...) captioning `image`."""
+        raise NotImplementedError
+
+    def caption_of(self, answer: dict) -> str:
+        raise NotImplementedError
+
+    def caption(self, image: bytes) -> str:
+        prepared = requests.Request("POST", self.endpoint, **self.request(image)).prepare()
+        with requests.Session() as session:
+            response = session.send(prepared, timeout=30)
+        response.raise_for_status()
+        return self.caption_of(response.json())
+
+    def memory_mb(self) -> float:
+        return tree_rss_mb(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+class ThisServer(Peer):
+    """gunicorn -c gunicorn.conf.py, as `make serve` starts it (with `env` added)."""
+
+    name, env = "this", {}
+
+    def start(self) -> None:
+        self.server = GunicornServer({"CAPTION_BUNDLE": str(self.bundle), **self.env})
+        self.process, self.port, self.url = self.server.process, self.server.port, self.server.url
+
+    def ready(self) -> bool:
+        return requests.get(self.url + "/readyz", timeout=2).status_code == 200
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/api/v1/captions"
+
+    def request(self, image: bytes) -> dict:
+        return {"files": {"image": ("photo.jpg", image, "image/jpeg")}}
+
+    def caption_of(self, answer: dict) -> str:
+        return answer["captions"][0]["caption"]
+
+    def memory_mb(self) -> float:
+        return tree_rss_mb(self.server.process.pid)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.log.close()
+
+
+class ThisServerOpenVINO(ThisServer):
+    """This server with its encoder on OpenVINO in bf16, its fastest CPU path where the processor has bf16."""
+
+    name, env = "this-openvino", {"CAPTION_PROVIDERS": "openvino,cpu"}
+
+
+class LitServePeer(Peer):
+    """LitServe with its request batching (benchmarks/peer_servers/litserve_server.py)."""
+
+    name = "litserve"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.peer_servers.litserve_server", str(self.port)]
+
+    def ready(self) -> bool:
+        return requests.get(self.url + "/health", timeout=2).text == "ok"
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/predict"
+
+    def request(self, image: bytes) -> dict:
+        return {"files": {"image": ("photo.jpg", image, "image/jpeg")}}
+
+    def caption_of(self, answer: dict) -> str:
+        return answer["caption"]
+
+
+def infer_request(image: bytes) -> tuple[bytes, dict]:
+    """An Open Inference Protocol request of one image as a BYTES element, in the binary data
+    extension (as tritonclient sends it): a JSON header, then the 4-byte length and the bytes."""
+    payload = struct.pack("<I", len(image)) + image
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(payload)}}],
+                         "outputs": [{"name": "caption", "parameters": {"binary_data": False}}]}).encode()
+    return header + payload, {"Inference-Header-Content-Length": str(len(header)),
+                              "Content-Type": "application/octet-stream"}
+
+
+class TritonPeer(Peer):
+    """Triton Inference Server through PyTriton (benchmarks/peer_servers/triton_server.py), in its
+    own virtual environment (make peers-install)."""
+
+    name = "triton"
+
+    def command(self) -> list[str]:
+        if not TRITON_PYTHON.exists():
+            raise RuntimeError(f"{TRITON_PYTHON} is missing: run 'make peers-install'")
+        self.grpc_port, self.metrics_port = free_port(), free_port()
+        return [str(TRITON_PYTHON), "-m", "benchmarks.peer_servers.triton_server", str(self.port),
+                str(self.grpc_port), str(self.metrics_port)]
+
+    def ready(self) -> bool:
+        return requests.get(self.url + "/v2/models/caption/ready", timeout=2).status_code == 200
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/v2/models/caption/infer"
+
+    def request(self, image: bytes) -> dict:
+        body, headers = infer_request(image)
+        return {"data": body, "headers": headers}
+
+    def caption_of(self, answer: dict) -> str:
+        return answer["outputs"][0]["data"][0]
+
+
+PEERS = {peer.name: peer for peer in (ThisServer, ThisServerOpenVINO, TritonPeer, LitServePeer)}
+
+
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The servers' order in a round: as given in even rounds, reversed in odd ones, so that no
+    server always runs first (on a cool machine) or last."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
+
+
+def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float) -> dict:
+    """Throughput, latency and errors at each concurrency (c=1 gives the single-image latency)."""
+    load = [(peer.request(photo), 200) for photo in photos]
+    run_load(peer.endpoint, load, max(concurrency), 1.0)  # warm: every batch size the round will see
+    figures = {}
+    for clients in concurrency:
+        result = run_load(peer.endpoint, load, clients, seconds)
+        summary = result.summary()
+        figures[str(clients)] = {"throughput_rps": summary["throughput_rps"], "p50_ms": summary["p50_ms"],
+                                 "p99_ms": summary["p99_ms"], "requests": summary["requests"],
+                                 "errors": sum(1 for s in result.statuses if s != 200)}
+    figures["memory_mb"] = peer.memory_mb()
+    return figures
+
+
+def ratios(rounds: list[dict], baseline: str, peer: str, concurrency: tuple) -> dict:
+    """Per round and as the median of the rounds: the baseline's single-image p50 and p99 over
+    the peer's (below 1: the baseline answers sooner), and its throughput over the peer's at
+    each concurrency (above 1: the baseline serves more)."""
+    def per_round(figure) -> list[float]:
+        return [round(figure(r[baseline]) / figure(r[peer]), 3) for r in rounds]
+
+    table = {"p50": per_round(lambda f: f["1"]["p50_ms"]), "p99": per_round(lambda f: f["1"]["p99_ms"])}
+    for clients in concurrency:
+        table[f"throughput_c{clients}"] = per_round(lambda f, c=str(clients): f[c]["throughput_rps"])
+    return {name: {"rounds": values, "median": round(float(np.median(values)), 3)} for name, values in table.items()}
+
+
+def check_same_captions(captions: dict[str, list[str]]) -> None:
+    """Refuse to compare servers that caption the same photos differently: they do not serve the same model."""
+    first_name, first = next(iter(captions.items()))
+    for name, theirs in captions.items():
+        if theirs != first:
+            raise RuntimeError(f"{name} captions differently from {first_name} ({theirs} against {first})")
+
+
+def pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(this server's variant, peer) for every peer that is not this server."""
+    ours = [name for name in names if name.startswith(BASELINE)]
+    return [(mine, other) for mine in ours for other in names if other not in ours]
+
+
+def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency: tuple, photos: list[bytes]) -> dict:
+    """Every server in turn, alone on the machine (started, checked, measured, stopped: an idle
+    LitServe polls its queue every millisecond and would slow the others), in alternating rounds.
+    A server that captions differently from the first one stops the run."""
+    captions, by_round = {}, []
+    for index in range(rounds):
+        figures = {}
+        for name in round_order(names, index):
+            peer = PEERS[name](bundle)
+            try:
+                peer.start()
+                peer.wait_ready()
+                if name not in captions:
+                    captions[name] = [peer.caption(photo) for photo in photos]
+                    check_same_captions(captions)
+                figures[name] = measure(peer, photos, concurrency, seconds)
+            finally:
+                peer.stop()
+        by_round.append(figures)
+    return {"servers": names, "rounds": by_round, "captions": captions, "concurrency": list(concurrency),
+            "seconds": seconds,
+            "ratios": {f"{mine}/{other}": ratios(by_round, mine, other, concurrency) for mine, other in pairs(names)}}
+
+
+def medians(results: dict, name: str) -> dict:
+    """A server's figures as the median of the rounds."""
+    rounds = [r[name] for r in results["rounds"]]
+    figures = {key: {k: float(np.median([r[key][k] for r in rounds])) for k in rounds[0][key]}
+               for key in rounds[0] if key != "memory_mb"}
+    return {**figures, "memory_mb": float(np.median([r["memory_mb"] for r in rounds]))}
+
+
+def markdown(results: dict) -> str:
+    concurrency = results["concurrency"]
+    lines = [f"Machine: {results['machine']}. Greedy captions of 640x480 JPEGs (two shapes) over loopback, one "
+             f"image per request; the same bundle and engine settings in every server; {len(results['rounds'])} "
+             f"rounds alternating the servers' order, {results['seconds']:g} s per concurrency; medians of the "
+             "rounds. Every server gave the same captions.", "",
+             "| server | single image p50 / p99 (ms) | "
+             + " | ".join(f"captions/s at {c}" for c in concurrency) + " | errors | memory (MB) |",
+             "| --- | --- | " + " | ".join("---" for _ in concurrency) + " | --- | --- |"]
+    for name in results["servers"]:
+        m = medians(results, name)
+        errors = sum(r[name][str(c)]["errors"] for r in results["rounds"] for c in concurrency)
+        lines.append(f"| {name} | {m['1']['p50_ms']:.1f} / {m['1']['p99_ms']:.1f} | "
+                     + " | ".join(f"{m[str(c)]['throughput_rps']:.1f}" for c in concurrency)
+                     + f" | {errors} | {m['memory_mb']:.0f} |")
+    lines += ["", "Ratios, this server over the peer (median of the rounds; each round in brackets): p50 below 1 "
+                  "and throughput above 1 mean this server is ahead.", "",
+              "| pair | p50 | p99 | " + " | ".join(f"throughput at {c}" for c in concurrency) + " |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in concurrency) + " |"]
+    for pair, table in results["ratios"].items():
+        cells = [f"{v['median']:.2f} ({', '.join(f'{x:.2f}' for x in v['rounds'])})" for v in table.values()]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Throughput against concurrency, one line per server (medians of the rounds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    concurrency = results["concurrency"]
+    for name in results["servers"]:
+        m = medians(results, name)
+        left.plot(concurrency, [m[str(c)]["throughput_rps"] for c in concurrency], marker="o", label=name)
+        right.bar(name, m["1"]["p50_ms"])
+    left.set(xlabel="concurrent clients", ylabel="captions per second", xscale="log", title="Throughput")
+    left.set_xticks(concurrency, [str(c) for c in concurrency])
+    left.legend()
+    right.set(ylabel="ms", title="Single image, p50")
+    figure.suptitle(results["machine"], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_results(results: dict, folder: Path = RESULTS) -> None:
+    (folder / "peers.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "peers.md").write_text(markdown(results))
+    plot(results, folder / "peers.png")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--servers", nargs="+", choices=list(PEERS),
+                        help="default: this, this-openvino where the processor has bf16, triton, litserve")
+    args = parser.parse_args(argv)
+    if not (args.bundle / "bundle.json").is_file():
+        print(f"error: no bundle at {args.bundle} (run 'make demo')", file=sys.stderr)
+        return 2
+    from .http import openvino_bf16_available
+
+    names = args.servers or ["this", *(["this-openvino"] if openvino_bf16_available() else []), "triton", "litserve"]
+    if names[0] != BASELINE:
+        print(f"error: --servers must start with {BASELINE!r}, the server the others are compared with", file=sys.stderr)
+        return 2
+    if "triton" in names and not TRITON_PYTHON.exists():
+        print(f"error: {TRITON_PYTHON} is missing: run 'make peers-install'", file=sys.stderr)
+        return 2
+    results = {"machine": machine(), **run(args.bundle, names, args.rounds, args.seconds, tuple(args.concurrency),
+                                           scene_photos())}
+    write_results(results)
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
