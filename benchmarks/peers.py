@@ -22,6 +22,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
+from bundle.format import load_bundle
 from harness.load import run_load
 from harness.server_process import ROOT, GunicornServer, free_port, rss_kb
 
@@ -78,16 +80,17 @@ class Peer:
 
     name = ""
     process: subprocess.Popen | None = None
+    log = None
 
     def __init__(self, bundle: Path):
         self.bundle, self.port = bundle, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"peer-{self.name}-{self.port}.log", "w")
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> None:
+        self.log = open(Path(tempfile.gettempdir()) / f"peer-{self.name}-{self.port}.log", "w")
         # A session of its own, so that stop() ends the server's whole process tree.
         self.process = subprocess.Popen(self.command(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "CAPTION_BUNDLE": str(self.bundle)}, start_new_session=True)
@@ -142,7 +145,8 @@ class Peer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        self.log.close()
+        if self.log:
+            self.log.close()
 
 
 class ThisServer(Peer):
@@ -167,12 +171,11 @@ class ThisServer(Peer):
     def caption_of(self, answer: dict) -> str:
         return answer["captions"][0]["caption"]
 
-    def memory_mb(self) -> float:
-        return tree_rss_mb(self.server.process.pid)
+    def output(self) -> str:
+        return self.server.output()
 
     def stop(self) -> None:
         self.server.stop()
-        self.log.close()
 
 
 class ThisServerOpenVINO(ThisServer):
@@ -251,17 +254,43 @@ def round_order(names: list[str], round_index: int) -> list[str]:
     return list(names) if round_index % 2 == 0 else list(reversed(names))
 
 
-def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float) -> dict:
-    """Throughput, latency and errors at each concurrency (c=1 gives the single-image latency)."""
+class EncoderProbe:
+    """The bundle's encoder at batch 1 in this process, timed just before each measurement window:
+    these machines' speed drifts by 10-20 % within minutes, more than the servers differ, so each
+    window's figures are also given relative to the probe taken just before it."""
+
+    def __init__(self, bundle: Path, photo: bytes, runs: int = 15):
+        from server.captioning import preprocess_uploads
+        from server.config import Config
+        from server.engine import CaptionEngine
+
+        config = Config(bundle=bundle)
+        self.engine = CaptionEngine(load_bundle(bundle), config.engine_options())
+        self.inputs, self.runs = preprocess_uploads([photo], config, self.engine)[0], runs
+
+    def __call__(self) -> float:
+        self.engine.encode(self.inputs)
+        samples = []
+        for _ in range(self.runs):
+            started = time.perf_counter()
+            self.engine.encode(self.inputs)
+            samples.append((time.perf_counter() - started) * 1e3)
+        return round(float(np.median(samples)), 2)
+
+
+def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float, probe) -> dict:
+    """Throughput, latency and errors at each concurrency (c=1 gives the single-image latency),
+    each window after its own probe of the machine's speed."""
     load = [(peer.request(photo), 200) for photo in photos]
     run_load(peer.endpoint, load, max(concurrency), 1.0)  # warm: every batch size the round will see
     figures = {}
     for clients in concurrency:
+        probe_ms = probe()
         result = run_load(peer.endpoint, load, clients, seconds)
         summary = result.summary()
         figures[str(clients)] = {"throughput_rps": summary["throughput_rps"], "p50_ms": summary["p50_ms"],
                                  "p99_ms": summary["p99_ms"], "requests": summary["requests"],
-                                 "errors": sum(1 for s in result.statuses if s != 200)}
+                                 "errors": sum(1 for s in result.statuses if s != 200), "probe_ms": probe_ms}
     figures["memory_mb"] = peer.memory_mb()
     return figures
 
@@ -269,14 +298,23 @@ def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float)
 def ratios(rounds: list[dict], baseline: str, peer: str, concurrency: tuple) -> dict:
     """Per round and as the median of the rounds: the baseline's single-image p50 and p99 over
     the peer's (below 1: the baseline answers sooner), and its throughput over the peer's at
-    each concurrency (above 1: the baseline serves more)."""
-    def per_round(figure) -> list[float]:
-        return [round(figure(r[baseline]) / figure(r[peer]), 3) for r in rounds]
+    each concurrency (above 1: the baseline serves more). `corrected`: each figure first taken
+    relative to its window's probe (latency / probe, throughput x probe), so that the machine's
+    drift between the two windows cancels."""
+    def per_round(figure, key: str, latency: bool) -> dict:
+        raw, corrected = [], []
+        for r in rounds:
+            mine, theirs = r[baseline][key], r[peer][key]
+            raw.append(round(figure(mine) / figure(theirs), 3))
+            drift = theirs["probe_ms"] / mine["probe_ms"]
+            corrected.append(round(raw[-1] * (drift if latency else 1 / drift), 3))
+        return {"rounds": raw, "median": round(float(np.median(raw)), 3),
+                "corrected_rounds": corrected, "corrected_median": round(float(np.median(corrected)), 3)}
 
-    table = {"p50": per_round(lambda f: f["1"]["p50_ms"]), "p99": per_round(lambda f: f["1"]["p99_ms"])}
+    table = {"p50": per_round(lambda f: f["p50_ms"], "1", True), "p99": per_round(lambda f: f["p99_ms"], "1", True)}
     for clients in concurrency:
-        table[f"throughput_c{clients}"] = per_round(lambda f, c=str(clients): f[c]["throughput_rps"])
-    return {name: {"rounds": values, "median": round(float(np.median(values)), 3)} for name, values in table.items()}
+        table[f"throughput_c{clients}"] = per_round(lambda f: f["throughput_rps"], str(clients), False)
+    return table
 
 
 def check_same_captions(captions: dict[str, list[str]]) -> None:
@@ -298,6 +336,7 @@ def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency
     LitServe polls its queue every millisecond and would slow the others), in alternating rounds.
     A server that captions differently from the first one stops the run."""
     captions, by_round = {}, []
+    probe = EncoderProbe(bundle, photos[0])
     for index in range(rounds):
         figures = {}
         for name in round_order(names, index):
@@ -308,7 +347,7 @@ def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency
                 if name not in captions:
                     captions[name] = [peer.caption(photo) for photo in photos]
                     check_same_captions(captions)
-                figures[name] = measure(peer, photos, concurrency, seconds)
+                figures[name] = measure(peer, photos, concurrency, seconds, probe)
             finally:
                 peer.stop()
         by_round.append(figures)
@@ -325,6 +364,12 @@ def medians(results: dict, name: str) -> dict:
     return {**figures, "memory_mb": float(np.median([r["memory_mb"] for r in rounds]))}
 
 
+def probes(results: dict, name: str) -> str:
+    """The encoder probes before a server's windows: median (lowest-highest)."""
+    values = [r[name][str(c)]["probe_ms"] for r in results["rounds"] for c in results["concurrency"]]
+    return f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def markdown(results: dict) -> str:
     concurrency = results["concurrency"]
     lines = [f"Machine: {results['machine']}. Greedy captions of 640x480 JPEGs (two shapes) over loopback, one "
@@ -332,22 +377,39 @@ def markdown(results: dict) -> str:
              f"rounds alternating the servers' order, {results['seconds']:g} s per concurrency; medians of the "
              "rounds. Every server gave the same captions.", "",
              "| server | single image p50 / p99 (ms) | "
-             + " | ".join(f"captions/s at {c}" for c in concurrency) + " | errors | memory (MB) |",
-             "| --- | --- | " + " | ".join("---" for _ in concurrency) + " | --- | --- |"]
+             + " | ".join(f"captions/s at {c}" for c in concurrency) + " | errors | memory (MB) | encoder probe (ms) |",
+             "| --- | --- | " + " | ".join("---" for _ in concurrency) + " | --- | --- | --- |"]
     for name in results["servers"]:
         m = medians(results, name)
         errors = sum(r[name][str(c)]["errors"] for r in results["rounds"] for c in concurrency)
         lines.append(f"| {name} | {m['1']['p50_ms']:.1f} / {m['1']['p99_ms']:.1f} | "
                      + " | ".join(f"{m[str(c)]['throughput_rps']:.1f}" for c in concurrency)
-                     + f" | {errors} | {m['memory_mb']:.0f} |")
-    lines += ["", "Ratios, this server over the peer (median of the rounds; each round in brackets): p50 below 1 "
-                  "and throughput above 1 mean this server is ahead.", "",
+                     + f" | {errors} | {m['memory_mb']:.0f} | {probes(results, name)} |")
+    lines += ["", "Ratios, this server over the peer, medians of the rounds: each window's figures relative to "
+                  "the encoder probed in-process just before it (the machine's drift cancels), and in brackets "
+                  "the raw ratios. p50 below 1 and throughput above 1 mean this server is ahead.", "",
               "| pair | p50 | p99 | " + " | ".join(f"throughput at {c}" for c in concurrency) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in concurrency) + " |"]
     for pair, table in results["ratios"].items():
-        cells = [f"{v['median']:.2f} ({', '.join(f'{x:.2f}' for x in v['rounds'])})" for v in table.values()]
+        cells = [f"{v['corrected_median']:.2f} ({v['median']:.2f})" for v in table.values()]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def headline(results: dict) -> str:
+    """One line per peer for the README: this server's default path against it."""
+    lines = []
+    for pair, table in results["ratios"].items():
+        mine, other = pair.split("/")
+        if mine != BASELINE:
+            continue
+        throughput = ", ".join(f"{table[f'throughput_c{c}']['corrected_median']:.2f}x at {c}"
+                               for c in results["concurrency"] if c > 1)
+        lines.append(f"- against {other}: single-image p50 {table['p50']['corrected_median']:.2f}x its p50; "
+                     f"throughput {throughput} clients")
+    return (f"This server (fp32, the default) against the same model behind other servers, medians of "
+            f"{len(results['rounds'])} alternating rounds, drift-corrected, on {results['machine'].split(', Python')[0]} "
+            f"(`make bench-peers`):\n\n" + "\n".join(lines) + "\n")
 
 
 def plot(results: dict, path: Path) -> None:

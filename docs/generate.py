@@ -24,7 +24,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 # results/<name>.md is written from results/<name>.json by <module>.markdown
 RESULT_PAGES = {**{name: f"benchmarks.{name}" for name in ("latency", "http", "layouts", "gpu", "ray_batch",
-                                                           "reliability", "notebook")},
+                                                           "reliability", "notebook", "peers", "request_path")},
                 "quality": "tests.quality.score_http"}
 
 
@@ -113,7 +113,8 @@ def blocks() -> dict:
     from training.notebook_zoo import markdown_table
 
     made = {"config": config_reference, "api-routes": api_routes, "api-parameters": api_parameters,
-            "cpu-paths": cpu_paths, "zoo": markdown_table, "summary": lambda: _without_title(_summary())}
+            "cpu-paths": cpu_paths, "zoo": markdown_table, "summary": lambda: _without_title(_summary()),
+            "peers-headline": lambda: importlib.import_module("benchmarks.peers").headline(_results("peers"))}
     for name in RESULT_PAGES:
         made[f"results-{name.replace('_', '-')}"] = lambda name=name: _without_title(_result_markdown(name))
     return made

@@ -14,9 +14,9 @@ def test_rounds_alternate_the_order_of_the_servers():
     assert [round_order(names, i) for i in range(3)] == [names, names[::-1], names]
 
 
-def figures(p50: float, p99: float, rps: dict) -> dict:
-    return {"1": {"p50_ms": p50, "p99_ms": p99, "throughput_rps": rps[1]},
-            "8": {"p50_ms": 0, "p99_ms": 0, "throughput_rps": rps[8]}}
+def figures(p50: float, p99: float, rps: dict, probe: float = 30.0) -> dict:
+    return {"1": {"p50_ms": p50, "p99_ms": p99, "throughput_rps": rps[1], "probe_ms": probe},
+            "8": {"p50_ms": 0, "p99_ms": 0, "throughput_rps": rps[8], "probe_ms": probe}}
 
 
 def test_ratios_are_per_round_then_the_median():
@@ -24,9 +24,18 @@ def test_ratios_are_per_round_then_the_median():
               {"this": figures(45, 60, {1: 22, 8: 33}), "peer": figures(45, 40, {1: 22, 8: 30})},
               {"this": figures(30, 40, {1: 30, 8: 36}), "peer": figures(60, 80, {1: 16, 8: 30})}]
     table = ratios(rounds, "this", "peer", (1, 8))
-    assert table["p50"] == {"rounds": [0.8, 1.0, 0.5], "median": 0.8}
-    assert table["p99"] == {"rounds": [1.0, 1.5, 0.5], "median": 1.0}
+    assert (table["p50"]["rounds"], table["p50"]["median"]) == ([0.8, 1.0, 0.5], 0.8)
+    assert (table["p99"]["rounds"], table["p99"]["median"]) == ([1.0, 1.5, 0.5], 1.0)
     assert table["throughput_c1"]["median"] == 1.25 and table["throughput_c8"]["rounds"] == [1.0, 1.1, 1.2]
+    assert table["p50"]["corrected_rounds"] == table["p50"]["rounds"]  # the machine did not drift
+
+
+def test_the_machine_s_drift_between_two_windows_cancels():
+    # The peer's window ran while the machine was 25 % slower: its figures are 25 % worse for that alone.
+    rounds = [{"this": figures(40, 40, {1: 25, 8: 30}, probe=30.0), "peer": figures(50, 50, {1: 20, 8: 24}, probe=37.5)}]
+    table = ratios(rounds, "this", "peer", (1, 8))
+    assert table["p50"]["median"] == 0.8 and table["p50"]["corrected_median"] == 1.0
+    assert table["throughput_c8"]["median"] == 1.25 and table["throughput_c8"]["corrected_median"] == 1.0
 
 
 def test_pairs_compare_each_of_this_servers_paths_with_each_peer():
@@ -63,6 +72,7 @@ def test_a_short_run_against_litserve(bundle_dir, tmp_path):
             assert server["memory_mb"] > 50
             for clients in ("1", "2"):
                 assert server[clients]["requests"] > 0 and server[clients]["errors"] == 0
+                assert server[clients]["probe_ms"] > 0
     assert len(results["ratios"]["this/litserve"]["throughput_c2"]["rounds"]) == 2
     table = markdown(results)
     assert "| this/litserve |" in table and table.count("\n| this") == 2
