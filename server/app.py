@@ -15,8 +15,8 @@ from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 
 from .config import Config
 from .engine import CaptionEngine
-from .multipart import FastFormDataParser
 from .errors import RequestError
+from .multipart import FastFormDataParser
 from .openvino_encoder import OpenVINOEncoder
 from .registry import ModelRegistry, Readiness
 

@@ -1,13 +1,13 @@
 """multipart/form-data parsed by searching the whole body, with werkzeug's parser for the rest.
 
-Werkzeug's parser works through the body in Python: 0.9 ms for one 100 KB photo (measured),
-on the event loop, before the request reaches the model. The bodies clients actually send
-(browsers, requests, curl, tritonclient's form uploads) are strictly formed: they begin with the
-first delimiter (after at most a CRLF), every part has a CRLF-terminated header block and its content ends at
-CRLF + delimiter. Those are split here with bytes.find over the whole body (already read:
-uploads are capped by MAX_CONTENT_LENGTH). Anything else (a preamble, folded headers, a
-Content-Transfer-Encoding, a part over the limits, a truncated body) goes to werkzeug
-unchanged, so its answers for odd or hostile bodies stay what they were.
+Werkzeug's parser works through the body in Python: 0.5-0.9 ms for one 100 KB photo (measured),
+on the event loop, before the request reaches the model. The bodies clients send (browsers,
+requests, curl, werkzeug's test client) are strictly formed: they begin with the first delimiter
+(after at most a CRLF), every part has a CRLF-terminated header block and its content ends at
+CRLF + delimiter. Those are split here with bytes.find over the whole body (read at once:
+uploads are capped by MAX_CONTENT_LENGTH), in 0.08 ms for the same photo. Anything else (a
+preamble, folded headers, a Content-Transfer-Encoding, a part over the limits, a truncated body)
+goes to werkzeug unchanged, so its answers for odd or hostile bodies stay what they were.
 """
 from __future__ import annotations
 
