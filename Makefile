@@ -115,8 +115,8 @@ $(TRITON_VENV)/.installed: requirements-triton.txt
 
 peers-install: $(TRITON_VENV)/.installed
 
-# This server against Triton and LitServe, same bundle, same machine, alternating rounds (about
-# 15 minutes): benchmarks/results/peers.{json,md,png}. Not part of make test.
+# This server against Triton and LitServe, same bundle, same machine, alternating rounds (five,
+# about 20 minutes): benchmarks/results/peers.{json,md,png}. Not part of make test.
 bench-peers: $(VENV)/.installed-dev $(DEMO_BUNDLE) peers-install
 	$(PY) -m benchmarks.peers
 	$(PY) -m docs.generate

@@ -1,14 +1,16 @@
 """This server against the servers a team might pick instead, on the same machine in one run:
-the same bundle, engine settings (CPU, one encoder using every core) and 640x480 JPEGs behind
-this server (as `make serve` starts it, and with its encoder on OpenVINO bf16 where the
-processor has bf16), NVIDIA Triton through PyTriton, and LitServe. One load generator
-(harness.load) drives them all, in rounds that alternate the order of the servers; each round
-measures single-image latency and throughput at several concurrencies. For every peer, each
-round's ratio (this server's figure over the peer's) and the median of the rounds.
+the same bundle, engine settings (the CAPTION_* environment: CPU, every core for the encoder by
+default) and 640x480 JPEGs behind this server (as `make serve` starts it, and with its encoder on
+OpenVINO bf16 where the processor has bf16), NVIDIA Triton through PyTriton, and LitServe. One
+load generator (harness.load) drives them all. Each server runs alone on the machine in turn, in
+rounds that alternate their order (single-image latency, then throughput at several
+concurrencies), its turn bracketed by in-process probes of the machine's speed. For
+every pair, each round's ratio (this server's figure over the peer's), raw and drift-corrected,
+and the medians of the rounds.
 
 Every server must caption the images identically before anything is timed.
 
-Usage: python -m benchmarks.peers [--bundle onnx_models/demo] [--rounds 3] [--seconds 8]
+Usage: python -m benchmarks.peers [--bundle onnx_models/demo] [--rounds 5] [--seconds 8]
        [--concurrency 1 8 32] [--servers this this-openvino triton litserve]
 Writes benchmarks/results/peers.json, peers.md and peers.png (make bench-peers).
 """
@@ -255,9 +257,11 @@ def round_order(names: list[str], round_index: int) -> list[str]:
 
 
 class EncoderProbe:
-    """The bundle's encoder at batch 1 in this process, timed just before each measurement window:
-    these machines' speed drifts by 10-20 % within minutes, more than the servers differ, so each
-    window's figures are also given relative to the probe taken just before it."""
+    """The bundle's encoder at batch 1 in this process, timed before a server starts and after it
+    stops: these machines' speed drifts by 10-20 % within minutes, more than the servers differ,
+    so each server's figures are also given relative to the probes around them. (Probed while no
+    server runs: an idle LitServe polls its queue, and a probe beside it would charge that to the
+    machine.)"""
 
     def __init__(self, bundle: Path, photo: bytes, runs: int = 15):
         from server.captioning import preprocess_uploads
@@ -278,19 +282,17 @@ class EncoderProbe:
         return round(float(np.median(samples)), 2)
 
 
-def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float, probe) -> dict:
-    """Throughput, latency and errors at each concurrency (c=1 gives the single-image latency),
-    each window after its own probe of the machine's speed."""
+def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float) -> dict:
+    """Throughput, latency and errors at each concurrency (c=1 gives the single-image latency)."""
     load = [(peer.request(photo), 200) for photo in photos]
     run_load(peer.endpoint, load, max(concurrency), 1.0)  # warm: every batch size the round will see
     figures = {}
     for clients in concurrency:
-        probe_ms = probe()
         result = run_load(peer.endpoint, load, clients, seconds)
         summary = result.summary()
         figures[str(clients)] = {"throughput_rps": summary["throughput_rps"], "p50_ms": summary["p50_ms"],
                                  "p99_ms": summary["p99_ms"], "requests": summary["requests"],
-                                 "errors": sum(1 for s in result.statuses if s != 200), "probe_ms": probe_ms}
+                                 "errors": sum(1 for s in result.statuses if s != 200)}
     figures["memory_mb"] = peer.memory_mb()
     return figures
 
@@ -298,15 +300,15 @@ def measure(peer: Peer, photos: list[bytes], concurrency: tuple, seconds: float,
 def ratios(rounds: list[dict], baseline: str, peer: str, concurrency: tuple) -> dict:
     """Per round and as the median of the rounds: the baseline's single-image p50 and p99 over
     the peer's (below 1: the baseline answers sooner), and its throughput over the peer's at
-    each concurrency (above 1: the baseline serves more). `corrected`: each figure first taken
-    relative to its window's probe (latency / probe, throughput x probe), so that the machine's
-    drift between the two windows cancels."""
+    each concurrency (above 1: the baseline serves more). `corrected`: each server's figures first
+    taken relative to its probes (latency / probe, throughput x probe), so that the machine's
+    drift between the two servers' turns cancels."""
     def per_round(figure, key: str, latency: bool) -> dict:
         raw, corrected = [], []
         for r in rounds:
             mine, theirs = r[baseline][key], r[peer][key]
             raw.append(round(figure(mine) / figure(theirs), 3))
-            drift = theirs["probe_ms"] / mine["probe_ms"]
+            drift = r[peer]["probe_ms"] / r[baseline]["probe_ms"]
             corrected.append(round(raw[-1] * (drift if latency else 1 / drift), 3))
         return {"rounds": raw, "median": round(float(np.median(raw)), 3),
                 "corrected_rounds": corrected, "corrected_median": round(float(np.median(corrected)), 3)}
@@ -340,16 +342,17 @@ def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency
     for index in range(rounds):
         figures = {}
         for name in round_order(names, index):
-            peer = PEERS[name](bundle)
+            before, peer = probe(), PEERS[name](bundle)
             try:
                 peer.start()
                 peer.wait_ready()
                 if name not in captions:
                     captions[name] = [peer.caption(photo) for photo in photos]
                     check_same_captions(captions)
-                figures[name] = measure(peer, photos, concurrency, seconds, probe)
+                figures[name] = measure(peer, photos, concurrency, seconds)
             finally:
                 peer.stop()
+            figures[name]["probe_ms"] = round((before + probe()) / 2, 2)
         by_round.append(figures)
     return {"servers": names, "rounds": by_round, "captions": captions, "concurrency": list(concurrency),
             "seconds": seconds,
@@ -359,14 +362,14 @@ def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency
 def medians(results: dict, name: str) -> dict:
     """A server's figures as the median of the rounds."""
     rounds = [r[name] for r in results["rounds"]]
-    figures = {key: {k: float(np.median([r[key][k] for r in rounds])) for k in rounds[0][key]}
-               for key in rounds[0] if key != "memory_mb"}
-    return {**figures, "memory_mb": float(np.median([r["memory_mb"] for r in rounds]))}
+    return {key: ({k: float(np.median([r[key][k] for r in rounds])) for k in value} if isinstance(value, dict)
+                  else float(np.median([r[key] for r in rounds])))
+            for key, value in rounds[0].items()}
 
 
 def probes(results: dict, name: str) -> str:
-    """The encoder probes before a server's windows: median (lowest-highest)."""
-    values = [r[name][str(c)]["probe_ms"] for r in results["rounds"] for c in results["concurrency"]]
+    """The encoder probes around a server's turns: median (lowest-highest)."""
+    values = [r[name]["probe_ms"] for r in results["rounds"]]
     return f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
@@ -385,13 +388,13 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {m['1']['p50_ms']:.1f} / {m['1']['p99_ms']:.1f} | "
                      + " | ".join(f"{m[str(c)]['throughput_rps']:.1f}" for c in concurrency)
                      + f" | {errors} | {m['memory_mb']:.0f} | {probes(results, name)} |")
-    lines += ["", "Ratios, this server over the peer, medians of the rounds: each window's figures relative to "
-                  "the encoder probed in-process just before it (the machine's drift cancels), and in brackets "
-                  "the raw ratios. p50 below 1 and throughput above 1 mean this server is ahead.", "",
+    lines += ["", "Ratios, this server over the peer, medians of the rounds: raw, and in brackets with each "
+                  "server's figures relative to the encoder probed in-process around its turn (the machine's "
+                  "drift cancels). p50 below 1 and throughput above 1 mean this server is ahead.", "",
               "| pair | p50 | p99 | " + " | ".join(f"throughput at {c}" for c in concurrency) + " |",
               "| --- | --- | --- | " + " | ".join("---" for _ in concurrency) + " |"]
     for pair, table in results["ratios"].items():
-        cells = [f"{v['corrected_median']:.2f} ({v['median']:.2f})" for v in table.values()]
+        cells = [f"{v['median']:.2f} ({v['corrected_median']:.2f})" for v in table.values()]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -403,12 +406,14 @@ def headline(results: dict) -> str:
         mine, other = pair.split("/")
         if mine != BASELINE:
             continue
-        throughput = ", ".join(f"{table[f'throughput_c{c}']['corrected_median']:.2f}x at {c}"
-                               for c in results["concurrency"] if c > 1)
-        lines.append(f"- against {other}: single-image p50 {table['p50']['corrected_median']:.2f}x its p50; "
+        def ratio(name: str) -> str:
+            return f"{table[name]['median']:.2f}x ({table[name]['corrected_median']:.2f}x)"
+
+        throughput = ", ".join(f"{ratio(f'throughput_c{c}')} at {c}" for c in results["concurrency"] if c > 1)
+        lines.append(f"- against {other}: single-image p50 {ratio('p50')} its p50; "
                      f"throughput {throughput} clients")
     return (f"This server (fp32, the default) against the same model behind other servers, medians of "
-            f"{len(results['rounds'])} alternating rounds, drift-corrected, on {results['machine'].split(', Python')[0]} "
+            f"{len(results['rounds'])} alternating rounds (drift-corrected in brackets) on {results['machine'].split(', Python')[0]} "
             f"(`make bench-peers`):\n\n" + "\n".join(lines) + "\n")
 
 
@@ -443,7 +448,7 @@ def write_results(results: dict, folder: Path = RESULTS) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--servers", nargs="+", choices=list(PEERS),

@@ -1,6 +1,7 @@
 """The caption engine behind LitServe, with its request batching: one inference worker (as this
-server runs one), batches of up to 16 images of whatever has queued (batch_timeout 0, as this
-server and Triton's dynamic batcher do by default).
+server runs one), batches of up to 16 images gathered for at most 1 ms. (With batch_timeout 0,
+which takes whatever has queued as this server and Triton do, LitServe's loop polls without
+pausing: it took 0.96 of a core while idle, 0.14 with 1 ms, measured.)
 
 Usage: python -m benchmarks.peer_servers.litserve_server PORT   (CAPTION_BUNDLE chooses the bundle)
 POST /predict with a multipart field "image" -> {"caption": "..."}
