@@ -35,6 +35,9 @@ from PIL import Image, ImageDraw
 from bundle.format import load_bundle
 from harness.load import run_load
 from harness.server_process import ROOT, GunicornServer, free_port, rss_kb
+from server.captioning import preprocess_uploads
+from server.config import Config
+from server.engine import CaptionEngine
 
 from .floor import machine
 
@@ -81,6 +84,7 @@ class Peer:
     """One server under test: how to start it, ask it for a caption and read the answer."""
 
     name = ""
+    caption_path = ""  # where a caption request is POSTed
     process: subprocess.Popen | None = None
     log = None
 
@@ -119,12 +123,12 @@ class Peer:
 
     @property
     def endpoint(self) -> str:
-        """The URL a caption request is POSTed to."""
-        raise NotImplementedError
+        return self.url + self.caption_path
 
     def request(self, image: bytes) -> dict:
-        """Keyword arguments for requests.Request("POST", self.endpoint, ...) captioning `image`."""
-        raise NotImplementedError
+        """Keyword arguments for requests.Request("POST", self.endpoint, ...) captioning `image`:
+        by default a multipart upload in the field "image"."""
+        return {"files": {"image": ("photo.jpg", image, "image/jpeg")}}
 
     def caption_of(self, answer: dict) -> str:
         raise NotImplementedError
@@ -154,7 +158,7 @@ class Peer:
 class ThisServer(Peer):
     """gunicorn -c gunicorn.conf.py, as `make serve` starts it (with `env` added)."""
 
-    name, env = "this", {}
+    name, caption_path, env = "this", "/api/v1/captions", {}
 
     def start(self) -> None:
         self.server = GunicornServer({"CAPTION_BUNDLE": str(self.bundle), **self.env})
@@ -162,13 +166,6 @@ class ThisServer(Peer):
 
     def ready(self) -> bool:
         return requests.get(self.url + "/readyz", timeout=2).status_code == 200
-
-    @property
-    def endpoint(self) -> str:
-        return self.url + "/api/v1/captions"
-
-    def request(self, image: bytes) -> dict:
-        return {"files": {"image": ("photo.jpg", image, "image/jpeg")}}
 
     def caption_of(self, answer: dict) -> str:
         return answer["captions"][0]["caption"]
@@ -189,20 +186,13 @@ class ThisServerOpenVINO(ThisServer):
 class LitServePeer(Peer):
     """LitServe with its request batching (benchmarks/peer_servers/litserve_server.py)."""
 
-    name = "litserve"
+    name, caption_path = "litserve", "/predict"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "benchmarks.peer_servers.litserve_server", str(self.port)]
 
     def ready(self) -> bool:
         return requests.get(self.url + "/health", timeout=2).text == "ok"
-
-    @property
-    def endpoint(self) -> str:
-        return self.url + "/predict"
-
-    def request(self, image: bytes) -> dict:
-        return {"files": {"image": ("photo.jpg", image, "image/jpeg")}}
 
     def caption_of(self, answer: dict) -> str:
         return answer["caption"]
@@ -223,7 +213,7 @@ class TritonPeer(Peer):
     """Triton Inference Server through PyTriton (benchmarks/peer_servers/triton_server.py), in its
     own virtual environment (make peers-install)."""
 
-    name = "triton"
+    name, caption_path = "triton", "/v2/models/caption/infer"
 
     def command(self) -> list[str]:
         if not TRITON_PYTHON.exists():
@@ -234,10 +224,6 @@ class TritonPeer(Peer):
 
     def ready(self) -> bool:
         return requests.get(self.url + "/v2/models/caption/ready", timeout=2).status_code == 200
-
-    @property
-    def endpoint(self) -> str:
-        return self.url + "/v2/models/caption/infer"
 
     def request(self, image: bytes) -> dict:
         body, headers = infer_request(image)
@@ -264,10 +250,6 @@ class EncoderProbe:
     machine.)"""
 
     def __init__(self, bundle: Path, photo: bytes, runs: int = 15):
-        from server.captioning import preprocess_uploads
-        from server.config import Config
-        from server.engine import CaptionEngine
-
         config = Config(bundle=bundle)
         self.engine = CaptionEngine(load_bundle(bundle), config.engine_options())
         self.inputs, self.runs = preprocess_uploads([photo], config, self.engine)[0], runs
