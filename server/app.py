@@ -16,6 +16,7 @@ from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 from .config import Config
 from .engine import CaptionEngine
 from .errors import RequestError
+from .inference_protocol import is_protocol_path
 from .multipart import FastFormDataParser
 from .openvino_encoder import OpenVINOEncoder
 from .registry import ModelRegistry, Readiness
@@ -84,10 +85,12 @@ def create_app(config: Config | None = None) -> Flask:
 
     from . import observability
     from .api import api
+    from .inference_protocol import v2
     from .web import web
     observability.install(app, [(name, e.bundle.manifest.get("created"), e.active_providers)
                                 for name, e in engines.items()])
     app.register_blueprint(api)
+    app.register_blueprint(v2)
     app.register_blueprint(web)
 
     @app.errorhandler(RequestError)
@@ -130,8 +133,10 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    """The one error shape of the API: {"error": {"code", "message"}}."""
-    response = jsonify({"error": {"code": code, "message": message}})
+    """The error shape of the JSON API, {"error": {"code", "message"}}; under /v2, the Open
+    Inference Protocol's, {"error": message}."""
+    body = {"error": message} if is_protocol_path(request.path) else {"error": {"code": code, "message": message}}
+    response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
     return response

@@ -24,6 +24,8 @@ from .uploads import ImageError, load_rgb, open_image
 
 PREVIEW_SIZE = (640, 640)
 DIGITS = re.compile(r"^[0-9]+$")
+DECIMAL = re.compile(r"^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+MAX_LENGTH_PENALTY = 5.0
 
 
 @dataclass
@@ -31,27 +33,32 @@ class Options:
     beam_size: int
     max_length: int
     timeout_s: float
+    length_penalty: float
 
 
 def parse_options(values, config, max_length_limit: int) -> Options:
-    """beam_size, max_length and timeout_ms from query/form values, validated against the configuration."""
-    def integer(name: str, default: int, low: int, high: int) -> int:
+    """beam_size, max_length, length_penalty and timeout_ms from query/form values, validated
+    against the configuration."""
+    def number(name: str, default, low, high, kind=int):
         # Every value counts (query and form both, or a name repeated): a bad one is refused, not shadowed.
         checked = []
         for text in (raw.strip() for raw in values.getlist(name)):
-            if not DIGITS.match(text):  # int() also takes "+3", "1_0" and non-ASCII digits
-                raise RequestError(422, "invalid_parameter", f"{name} must be an integer, got {text[:40]!r}")
-            value = int(text) if len(text) <= 12 else high + 1
+            # int() and float() also take "+3", "1_0", "1e3", "nan" and non-ASCII digits.
+            if not (DIGITS if kind is int else DECIMAL).match(text):
+                noun = "an integer" if kind is int else "a decimal number"
+                raise RequestError(422, "invalid_parameter", f"{name} must be {noun}, got {text[:40]!r}")
+            value = kind(text) if len(text) <= 24 else high + 1
             if not low <= value <= high:
                 raise RequestError(422, "invalid_parameter",
-                                   f"{name} must be between {low} and {high}, got {text[:40]}")
+                                   f"{name} must be between {low:g} and {high:g}, got {text[:40]}")
             checked.append(value)
         return checked[0] if checked else default
 
     timeout_limit_ms = int(config.request_timeout_s * 1000)
-    return Options(beam_size=integer("beam_size", config.default_beam_size, 1, config.max_beam_size),
-                   max_length=integer("max_length", max_length_limit, 1, max_length_limit),
-                   timeout_s=integer("timeout_ms", timeout_limit_ms, 1, timeout_limit_ms) / 1e3)
+    return Options(beam_size=number("beam_size", config.default_beam_size, 1, config.max_beam_size),
+                   max_length=number("max_length", max_length_limit, 1, max_length_limit),
+                   timeout_s=number("timeout_ms", timeout_limit_ms, 1, timeout_limit_ms) / 1e3,
+                   length_penalty=number("length_penalty", config.length_penalty, 0.0, MAX_LENGTH_PENALTY, float))
 
 
 def preview_of(image) -> bytes:
@@ -130,7 +137,7 @@ class ServedModel:
         self.clock = self.batcher.clock
 
     def options(self, values) -> Options:
-        """A request's decoding options (beam_size, max_length, timeout_ms) for this model."""
+        """A request's decoding options (beam_size, max_length, length_penalty, timeout_ms) for this model."""
         return parse_options(values, self.config, self.engine.max_length)
 
     def _preprocess(self, uploads: list[bytes], deadline: float, previews: bool):
@@ -159,7 +166,7 @@ class ServedModel:
             self.batcher.release(len(uploads))
             raise
         preprocessed = self.clock()
-        result = self.batcher.caption(batch, options.beam_size, options.max_length, self.config.length_penalty,
+        result = self.batcher.caption(batch, options.beam_size, options.max_length, options.length_penalty,
                                       deadline=deadline, connected=connected, reserved=True)
         engine = self.engine
         timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,

@@ -2,6 +2,9 @@
 (beam width, caption length, upload size) are the ones the server enforces."""
 from __future__ import annotations
 
+from .captioning import MAX_LENGTH_PENALTY
+from .inference_protocol import HEADER_LENGTH, OUTPUTS
+
 
 def _error(description: str) -> dict:
     return {"description": description,
@@ -16,6 +19,9 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                       "default": config.default_beam_size, "description": "1 = greedy decoding"},
         "max_length": {"type": "integer", "minimum": 1, "maximum": max_length, "default": max_length,
                        "description": "longest caption in words"},
+        "length_penalty": {"type": "number", "minimum": 0, "maximum": MAX_LENGTH_PENALTY,
+                           "default": config.length_penalty,
+                           "description": "beam hypotheses are ranked by log_prob / length ** length_penalty"},
         "model": {"type": "string", "enum": models, "default": models[0],
                   "description": "which served model captions (GET /api/v1/models lists them)"},
         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": int(config.request_timeout_s * 1000),
@@ -89,6 +95,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "summary": "Prometheus metrics of every worker", "operationId": "getMetrics",
                 "responses": {"200": {"description": "Prometheus text exposition format",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            **protocol_paths(config, {k: v for k, v in options.items() if k != "model"}, models),
             "/openapi.json": {"get": {
                 "summary": "This document", "operationId": "getOpenApi",
                 "responses": {"200": {"description": "OpenAPI 3 document",
@@ -112,5 +119,121 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+            **protocol_schemas(options),
         }},
+    }
+
+
+def _protocol_error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceError"}}}}
+
+
+def _json(schema: str, description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def protocol_paths(config, options: dict, models: list[str]) -> dict:
+    """The Open Inference Protocol's routes (server/inference_protocol.py)."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": ["1"]}}
+    unknown = _protocol_error("No such model or version")
+    empty = {"description": "Yes (no body)"}
+    not_ready = {"description": "Not ready: starting, draining or saturated (no body)"}
+    infer = {"post": {
+        "summary": "Caption images (Open Inference Protocol)",
+        "description": f"Input `image`: BYTES, one encoded image file per element. Parameters: "
+                       f"{', '.join(options)}. Outputs: {', '.join(OUTPUTS)}.",
+        "requestBody": {"required": True, "description": f"JSON; or (the binary tensor data extension) the JSON "
+                                                         f"request, then the binary data, with the header "
+                                                         f"{HEADER_LENGTH} giving the JSON part's length",
+                        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
+        "responses": {
+            "200": {"description": "One caption and log-probability per image, in input order",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+                                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "400": _protocol_error("Not an inference request this model takes, or no image"),
+            "404": unknown,
+            "413": _protocol_error(f"Request over {config.max_upload_mb:g} MB, an image over the pixel limits, "
+                                   f"or over {config.max_images} images"),
+            "414": _protocol_error("Request line over gunicorn's limit"),
+            "415": _protocol_error("An image in no supported format, or a compressed body"),
+            "422": _protocol_error("Corrupt image, or an invalid parameter"),
+            "431": _protocol_error("Request headers over gunicorn's limits"),
+            "503": {**_protocol_error("Overloaded, or past the request's deadline"),
+                    "headers": {"Retry-After": {"description": "seconds to wait before retrying",
+                                                "schema": {"type": "integer", "minimum": 1}}}},
+        }}}
+    metadata = {"get": {"summary": "Model metadata", "responses": {
+        "200": _json("ModelMetadata", "The model's input and outputs"), "404": unknown}}}
+    ready = {"get": {"summary": "Model readiness", "responses": {"200": empty, "404": unknown, "503": not_ready}}}
+    config_route = {"get": {"summary": "Model configuration (Triton's extension, read by perf_analyzer)",
+                            "responses": {"200": _json("ModelConfig", "Triton's model configuration"),
+                                          "404": unknown}}}
+
+    header = {"name": HEADER_LENGTH, "in": "header", "required": False,
+              "schema": {"type": "integer", "minimum": 0}, "description": "with binary data: the JSON part's length"}
+
+    def with_parameters(route: dict, parameters: list) -> dict:
+        return {method: {**operation, "parameters": parameters + ([header] if method == "post" else [])}
+                for method, operation in route.items()}
+
+    paths = {
+        "/v2": {"get": {"summary": "Server metadata (Open Inference Protocol)",
+                        "responses": {"200": _json("ServerMetadata", "Name, version and extensions")}}},
+        "/v2/health/live": {"get": {"summary": "Server liveness", "responses": {"200": empty}}},
+        "/v2/health/ready": {"get": {"summary": "Server readiness", "responses": {"200": empty, "503": not_ready}}},
+    }
+    for prefix, parameters in (("/v2/models/{name}", [name]), ("/v2/models/{name}/versions/{version}", [name, version])):
+        paths[prefix] = with_parameters(metadata, parameters)
+        paths[prefix + "/ready"] = with_parameters(ready, parameters)
+        paths[prefix + "/config"] = with_parameters(config_route, parameters)
+        paths[prefix + "/infer"] = with_parameters(infer, parameters)
+    return paths
+
+
+def protocol_schemas(options: dict) -> dict:
+    """The Open Inference Protocol's JSON objects, for this server's one input and two outputs."""
+    tensor_metadata = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}}}}
+    output_tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string", "enum": list(OUTPUTS)}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}},
+        "data": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "number"}]}}}}
+    return {
+        "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object", "additionalProperties": False, "properties": {
+                **{k: v for k, v in options.items() if k != "model"},
+                "binary_data_output": {"type": "boolean", "default": False}}},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
+                "type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
+                    "name": {"type": "string", "enum": ["image"]},
+                    "datatype": {"type": "string", "enum": ["BYTES"]},
+                    "shape": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "integer", "minimum": 1}},
+                    "data": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"},
+                             "description": "each image file, base64-encoded"}}}},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "enum": list(OUTPUTS)},
+                "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
+        }},
+        "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "outputs": {"type": "array", "items": output_tensor}}},
+        "InferenceError": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "ModelMetadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"],
+                          "properties": {"name": {"type": "string"},
+                                         "versions": {"type": "array", "items": {"type": "string"}},
+                                         "platform": {"type": "string"},
+                                         "inputs": {"type": "array", "items": tensor_metadata},
+                                         "outputs": {"type": "array", "items": tensor_metadata}}},
+        "ModelConfig": {"type": "object", "required": ["name", "max_batch_size", "input", "output"]},
     }

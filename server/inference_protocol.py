@@ -1,0 +1,314 @@
+"""The Open Inference Protocol (KServe v2) over REST, beside the JSON API: what Triton, KServe,
+MLServer and their clients (tritonclient, perf_analyzer) speak.
+
+Every served model takes one input, `image` (BYTES, shape [n] or [n, 1]: one encoded image file
+per element), and answers `caption` (BYTES) and `log_prob` (FP32), one per image. Images travel
+as raw bytes with the binary tensor data extension (`Inference-Header-Content-Length`, which
+tritonclient uses by default), or as base64 text in plain JSON, as KServe's image examples send
+them. Requests go through the same queue, limits, deadlines and metrics as /api/v1/captions;
+errors keep that route's status codes in the protocol's shape, {"error": "..."}.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+from flask import Blueprint, Response, current_app, g, request
+from werkzeug.datastructures import MultiDict
+
+from .client_probe import client_connected
+from .errors import RequestError
+
+v2 = Blueprint("inference_protocol", __name__)
+
+SERVER_NAME = "caption-server"  # the package's name in pyproject.toml, whose version /v2 reports
+HEADER_LENGTH = "Inference-Header-Content-Length"
+INPUT = "image"
+OUTPUTS = {"caption": "BYTES", "log_prob": "FP32"}
+# Request parameters: the decoding options of /api/v1/captions, and the protocol's own switch.
+OPTIONS = ("beam_size", "max_length", "length_penalty", "timeout_ms")
+BINARY_OUTPUT = "binary_data_output"
+VERSION = "1"
+EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+LENGTH_PREFIX = struct.Struct("<I")
+
+
+def bad_request(message: str) -> RequestError:
+    return RequestError(400, "invalid_inference_request", message)
+
+
+@dataclass
+class InferRequest:
+    """What an infer request asks for: its id, its images, its decoding options (as text, the
+    form /api/v1/captions validates) and the outputs to return with whether each is binary."""
+
+    id: str | None
+    images: list[bytes]
+    options: MultiDict
+    outputs: list[tuple[str, bool]]
+
+
+def serialize_bytes(elements: list[bytes]) -> bytes:
+    """A BYTES tensor in the binary extension: each element after its 4-byte little-endian length."""
+    return b"".join(LENGTH_PREFIX.pack(len(e)) + e for e in elements)
+
+
+def deserialize_bytes(blob: bytes) -> list[bytes]:
+    """The elements of a binary BYTES tensor; a length past the end is a 400."""
+    elements, at = [], 0
+    while at < len(blob):
+        if at + 4 > len(blob):
+            raise bad_request(f"input '{INPUT}': its binary data ends inside an element's 4-byte length")
+        (size,) = LENGTH_PREFIX.unpack_from(blob, at)
+        if at + 4 + size > len(blob):
+            raise bad_request(f"input '{INPUT}': element {len(elements) + 1} says {size} bytes, "
+                              f"{len(blob) - at - 4} are left")
+        elements.append(blob[at + 4:at + 4 + size])
+        at += 4 + size
+    return elements
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON header of a request body as a dict, and the binary data after it."""
+    if header_length is None:
+        head, binary = body, b""
+    else:
+        text = header_length.strip()
+        if not text.isascii() or not text.isdigit() or int(text) > len(body):
+            raise bad_request(f"{HEADER_LENGTH}: {header_length[:40]!r} is not a length within the "
+                              f"{len(body)}-byte body")
+        head, binary = body[:int(text)], body[int(text):]
+    try:
+        document = json.loads(head)
+    except (ValueError, RecursionError):
+        raise bad_request("the body is not a JSON inference request (with binary data, "
+                          f"{HEADER_LENGTH} gives the JSON part's length)") from None
+    if not isinstance(document, dict):
+        raise bad_request("the inference request must be a JSON object with 'inputs'")
+    return document, binary
+
+
+def _object(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad_request(f"{what} must be a JSON object")
+    return value
+
+
+def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]:
+    """The image files of input `image`, and where the next binary data starts."""
+    if tensor.get("datatype") != "BYTES":
+        raise bad_request(f"input '{INPUT}' must have datatype BYTES (one encoded image file per element), "
+                          f"got {str(tensor.get('datatype'))[:20]!r}")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) not in (1, 2) or
+            not all(type(d) is int and d >= 0 for d in shape) or (len(shape) == 2 and shape[1] != 1)):
+        raise bad_request(f"input '{INPUT}' must have shape [n] or [n, 1] (n images), got {str(shape)[:40]}")
+    size = _object(tensor.get("parameters"), f"input '{INPUT}' parameters").get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or not 0 <= size <= len(binary) - offset:
+            raise bad_request(f"input '{INPUT}': binary_data_size {str(size)[:20]} is not within the "
+                              f"{len(binary) - offset} bytes of binary data left")
+        images = deserialize_bytes(binary[offset:offset + size])
+        offset += size
+    else:
+        data = tensor.get("data")
+        if isinstance(data, list) and all(isinstance(row, list) for row in data):
+            data = [item for row in data for item in row]
+        if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+            raise bad_request(f"input '{INPUT}' needs 'data' (base64 text per image) or binary data "
+                              "(parameters.binary_data_size)")
+        images = []
+        for index, item in enumerate(data):
+            try:
+                images.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError):
+                raise bad_request(f"input '{INPUT}': element {index + 1} is not base64 text (in JSON, an image "
+                                  "file is sent base64-encoded)") from None
+    if len(images) != shape[0]:
+        raise bad_request(f"input '{INPUT}' has shape {shape} but {len(images)} elements")
+    return images, offset
+
+
+def _options(parameters: dict) -> MultiDict:
+    unknown = sorted(set(parameters) - set(OPTIONS) - {BINARY_OUTPUT})
+    if unknown:
+        raise RequestError(422, "invalid_parameter", f"unknown parameter {str(unknown[0])[:40]!r}; this model "
+                                                     f"takes {', '.join(OPTIONS)} and {BINARY_OUTPUT}")
+    options = MultiDict()
+    for name in OPTIONS:
+        value = parameters.get(name)
+        if value is None:
+            continue
+        # Numbers become the text /api/v1/captions validates; a float for an integer option is refused there.
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise RequestError(422, "invalid_parameter", f"{name} must be a number, got {json.dumps(value)[:40]}")
+        options.add(name, value if isinstance(value, str) else repr(value))
+    return options
+
+
+def _requested_outputs(document: dict, binary_default: bool) -> list[tuple[str, bool]]:
+    wanted = document.get("outputs")
+    if wanted is None:
+        return [(name, binary_default) for name in OUTPUTS]
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
+        raise bad_request("'outputs' must be a list of objects with a 'name'")
+    chosen = []
+    for output in wanted:
+        name = output.get("name")
+        if name not in OUTPUTS or name in (n for n, _ in chosen):
+            raise bad_request(f"output {str(name)[:40]!r} is unknown or repeated; the outputs are "
+                              f"{', '.join(OUTPUTS)}")
+        binary = _object(output.get("parameters"), f"output '{name}' parameters").get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise bad_request(f"output '{name}': binary_data must be true or false")
+        chosen.append((name, binary))
+    return chosen
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """An infer request body (JSON, or JSON then binary data) as an InferRequest; a 400 or 422
+    that says what is wrong otherwise."""
+    document, binary = split_body(body, header_length)
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise bad_request(f"'inputs' must be a list with one input, '{INPUT}' (BYTES)")
+    names = [t.get("name") for t in inputs]
+    if names != [INPUT]:
+        raise bad_request(f"this model takes one input, '{INPUT}' (BYTES), got {str(names)[:80]}")
+    images, used = _images(inputs[0], binary, 0)
+    if used != len(binary):
+        raise bad_request(f"{len(binary) - used} bytes of binary data belong to no input")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise bad_request("'id' must be a string")
+    parameters = _object(document.get("parameters"), "'parameters'")
+    binary_default = parameters.get(BINARY_OUTPUT, False)
+    if not isinstance(binary_default, bool):
+        raise bad_request(f"{BINARY_OUTPUT} must be true or false")
+    return InferRequest(request_id, images, _options(parameters), _requested_outputs(document, binary_default))
+
+
+def infer_response(model_name: str, request: InferRequest, captions: list[str], log_probs: list[float]) -> Response:
+    """The inference response: JSON, or JSON then the binary outputs with their header."""
+    values = {"caption": [c.encode() for c in captions], "log_prob": np.asarray(log_probs, np.float32)}
+    document = {"model_name": model_name, "model_version": VERSION, "outputs": []}
+    if request.id is not None:
+        document["id"] = request.id
+    blobs = []
+    for name, binary in request.outputs:
+        tensor = {"name": name, "datatype": OUTPUTS[name], "shape": [len(captions)]}
+        if binary:
+            blob = serialize_bytes(values[name]) if name == "caption" else values[name].astype("<f4").tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = captions if name == "caption" else [float(v) for v in values[name]]
+        document["outputs"].append(tensor)
+    head = json.dumps(document, separators=(",", ":")).encode()
+    if not blobs:
+        return Response(head, mimetype="application/json")
+    return Response(head + b"".join(blobs), mimetype="application/octet-stream",
+                    headers={HEADER_LENGTH: str(len(head))})
+
+
+def model_metadata(name: str) -> dict:
+    """The model metadata response: one BYTES input, two outputs, one version."""
+    return {"name": name, "versions": [VERSION], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": n, "datatype": t, "shape": [-1]} for n, t in OUTPUTS.items()]}
+
+
+def model_config(name: str, max_images: int) -> dict:
+    """Triton's model configuration extension, which perf_analyzer reads before it profiles."""
+    triton_type = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32"}
+    return {"name": name, "platform": "onnxruntime_onnx", "backend": "", "max_batch_size": 0,
+            "input": [{"name": INPUT, "data_type": "TYPE_STRING", "dims": [-1]}],
+            "output": [{"name": n, "data_type": triton_type[t], "dims": [-1]} for n, t in OUTPUTS.items()],
+            "parameters": {"max_images_per_request": {"string_value": str(max_images)}}}
+
+
+def is_protocol_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def _registry():
+    return current_app.extensions["captions"]
+
+
+def _served(name: str, version: str | None):
+    """The served model `name` (version "1" or none); a 404 in the protocol's words otherwise."""
+    models = _registry().models
+    if name not in models:
+        raise RequestError(404, "unknown_model", f"no model named {name[:60]!r}; the models are {', '.join(models)}")
+    if version not in (None, VERSION):
+        raise RequestError(404, "unknown_version", f"model {name!r} has one version, {VERSION!r}; "
+                                                   f"got {version[:20]!r}")
+    return models[name]
+
+
+def _empty(status: int) -> Response:
+    return Response(status=status)
+
+
+@v2.get("/v2")
+def server_metadata():
+    return {"name": SERVER_NAME, "version": metadata.version(SERVER_NAME), "extensions": EXTENSIONS}
+
+
+@v2.get("/v2/health/live")
+def server_live():
+    return _empty(200)
+
+
+@v2.get("/v2/health/ready")
+def server_ready():
+    """As /readyz: 200 when this worker should get traffic, 503 while starting, draining or full."""
+    return _empty(200 if current_app.extensions["readiness"].status() == "ready" else 503)
+
+
+@v2.get("/v2/models/<name>")
+@v2.get("/v2/models/<name>/versions/<version>")
+def model(name: str, version: str | None = None):
+    _served(name, version)
+    return model_metadata(name)
+
+
+@v2.get("/v2/models/<name>/config")
+@v2.get("/v2/models/<name>/versions/<version>/config")
+def config(name: str, version: str | None = None):
+    _served(name, version)
+    return model_config(name, _registry().config.max_images)
+
+
+@v2.get("/v2/models/<name>/ready")
+@v2.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None):
+    """200 once the model's warm-up is done (it is loaded at start-up, or the worker does not start)."""
+    _served(name, version)
+    return _empty(200 if current_app.extensions["readiness"].ready.is_set() else 503)
+
+
+@v2.post("/v2/models/<name>/infer")
+@v2.post("/v2/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None):
+    from .api import read_raw_body
+
+    model = _served(name, version)
+    registry = _registry()
+    registry.refuse_when_full()
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise RequestError(415, "unsupported_content_encoding",
+                           f"Content-Encoding {encoding[:20]!r} is not supported; send the body uncompressed")
+    parsed = parse_infer_request(read_raw_body(registry.config.max_upload_bytes), request.headers.get(HEADER_LENGTH))
+    result = model.caption_uploads(parsed.images, model.options(parsed.options), g.started,
+                                   client_connected(request.environ))
+    return infer_response(name, parsed, [c["caption"] for c in result["captions"]],
+                          [c["log_prob"] for c in result["captions"]])
