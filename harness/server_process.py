@@ -35,17 +35,20 @@ class GunicornServer:
             env={**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env},
             stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
+    def wait_ready(self, timeout: float = 60, in_a_row: int = 10) -> None:
+        """Until /readyz has said ready `in_a_row` times running: each answer comes from whichever
+        worker accepts, and one ready worker says nothing of the others."""
+        deadline, ready = time.time() + timeout, 0
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                ready = ready + 1 if requests.get(self.url + "/readyz", timeout=2).status_code == 200 else 0
+                if ready >= in_a_row:
                     return
             except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(0.2)
+                ready = 0
+            time.sleep(0.2 if ready == 0 else 0.01)
         raise RuntimeError(f"gunicorn not ready in {timeout}s:\n{self.output()}")
 
     def workers(self) -> list[int]:
