@@ -86,10 +86,13 @@ def on_starting(server):
     from bundle.format import BundleError, load_bundles
     from server.config import Config, ConfigError
 
+    from server.tracing import wanted_exporter
+
     try:
         config = Config.from_env()
+        wanted_exporter()  # the OTEL_* variables, which each worker reads again when it starts
         load_bundles(config.bundle_paths, verify_checksums=False)
-    except (BundleError, ConfigError) as exc:
+    except (BundleError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     # C libraries (libtiff) write raw lines to stderr; in JSON mode they are wrapped as records

@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import observability as metrics
+from . import tracing
 from .client_probe import client_connected
 from .errors import RequestError
 from .openapi import openapi_document
@@ -57,7 +58,8 @@ def read_uploads(limit: int) -> list[bytes]:
 def captions():
     state = _state()
     state.refuse_when_full()
-    uploads = read_uploads(state.config.max_upload_bytes)
+    with tracing.stage("read body"):
+        uploads = read_uploads(state.config.max_upload_bytes)
     model = state.model_named_in(request.values)
     result = model.caption_uploads(uploads, model.options(request.values), g.started, client_connected(request.environ))
     return jsonify({"captions": result["captions"], "model": model_info(model.engine),

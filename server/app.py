@@ -83,10 +83,12 @@ def create_app(config: Config | None = None) -> Flask:
     else:
         readiness.ready.set()
 
-    from . import observability
+    from . import observability, tracing
     from .api import api
     from .inference_protocol import v2
     from .web import web
+    # Here, in each worker after gunicorn's fork, so that the export thread runs where spans are made.
+    tracing.start()
     observability.install(app, [(name, e.bundle.manifest.get("created"), e.active_providers)
                                 for name, e in engines.items()])
     app.register_blueprint(api)

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from . import observability as metrics
+from . import tracing
 from bundle.decoding import DEFAULT_LENGTH_PENALTY
 from .engine import CaptionEngine, CaptionResult
 from .errors import RequestError, unavailable
@@ -72,6 +73,7 @@ class _Job:
     taken: bool = False                 # in a batch that is running: it will get its result
     result: CaptionResult | None = None
     error: BaseException | None = None
+    trace: object = None                # the request's span context, for the batch's spans
 
 
 class MicroBatcher:
@@ -134,7 +136,8 @@ class MicroBatcher:
         """
         if not reserved:
             self.reserve(len(images))
-        job = _Job(images, (beam_size, max_length, length_penalty), deadline, connected, self.clock())
+        job = _Job(images, (beam_size, max_length, length_penalty), deadline, connected, self.clock(),
+                   trace=tracing.current_context())
         with self.lock:
             self.pending.append(job)
             if not self.busy:
@@ -228,6 +231,12 @@ class MicroBatcher:
         seconds = (self.clock() - started)
         self.seconds_per_image = 0.8 * self.seconds_per_image + 0.2 * seconds / total
         metrics.BATCH_IMAGES.observe(total)
+        if tracing.enabled():
+            batch_span = tracing.record_batch([job.trace for job in batch], started, result.timings_ms, total,
+                                              len(batch))
+            for job in batch:
+                tracing.record_request_stages(job.trace, job.queued, started, result.timings_ms, batch_span,
+                                              len(job.images))
         first = 0
         for job in batch:
             n = len(job.images)

@@ -17,6 +17,7 @@ from PIL import Image
 from bundle.preprocess import to_model_input
 
 from . import observability as metrics
+from . import tracing
 from .batching import BatchLimits, MicroBatcher, off_event_loop
 from .engine import CaptionEngine
 from .errors import RequestError
@@ -142,12 +143,13 @@ class ServedModel:
 
     def _preprocess(self, uploads: list[bytes], deadline: float, previews: bool):
         """preprocess_uploads in a native thread, once a decoding slot is free, within the deadline."""
-        if not self.preprocess_slots.acquire(timeout=max(0.0, deadline - self.clock())):
-            raise self.batcher.deadline_passed("the server is busy decoding other uploads; retry later")
-        try:
-            batch, shown = off_event_loop(lambda: preprocess_uploads(uploads, self.config, self.engine, previews))
-        finally:
-            self.preprocess_slots.release()
+        with tracing.stage("decode images", **{"caption.images": len(uploads)}):
+            if not self.preprocess_slots.acquire(timeout=max(0.0, deadline - self.clock())):
+                raise self.batcher.deadline_passed("the server is busy decoding other uploads; retry later")
+            try:
+                batch, shown = off_event_loop(lambda: preprocess_uploads(uploads, self.config, self.engine, previews))
+            finally:
+                self.preprocess_slots.release()
         if self.clock() >= deadline:
             raise self.batcher.deadline_passed("the request passed its deadline while its images were decoded; "
                                                "retry later")

@@ -21,6 +21,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.datastructures import MultiDict
 
+from . import tracing
 from .client_probe import client_connected
 from .errors import RequestError
 
@@ -307,7 +308,9 @@ def infer(name: str, version: str | None = None):
     if encoding != "identity":
         raise RequestError(415, "unsupported_content_encoding",
                            f"Content-Encoding {encoding[:20]!r} is not supported; send the body uncompressed")
-    parsed = parse_infer_request(read_raw_body(registry.config.max_upload_bytes), request.headers.get(HEADER_LENGTH))
+    with tracing.stage("read body"):
+        parsed = parse_infer_request(read_raw_body(registry.config.max_upload_bytes),
+                                     request.headers.get(HEADER_LENGTH))
     result = model.caption_uploads(parsed.images, model.options(parsed.options), g.started,
                                    client_connected(request.environ))
     return infer_response(name, parsed, [c["caption"] for c in result["captions"]],

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+from . import tracing
 from .process_settings import LOG_FORMAT
 
 LOG_FORMATS = ("json", "text")
@@ -19,11 +20,14 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record: the current request's, or '-' outside a request."""
+    """Adds `request_id` to every record: the current request's, or '-' outside a request; and
+    with tracing on, the current span's `trace_id` and `span_id`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = _current_request_id()
+        for name, value in tracing.log_fields().items():
+            setattr(record, name, value)
         return True
 
 

@@ -16,6 +16,8 @@ from flask import Flask, Response, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
+from . import tracing
+
 access_log = logging.getLogger("caption.access")
 
 # Accept a caller's id only if it is short and plain, so it cannot forge log lines or headers.
@@ -71,6 +73,8 @@ def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None
         g.started = time.perf_counter()
         IN_FLIGHT.inc()
         g.in_flight = True
+        g.trace = tracing.request_started(request.method, request.url_rule.rule if request.url_rule else "unmatched",
+                                          request.headers, g.request_id)
 
     @app.after_request
     def finish_request(response):
@@ -82,9 +86,11 @@ def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None
         access_log.info("%s %s %d", request.method, route, response.status_code,
                         extra={"method": request.method, "route": route, "status": response.status_code,
                                "duration_ms": round(seconds * 1e3, 3), "bytes_in": request.content_length or 0})
+        tracing.request_finished(g.pop("trace", None), response.status_code)
         return response
 
     @app.teardown_request
     def end_request(exc=None):
         if g.pop("in_flight", False):
             IN_FLIGHT.dec()
+        tracing.request_finished(g.pop("trace", None), 500)  # only if no response was made

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, g, render_template, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import tracing
 from .client_probe import client_connected
 from .errors import RequestError
 
@@ -37,7 +38,8 @@ def upload():
     try:
         state.refuse_when_full()
         # A field the person left empty means its default (the API, stricter, refuses an empty value).
-        fields = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
+        with tracing.stage("read body"):
+            fields = MultiDict([(k, v) for k, v in request.form.items(multi=True) if v.strip()])
         model = state.model_named_in(fields)
         engine = model.engine
         file = request.files.get("image")
