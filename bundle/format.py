@@ -23,7 +23,7 @@ FORMAT = f"{FORMAT_NAME}/{VERSION}"
 REQUIRED = ("name", "graphs", "vocabulary", "special_tokens", "max_length", "preprocessing", "checksums")
 SPECIAL_TOKENS = ("pad", "start", "end", "unknown")
 # A reduced-precision path (an fp16 or int8 variant, the OpenVINO bf16 encoder) ships when its
-# held-out quality (every object right on synthetic scenes, BLEU-4 on real data) is within this
+# held-out quality (every object right on synthetic scenes, CIDEr-D on real data) is within this
 # of float32's; the variant tools refuse below it and the server warns. Caption identity with
 # float32 is reported beside it. The bf16 figures sit in provenance.parity under the key below
 # (written by export.openvino_check).

@@ -1,5 +1,5 @@
 """Held-out caption quality, the measure every reduced-precision path is judged by: the share of
-scenes with every object right on synthetic scenes, corpus BLEU-4 on real data."""
+scenes with every object right on synthetic scenes, CIDEr-D (the COCO caption evaluation's) on real data."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,10 @@ def run_scenes(run: dict) -> dict | None:
 
 def quality(captions: list[list[str]], heldout: list[dict], scenes: dict | None) -> tuple[str, float]:
     """(metric name, value) of greedy `captions` (words) of the `heldout` entries."""
-    from training.evaluate import attribute_accuracy, corpus_bleu
+    from training.caption_metrics import coco_metrics
+    from training.evaluate import attribute_accuracy
 
     if scenes is not None:
         truth = [scenes[Path(h["image"]).name] for h in heldout]
         return "objects_right_all", attribute_accuracy(captions, truth)["objects_right_all"]
-    return "bleu4", corpus_bleu(captions, [h["references"] for h in heldout])["bleu4"]
+    return "cider_d", coco_metrics(captions, [h["references"] for h in heldout], meteor=False)["cider_d"]

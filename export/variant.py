@@ -4,7 +4,7 @@ they are, and the result checked against its source before it is written.
 `export.fp16` (float16, for GPUs) and `export.int8` (static int8, for CPUs) differ only in how
 they convert the encoder; everything else (staging, the quality check, the manifest, the
 command line) lives here. A variant is judged by quality: its held-out quality (every object
-right on synthetic scenes, BLEU-4 on real data) must be within --max-quality-loss of its
+right on synthetic scenes, CIDEr-D on real data) must be within --max-quality-loss of its
 float32 source's, or it is refused and nothing is written. Caption identity is reported beside it.
 """
 from __future__ import annotations
