@@ -1,6 +1,8 @@
 """The Dockerfile and Kubernetes manifests agree with the server they deploy (no container engine runs here)."""
+import json
 import re
 import shlex
+from pathlib import Path
 
 import yaml
 
@@ -184,3 +186,62 @@ def test_autoscaling_and_disruption_budget_fit_the_deployment():
     adapter = yaml.safe_load((ROOT / "deploy" / "k8s" / "queue-depth" / "prometheus-adapter-values.yaml").read_text())
     rule = adapter["rules"]["custom"][0]
     assert metric in rule["seriesQuery"] and rule["name"]["as"] == metric
+
+
+KSERVE_SCHEMA = ROOT / "tests" / "deploy" / "kserve-0.21.0-inferenceservice.json"
+INFERENCE_SERVICE = yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+
+
+def validate_inference_service(resource: dict) -> None:
+    """KServe's InferenceService schema (tests/deploy/kserve_schema.py), its Kubernetes types
+    checked against the same strict schemas as the other manifests."""
+    import jsonschema
+    import kubernetes_validate
+    from referencing import Registry, Resource
+
+    folder = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{KUBERNETES_VERSION}.0-local-strict"
+    definitions = Resource.from_contents(json.loads((folder / "_definitions.json").read_text()))
+    schema = json.loads(KSERVE_SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema, registry=definitions @ Registry())
+    validator.validate(resource)
+
+
+def test_the_kserve_inference_service_passes_its_schema():
+    validate_inference_service(INFERENCE_SERVICE)
+
+
+def test_the_kserve_schema_check_refuses_misspelt_fields():
+    import jsonschema
+
+    for path in (("spec", "predictor"), ("spec", "predictor", "containers", 0)):
+        broken = json.loads(json.dumps(INFERENCE_SERVICE))
+        target = broken
+        for key in path:
+            target = target[key]
+        target["minReplica" if path[-1] == "predictor" else "readinesProbe"] = 1
+        try:
+            validate_inference_service(broken)
+        except jsonschema.ValidationError:
+            continue
+        raise AssertionError(f"a misspelt field under {path} passed the schema check")
+
+
+def test_the_kserve_predictor_runs_the_deployments_pod_on_the_protocols_health_routes():
+    predictor = INFERENCE_SERVICE["spec"]["predictor"]
+    server = predictor["containers"][0]
+    deployed = container()
+    for key in ("image", "env", "resources", "lifecycle", "securityContext", "volumeMounts"):
+        assert server[key] == deployed[key], key
+    pod = MANIFESTS["deployment"]["spec"]["template"]["spec"]
+    for key in ("enableServiceLinks", "terminationGracePeriodSeconds", "securityContext", "volumes"):
+        assert predictor[key] == pod[key], key
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert [p["containerPort"] for p in server["ports"]] == [int(env["PORT"])]
+    paths = openapi_document(Config(), 12, ["demo"])["paths"]
+    probes = {kind: server[kind]["httpGet"]["path"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert probes == {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
+                      "livenessProbe": "/v2/health/live"}
+    assert set(probes.values()) <= set(paths)
+    autoscaler = MANIFESTS["autoscaler"]["spec"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (autoscaler["minReplicas"], autoscaler["maxReplicas"])
+    assert predictor["scaleTarget"] == autoscaler["metrics"][0]["resource"]["target"]["averageUtilization"]
