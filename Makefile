@@ -7,7 +7,7 @@ DEMO_IMAGES ?= 3000
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: serve test test-fast quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
+.PHONY: perf-analyzer serve test test-fast quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,7 +83,17 @@ browser:
 	  [ "$$(id -u)" = 0 ] || { echo "error: the browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-test: $(VENV)/.installed-dev browser
+# Triton's perf_analyzer (from tritonclient 2.50.0's wheel) and the Debian library it links.
+PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
+$(PERF_ANALYZER): | $(VENV)/.installed-dev
+	@ldconfig -p | grep -q libb64.so.0d || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: perf_analyzer needs Debian's libb64-0d: sudo apt-get install libb64-0d" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libb64-0d; }
+	$(PY) -m benchmarks.perf_analyzer --install
+
+perf-analyzer: $(PERF_ANALYZER)
+
+test: $(VENV)/.installed-dev browser $(PERF_ANALYZER)
 	$(PY) -m pytest -q
 
 # The unit tests that need no trained model and no server (tests/README.md says which are slow).
