@@ -25,13 +25,14 @@ class GunicornServer:
     """gunicorn -c gunicorn.conf.py on a free loopback port, with extra environment; its
     output goes to a log file that `output()` reads."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, root: Path = ROOT):
+        """`root`: the checkout whose gunicorn.conf.py and server/ run (another commit's worktree, say)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.gettempdir()) / f"gunicorn-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"], cwd=ROOT,
+            [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"], cwd=root,
             env={**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env},
             stdout=self.log, stderr=subprocess.STDOUT)
 
