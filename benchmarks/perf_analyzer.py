@@ -84,13 +84,17 @@ def profile(url: str, model: str, images: list[bytes], concurrency: list[int], w
 
 def write(figures: dict) -> None:
     (RESULTS / "perf_analyzer.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (RESULTS / "perf_analyzer.md").write_text(markdown(figures))
+
+
+def markdown(figures: dict) -> str:
     lines = ["# perf_analyzer against this server (Open Inference Protocol)", "",
              f"Machine: {figures['machine']}. Bundle `{figures['bundle']}`, one 640x480 JPEG per request, perf_analyzer "
              f"{figures['tool']} over HTTP.", "",
              "| concurrency | captions/s | p50 ms | p90 ms | p99 ms |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['concurrency']} | {r['captions_per_s']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} |"
               for r in figures["rows"]]
-    (RESULTS / "perf_analyzer.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

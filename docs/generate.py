@@ -24,7 +24,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 # results/<name>.md is written from results/<name>.json by <module>.markdown
 RESULT_PAGES = {**{name: f"benchmarks.{name}" for name in ("latency", "http", "layouts", "gpu", "ray_batch",
-                                                           "reliability", "notebook", "peers", "request_path")},
+                                                           "reliability", "notebook", "peers", "request_path",
+                                                           "perf_analyzer", "tracing_cost")},
                 "quality": "tests.quality.score_http"}
 
 
@@ -58,13 +59,17 @@ def config_reference() -> str:
     return "\n".join(rows) + "\n"
 
 
-def api_routes() -> str:
+def api_routes(protocol: bool = False) -> str:
+    """The routes of the OpenAPI document: the JSON API's, or (`protocol`) the Open Inference Protocol's."""
     from server.config import Config
+    from server.inference_protocol import is_protocol_path
     from server.openapi import openapi_document
 
     document = openapi_document(Config(), max_length=20, models=["demo"])
     rows = ["| route | what it does |", "| --- | --- |"]
     for path, operations in document["paths"].items():
+        if is_protocol_path(path) != protocol:
+            continue
         for method, operation in operations.items():
             rows.append(f"| `{method.upper()} {path}` | {operation['summary']} |")
     return "\n".join(rows) + "\n"
@@ -113,6 +118,7 @@ def blocks() -> dict:
     from training.notebook_zoo import markdown_table
 
     made = {"config": config_reference, "api-routes": api_routes, "api-parameters": api_parameters,
+            "protocol-routes": lambda: api_routes(protocol=True),
             "cpu-paths": cpu_paths, "zoo": markdown_table, "summary": lambda: _without_title(_summary()),
             "peers-headline": lambda: importlib.import_module("benchmarks.peers").headline(_results("peers"))}
     for name in RESULT_PAGES:

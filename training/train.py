@@ -276,6 +276,10 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
         callbacks_for=learning_curve_callback(prepared, curve, log), verbose=2 if quiet else 1)
 
     test_captions, metrics = evaluate_split(prepared, init_model, step_model, "test", coco=True)
+    if prepared.scenes is None and "meteor" not in metrics:
+        from .caption_metrics import METEOR_MISSING
+
+        log(METEOR_MISSING)
     metrics.update({
         "test_images": len(prepared.splits["test"]),
         "epochs_run": len(history.history["loss"]),
