@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: csv for a .csv --out, else jsonl; parquet with --ray only")
     parser.add_argument("--batch-size", type=int, default=8, help="images per encoder run (default 8)")
     parser.add_argument("--beam-size", type=int, help="1 = greedy (default: CAPTION_DEFAULT_BEAM_SIZE or 1)")
+    parser.add_argument("--attention", action="store_true",
+                        help="also write each word's attention weights over the image grid (JSON lines; models "
+                             "with an attention decoder)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     ray = parser.add_argument_group("Ray Data (on the cluster at RAY_ADDRESS, else a local Ray)")
     ray.add_argument("--ray", action="store_true", help="caption on a pool of Ray actors into sharded files")
@@ -120,6 +123,8 @@ def run(args) -> int:
     fmt = args.format or ("csv" if out is not None and out.suffix.lower() == ".csv" else "jsonl")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.attention and fmt != "jsonl":
+        raise UsageError("--attention writes JSON lines (each word's weights are a list): drop --format csv")
     if not args.paths and args.list_file is None:
         raise UsageError("name images: PATHs, --list FILE, or both")
     paths = (find_images(args.paths) if args.paths else []) + (read_list_file(args.list_file) if args.list_file else [])
@@ -140,6 +145,9 @@ def run(args) -> int:
         engine = CaptionEngine(load_bundle(config.bundle, config.verify_checksums), config.engine_options())
     except (BundleError, ConfigError, ProviderError, OSError) as exc:
         raise UsageError(str(exc)) from None
+    if args.attention and not engine.has_attention:
+        raise UsageError(f"--attention: model {engine.bundle.name!r} has no attention weights to write (its decoder "
+                         "reads the pooled image, or its bundle was exported without them)")
 
     if done:
         print(f"caption: {len(paths) - len(todo)} of {len(paths)} images already in {out}; "
@@ -150,7 +158,7 @@ def run(args) -> int:
     try:
         with tqdm(total=len(todo), unit="img", desc="captioning", disable=args.quiet, file=sys.stderr) as bar:
             for rows in caption_files(engine, todo, config.max_pixels, beam_size, config.length_penalty,
-                                      args.batch_size):
+                                      args.batch_size, attention=args.attention):
                 writer.write(rows)
                 for row in rows:
                     if "error" in row:
@@ -176,6 +184,8 @@ def run_on_ray(args) -> int:
                          "or pip install -r requirements-ray.txt")
     if args.out is None:
         raise UsageError("--ray needs --out FOLDER for the shards")
+    if args.attention:
+        raise UsageError("--attention is for a local run (without --ray)")
     if args.format == "csv":
         raise UsageError("--ray writes jsonl or parquet, not csv")
     try:

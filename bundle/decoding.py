@@ -4,7 +4,8 @@ The model is reached only through
     step(tokens: int32 [N, 1], state: tuple of arrays [N, ...]) -> (log_probs float [N, V], state)
 where N is images x beams, so every beam of every image goes through one step call. Beam search
 also reorders the state rows with `select(state, rows)`; the default indexes numpy arrays, and a
-runtime that keeps the state on a GPU passes its own.
+runtime that keeps the state on a GPU passes its own. With `attention`, the step also returns
+what it attended to, [N, positions], and each hypothesis keeps its own row for every word.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Hypothesis:
     tokens: list[int]
     log_prob: float
     score: float
+    attention: np.ndarray | None = None  # [len(tokens), positions]: where the step producing each word looked
 
 
 def repeating_tokens(history, n: int) -> list[int]:
@@ -65,7 +67,7 @@ def _normalised(log_prob: float, length: int, length_penalty: float) -> float:
 
 
 def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
-                  no_repeat_ngram_size: int = 0) -> list[Hypothesis]:
+                  no_repeat_ngram_size: int = 0, attention: bool = False) -> list[Hypothesis]:
     """The most likely word at each step, until <end> or max_length; one hypothesis per image.
     With no_repeat_ngram_size n, a word that would repeat an n-gram of the caption is never chosen."""
     tokens = np.full((batch, 1), start_id, dtype=np.int32)
@@ -73,8 +75,13 @@ def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, ma
     log_prob = np.zeros(batch, dtype=np.float64)
     length = np.zeros(batch, dtype=np.int32)
     live = np.ones(batch, dtype=bool)
+    looked = []
     for t in range(max_length):
-        log_probs, state = step(tokens, state)
+        if attention:
+            log_probs, state, weights = step(tokens, state)
+            looked.append(np.asarray(weights, dtype=np.float32))
+        else:
+            log_probs, state = step(tokens, state)
         if no_repeat_ngram_size:
             log_probs = _ban_repeats(log_probs, [[start_id, *words[i, :t]] if live[i] else None for i in range(batch)],
                                      no_repeat_ngram_size)
@@ -86,17 +93,19 @@ def decode_greedy(step, state: tuple, batch: int, start_id: int, end_id: int, ma
         if not live.any():
             break
         tokens = best.astype(np.int32)[:, None]
+    looked = np.stack(looked, 1) if attention else None  # [batch, steps, positions]
     hypotheses = []
     for i in range(batch):
         ended = length[i] > 0 and words[i, length[i] - 1] == end_id
         ids = words[i, :length[i] - 1 if ended else length[i]].tolist()
-        hypotheses.append(Hypothesis(ids, float(log_prob[i]), float(log_prob[i])))
+        hypotheses.append(Hypothesis(ids, float(log_prob[i]), float(log_prob[i]),
+                                     looked[i, :len(ids)] if attention else None))
     return hypotheses
 
 
 def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_length: int,
                 beam_size: int, length_penalty: float = DEFAULT_LENGTH_PENALTY, select=select_rows,
-                no_repeat_ngram_size: int = 0) -> list[list[Hypothesis]]:
+                no_repeat_ngram_size: int = 0, attention: bool = False) -> list[list[Hypothesis]]:
     """Beam search; for each image, up to `beam_size` hypotheses, best first.
 
     At each step all extensions of the live beams are ranked by total log-probability; in that
@@ -106,7 +115,8 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
     the generated tokens including <end>. The search stops early only when no live beam can
     still win, which without length normalisation is when every live beam scores below the
     beam_size-th finished one. With no_repeat_ngram_size n, no extension may repeat an n-gram of
-    its beam.
+    its beam. With `attention`, each beam carries the attention rows of its own words, reordered
+    with it.
     """
     k = beam_size
     state = select(state, np.repeat(np.arange(batch), k))
@@ -114,10 +124,20 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
     scores = np.full((batch, k), -np.inf)
     scores[:, 0] = 0.0  # one real beam per image at the start; the others are empty slots
     histories = np.zeros((batch, k, 0), dtype=np.int32)
+    looked = None  # with attention: [batch, k, words so far, positions]
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
+    def looked_at(i: int, j: int):
+        return None if looked is None else looked[i, j]
+
     for t in range(1, max_length + 1):
-        log_probs, state = step(tokens, state)
+        if attention:
+            log_probs, state, weights = step(tokens, state)
+            weights = np.asarray(weights, dtype=np.float32).reshape(batch, k, -1)
+            if looked is None:
+                looked = np.zeros((batch, k, 0, weights.shape[-1]), np.float32)
+        else:
+            log_probs, state = step(tokens, state)
         if no_repeat_ngram_size:
             log_probs = _ban_repeats(log_probs, [[start_id, *histories[i, j]] if scores[i, j] > -np.inf else None
                                                  for i in range(batch) for j in range(k)], no_repeat_ngram_size)
@@ -140,11 +160,14 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
                 parent, word = divmod(int(flat), vocab)
                 if word == end_id:
                     finished[i].append(Hypothesis(histories[i, parent].tolist(), float(score),
-                                                  _normalised(float(score), t, length_penalty)))
+                                                  _normalised(float(score), t, length_penalty), looked_at(i, parent)))
                 else:
                     new_scores[i, kept], parents[i, kept], words[i, kept] = score, parent, word
                     kept += 1
         histories = np.concatenate([np.take_along_axis(histories, parents[:, :, None], 1), words[:, :, None]], 2)
+        if attention:  # each new word's row is where its parent's step looked
+            looked = np.concatenate([np.take_along_axis(looked, parents[:, :, None, None], 1),
+                                     np.take_along_axis(weights, parents[:, :, None], 1)[:, :, None, :]], 2)
         scores = new_scores
         rows = (parents + np.arange(batch)[:, None] * k).reshape(-1)
         state = select(state, rows)
@@ -157,5 +180,6 @@ def decode_beam(step, state: tuple, batch: int, start_id: int, end_id: int, max_
             for j in range(k):
                 if scores[i, j] > -np.inf:
                     finished[i].append(Hypothesis(histories[i, j].tolist(), float(scores[i, j]),
-                                                  _normalised(float(scores[i, j]), max_length, length_penalty)))
+                                                  _normalised(float(scores[i, j]), max_length, length_penalty),
+                                                  looked_at(i, j)))
     return [sorted(f, key=lambda h: -h.score)[:k] for f in finished]

@@ -7,6 +7,7 @@ current one; any other format gets a one-line error that says what to do.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import shutil
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from .decoding import words_of
 from .preprocess import preprocessing_problems
-from .specs import GRAPH_ROLES
+from .specs import ATTENTION, GRAPH_ROLES
 
 FORMAT_NAME = "caption-bundle"
 VERSION = 2
@@ -73,6 +74,17 @@ class Bundle:
         """Decoding never repeats an n-gram of this size within a caption (0: no rule)."""
         return int(self.manifest.get("decoding", {}).get("no_repeat_ngram_size", 0))
 
+    @property
+    def attention_grid(self) -> tuple[int, int] | None:
+        """(rows, columns) of the map the decoder attends over, row-major, when its step graph
+        outputs its attention weights; None otherwise (a pooled or imported decoder)."""
+        outputs = {e["key"]: e for e in self.manifest["graphs"]["decoder_step"]["outputs"]}
+        if ATTENTION not in outputs:
+            return None
+        positions = int(outputs[ATTENTION]["shape"][-1])
+        side = math.isqrt(positions)  # InceptionV3's maps are square: 8x8 at 299x299
+        return (side, side) if side * side == positions else (1, positions)
+
     def graph_file(self, role: str, optimized: bool = True) -> Path:
         graph = self.manifest["graphs"][role]
         return self.path / (graph["optimized_file"] if optimized and graph.get("optimized_file") else graph["file"])
@@ -102,6 +114,7 @@ class Bundle:
             "dataset": provenance.get("dataset", {}).get("kind"),
             "metrics": {k: v for k, v in provenance.get("metrics", {}).items()
                         if k.startswith(("bleu", "objects_right"))},
+            "attention_grid": list(grid) if (grid := self.attention_grid) else None,
             "opset": m.get("opset"),
             "precision": m.get("precision", {role: "float32" for role in GRAPH_ROLES}),
             **({"quality_vs_float32": {k: check.get(k) for k in ("metric", "float32", "variant", "passed",

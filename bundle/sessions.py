@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .decoding import select_rows
-from .specs import NEXT
+from .specs import ATTENTION, NEXT
 
 
 def tensor_names(graph: dict, side: str) -> dict[str, str]:
@@ -48,6 +48,9 @@ class DecoderState:
         self.updated = [k for k in self.keys if k + NEXT in step_out]   # state the step changes
         self.next_names = {k: step_out[k + NEXT] for k in self.updated}
         self.step_outputs = [self.log_probs] + list(self.next_names.values())
+        self.attention = step_out.get(ATTENTION)          # None: the step does not say where it looked
+        self.attention_positions = next((e["shape"][-1] for e in graphs["decoder_step"]["outputs"]
+                                         if e["key"] == ATTENTION), 0)
 
 
 class SessionDecoder:
@@ -62,11 +65,20 @@ class SessionDecoder:
     def initial_state(self, features: np.ndarray) -> tuple:
         return tuple(self.init_session.run(self.names.init_outputs, {self.names.features: features}))
 
-    def step(self, tokens: np.ndarray, state: tuple):
+    def _run(self, tokens: np.ndarray, state: tuple, also: list[str]):
         names = self.names
         feeds = {names.token: tokens, **{names.step_inputs[k]: value for k, value in zip(names.keys, state)}}
-        log_probs, *updated = self.step_session.run(names.step_outputs, feeds)
-        new = dict(zip(names.updated, updated))
-        return log_probs, tuple(new.get(k, value) for k, value in zip(names.keys, state))
+        log_probs, *rest = self.step_session.run(names.step_outputs + also, feeds)
+        new = dict(zip(names.updated, rest))
+        return log_probs, tuple(new.get(k, value) for k, value in zip(names.keys, state)), rest[len(names.updated):]
+
+    def step(self, tokens: np.ndarray, state: tuple):
+        log_probs, state, _ = self._run(tokens, state, [])
+        return log_probs, state
+
+    def step_with_attention(self, tokens: np.ndarray, state: tuple):
+        """step, and the attention weights [N, positions] the step read the image with."""
+        log_probs, state, (attention,) = self._run(tokens, state, [self.names.attention])
+        return log_probs, state, attention
 
     select = staticmethod(select_rows)

@@ -21,10 +21,12 @@ NEXT = "_next"   # suffix of a state tensor's updated value in the step graph's 
 # key -> ONNX tensor name. ONNX names are unique in a graph, so the new state is h_next/c_next.
 # "prefix" is the state of a whole-prefix decoder (the padded words so far, for a model that can
 # only be run on the whole sequence).
-# "memory" is an attention decoder's projected image map, one row per position.
+# "memory" is an attention decoder's projected image map, one row per position; "attention" is an
+# optional output of its step: the weights over those positions that the step read the map with.
 # A key not listed here is its own name (an imported decoder's h2, c2, context2 ...).
 TENSOR_NAMES = {key: key for key in ("image", "features", "h", "c", "context", "memory", "token", "log_probs",
-                                     "h_next", "c_next", "prefix", "prefix_next")}
+                                     "h_next", "c_next", "prefix", "prefix_next", "attention")}
+ATTENTION = "attention"  # the step graph's optional output: [batch, positions] weights, each row summing to 1
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,11 @@ class StateSpec:
     updated: bool
 
 
-def decoder_specs(input_shape: tuple, feature_shape: tuple, vocab_size: int, state: list[StateSpec]) -> list[GraphSpec]:
+def decoder_specs(input_shape: tuple, feature_shape: tuple, vocab_size: int, state: list[StateSpec],
+                  attention_positions: int = 0) -> list[GraphSpec]:
     """The three graphs of a captioner whose encoder gives one image's features as `feature_shape`
-    ((2048,) pooled, (64, 2048) a map) and whose decoder carries `state` (in decoder_init's output order)."""
+    ((2048,) pooled, (64, 2048) a map) and whose decoder carries `state` (in decoder_init's output
+    order); with `attention_positions`, the step also outputs its attention weights over them."""
     f32 = "float32"
     return [
         GraphSpec("encoder", (tensor("image", f32, *input_shape),), (tensor("features", f32, *feature_shape),)),
@@ -82,7 +86,8 @@ def decoder_specs(input_shape: tuple, feature_shape: tuple, vocab_size: int, sta
         GraphSpec("decoder_step",
                   (tensor("token", "int32", 1), *(tensor(s.key, s.dtype, *s.shape) for s in state)),
                   (tensor("log_probs", f32, vocab_size),
-                   *(tensor(s.key + NEXT, s.dtype, *s.shape) for s in state if s.updated))),
+                   *(tensor(s.key + NEXT, s.dtype, *s.shape) for s in state if s.updated),
+                   *([tensor(ATTENTION, f32, attention_positions)] if attention_positions else []))),
     ]
 
 
@@ -94,4 +99,4 @@ def graph_specs(input_shape: tuple[int, int, int], feature_shape: tuple, units: 
              StateSpec("context", "float32", (embedding_dim,), False)]
     if attention:
         state.append(StateSpec("memory", "float32", (feature_shape[0], embedding_dim), False))
-    return decoder_specs(input_shape, feature_shape, vocab_size, state)
+    return decoder_specs(input_shape, feature_shape, vocab_size, state, feature_shape[0] if attention else 0)

@@ -64,7 +64,7 @@ def always_connected() -> bool:
 @dataclass(eq=False)  # jobs are compared by identity (deque.remove), never by their arrays
 class _Job:
     images: np.ndarray
-    options: tuple                      # (beam_size, max_length, length_penalty): only equal ones share a batch
+    options: tuple                      # (beam_size, max_length, length_penalty, attention): only equal ones share a batch
     deadline: float                     # on the batcher's clock
     connected: Callable[[], bool]
     queued: float
@@ -127,7 +127,8 @@ class MicroBatcher:
 
     def caption(self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
                 length_penalty: float = DEFAULT_LENGTH_PENALTY, deadline: float = math.inf,
-                connected: Callable[[], bool] = always_connected, reserved: bool = False) -> CaptionResult:
+                connected: Callable[[], bool] = always_connected, reserved: bool = False,
+                attention: bool = False) -> CaptionResult:
         """Caption `images` in the next batch that has room; `deadline` is on this batcher's clock;
         `reserved` when the caller has already reserved their place.
 
@@ -136,7 +137,7 @@ class MicroBatcher:
         """
         if not reserved:
             self.reserve(len(images))
-        job = _Job(images, (beam_size, max_length, length_penalty), deadline, connected, self.clock(),
+        job = _Job(images, (beam_size, max_length, length_penalty, attention), deadline, connected, self.clock(),
                    trace=tracing.current_context())
         with self.lock:
             self.pending.append(job)
@@ -224,9 +225,9 @@ class MicroBatcher:
                 job.wake.set()
 
     def _run(self, batch: list[_Job], started: float) -> None:
-        beam_size, max_length, length_penalty = batch[0].options
+        beam_size, max_length, length_penalty, attention = batch[0].options
         images = np.concatenate([job.images for job in batch])
-        result = self.run(lambda: self.engine.caption(images, beam_size, max_length, length_penalty))
+        result = self.run(lambda: self.engine.caption(images, beam_size, max_length, length_penalty, attention))
         total = len(images)
         seconds = (self.clock() - started)
         self.seconds_per_image = 0.8 * self.seconds_per_image + 0.2 * seconds / total

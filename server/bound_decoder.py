@@ -28,6 +28,7 @@ class _Buffers:
     token: ort.OrtValue
     state: dict[str, tuple]
     log_probs: ort.OrtValue
+    attention: ort.OrtValue | None
     bindings: tuple
     run_options: tuple
 
@@ -59,7 +60,9 @@ class BoundDecoder:
             state = {k: tuple(self._empty(v.shape, v.dtype) for _ in range(2 if k in names.updated else 1))
                      for k, v in zip(names.keys, values)}
             log_probs = self._empty((n, self.vocab_size), np.float32)
-            buffers = _Buffers(token, state, log_probs, (), ())
+            # Bound too where the step has it, so that every output has a fixed buffer (CUDA graphs).
+            attention = self._empty((n, names.attention_positions), np.float32) if names.attention else None
+            buffers = _Buffers(token, state, log_probs, attention, (), ())
             bindings, run_options = [], []
             for read in (0, 1):
                 binding = self.step_session.io_binding()
@@ -69,6 +72,8 @@ class BoundDecoder:
                 for key in names.updated:
                     binding.bind_ortvalue_output(names.next_names[key], buffers.current(key, read + 1))
                 binding.bind_ortvalue_output(names.log_probs, log_probs)
+                if attention is not None:
+                    binding.bind_ortvalue_output(names.attention, attention)
                 options = ort.RunOptions()
                 if self.cuda_graphs:
                     options.add_run_config_entry("gpu_graph_id", str(2 * n + read))
@@ -93,6 +98,12 @@ class BoundDecoder:
         buffers.token.update_inplace(np.ascontiguousarray(tokens, dtype=np.int32))
         self.step_session.run_with_iobinding(buffers.bindings[read], buffers.run_options[read])
         return buffers.log_probs.numpy(), (n, 1 - read)
+
+    def step_with_attention(self, tokens: np.ndarray, state: tuple[int, int]):
+        """step, and the attention weights [N, positions] (the step graph must output them)."""
+        log_probs, state = self.step(tokens, state)
+        # A copy: on the CPU numpy() views the buffer, which the next step overwrites.
+        return log_probs, state, self.buffers[state[0]].attention.numpy().copy()
 
     def select(self, state: tuple[int, int], rows: np.ndarray) -> tuple[int, int]:
         """Beam reordering goes through the host: a few kilobytes, once per step."""

@@ -25,6 +25,7 @@ from .uploads import ImageError, load_rgb, open_image
 
 PREVIEW_SIZE = (640, 640)
 DIGITS = re.compile(r"^[0-9]+$")
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 DECIMAL = re.compile(r"^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 MAX_LENGTH_PENALTY = 5.0
 
@@ -35,6 +36,7 @@ class Options:
     max_length: int
     timeout_s: float
     length_penalty: float
+    attention: bool = False
 
 
 def parse_options(values, config, max_length_limit: int) -> Options:
@@ -55,11 +57,20 @@ def parse_options(values, config, max_length_limit: int) -> Options:
             checked.append(value)
         return checked[0] if checked else default
 
+    def flag(name: str) -> bool:
+        checked = []
+        for text in (raw.strip().lower() for raw in values.getlist(name)):
+            if text not in BOOLEANS:
+                raise RequestError(422, "invalid_parameter", f"{name} must be true or false, got {text[:40]!r}")
+            checked.append(BOOLEANS[text])
+        return checked[0] if checked else False
+
     timeout_limit_ms = int(config.request_timeout_s * 1000)
     return Options(beam_size=number("beam_size", config.default_beam_size, 1, config.max_beam_size),
                    max_length=number("max_length", max_length_limit, 1, max_length_limit),
                    timeout_s=number("timeout_ms", timeout_limit_ms, 1, timeout_limit_ms) / 1e3,
-                   length_penalty=number("length_penalty", config.length_penalty, 0.0, MAX_LENGTH_PENALTY, float))
+                   length_penalty=number("length_penalty", config.length_penalty, 0.0, MAX_LENGTH_PENALTY, float),
+                   attention=flag("attention"))
 
 
 def preview_of(image) -> bytes:
@@ -122,9 +133,17 @@ def preprocess_uploads(uploads: list[bytes], config, engine: CaptionEngine, prev
 
 
 def best_caption(engine: CaptionEngine, beams) -> dict:
-    """The best hypothesis of one image as the API reports it: caption, tokens, log_prob."""
-    words = engine.words(beams[0].tokens)
-    return {"caption": " ".join(words), "tokens": words, "log_prob": round(beams[0].log_prob, 6)}
+    """The best hypothesis of one image as the API reports it: caption, tokens, log_prob and,
+    when it was asked for, each word's attention over the grid (row-major, 4 decimals)."""
+    best = beams[0]
+    words = engine.words(best.tokens)
+    caption = {"caption": " ".join(words), "tokens": words, "log_prob": round(best.log_prob, 6)}
+    if best.attention is not None:
+        # Special tokens (<unk>) are not words: their rows go with them.
+        rows = [row for token, row in zip(best.tokens, best.attention) if engine.words([token])]
+        caption["attention"] = {"grid": list(engine.bundle.attention_grid),
+                                "weights": [[round(float(w), 4) for w in row] for row in rows]}
+    return caption
 
 
 class ServedModel:
@@ -161,6 +180,10 @@ class ServedModel:
         request's deadline. Returns JSON-ready captions (best beam), every beam, timings in ms
         and, when asked, preview JPEGs."""
         deadline = started + options.timeout_s
+        if options.attention and not self.engine.has_attention:
+            raise RequestError(422, "no_attention", f"model {self.engine.bundle.name!r} cannot show where it looked: "
+                                                    "its decoder reads the pooled image (no attention), or its bundle "
+                                                    "was exported without the step's attention weights")
         self.batcher.reserve(len(uploads))  # a full queue refuses before anything is decoded
         try:
             batch, shown = self._preprocess(uploads, deadline, previews)
@@ -169,7 +192,8 @@ class ServedModel:
             raise
         preprocessed = self.clock()
         result = self.batcher.caption(batch, options.beam_size, options.max_length, options.length_penalty,
-                                      deadline=deadline, connected=connected, reserved=True)
+                                      deadline=deadline, connected=connected, reserved=True,
+                                      attention=options.attention)
         engine = self.engine
         timings = {"preprocess": (preprocessed - started) * 1e3, **result.timings_ms,
                    "total": (self.clock() - started) * 1e3}

@@ -189,22 +189,30 @@ class CaptionEngine:
         """Encoder features for a batch of preprocessed images [N, H, W, 3]."""
         return self.encoder(images)
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether the decoder's step says where it looked (an attention decoder, exported with it)."""
+        return self.decoder.names.attention is not None
+
     def caption(self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
-                length_penalty: float = DEFAULT_LENGTH_PENALTY) -> CaptionResult:
-        """Caption a batch of preprocessed images; all beams of all images share each step call."""
+                length_penalty: float = DEFAULT_LENGTH_PENALTY, attention: bool = False) -> CaptionResult:
+        """Caption a batch of preprocessed images; all beams of all images share each step call.
+        With `attention` (has_attention must hold), each hypothesis carries its attention rows."""
+        if attention and not self.has_attention:
+            raise ValueError(f"bundle {self.bundle.name}: its decoder step outputs no attention weights")
         max_length = min(max_length or self.max_length, self.max_length)
         started = time.perf_counter()
         features = self.encode(images)
         encoded = time.perf_counter()
         with self.decoder.lock or nullcontext():
             state = self.decoder.initial_state(features)
+            step = self.decoder.step_with_attention if attention else self.decoder.step
             if beam_size == 1:
-                hypotheses = [[h] for h in decode_greedy(self.decoder.step, state, len(images), self.start_id,
-                                                         self.end_id, max_length, self.no_repeat_ngram_size)]
+                hypotheses = [[h] for h in decode_greedy(step, state, len(images), self.start_id, self.end_id,
+                                                         max_length, self.no_repeat_ngram_size, attention)]
             else:
-                hypotheses = decode_beam(self.decoder.step, state, len(images), self.start_id, self.end_id,
-                                         max_length, beam_size, length_penalty, self.decoder.select,
-                                         self.no_repeat_ngram_size)
+                hypotheses = decode_beam(step, state, len(images), self.start_id, self.end_id, max_length, beam_size,
+                                         length_penalty, self.decoder.select, self.no_repeat_ngram_size, attention)
         done = time.perf_counter()
         return CaptionResult(hypotheses, {"encode": (encoded - started) * 1e3, "decode": (done - encoded) * 1e3})
 

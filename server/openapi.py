@@ -22,6 +22,9 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
         "length_penalty": {"type": "number", "minimum": 0, "maximum": MAX_LENGTH_PENALTY,
                            "default": config.length_penalty,
                            "description": "beam hypotheses are ranked by log_prob / length ** length_penalty"},
+        "attention": {"type": "boolean", "default": False,
+                      "description": "also return, for each word, the weights of the image grid the decoder "
+                                     "looked at (models with an attention decoder; 422 otherwise)"},
         "model": {"type": "string", "enum": models, "default": models[0],
                   "description": "which served model captions (GET /api/v1/models lists them)"},
         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": int(config.request_timeout_s * 1000),
@@ -95,7 +98,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "summary": "Prometheus metrics of every worker", "operationId": "getMetrics",
                 "responses": {"200": {"description": "Prometheus text exposition format",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            **protocol_paths(config, {k: v for k, v in options.items() if k != "model"}, models),
+            **protocol_paths(config, {k: v for k, v in options.items() if k not in ("model", "attention")}, models),
             "/openapi.json": {"get": {
                 "summary": "This document", "operationId": "getOpenApi",
                 "responses": {"200": {"description": "OpenAPI 3 document",
@@ -107,7 +110,15 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                     "type": "object", "required": ["caption", "tokens", "log_prob"], "properties": {
                         "caption": {"type": "string"},
                         "tokens": {"type": "array", "items": {"type": "string"}},
-                        "log_prob": {**number, "description": "total log-probability of the caption"}}}},
+                        "log_prob": {**number, "description": "total log-probability of the caption"},
+                        "attention": {"type": "object", "required": ["grid", "weights"],
+                                      "description": "with attention=true: for each of `tokens`, its weights "
+                                                     "over the grid (rows x columns, row-major, summing to 1)",
+                                      "properties": {
+                                          "grid": {"type": "array", "items": {"type": "integer"},
+                                                   "minItems": 2, "maxItems": 2},
+                                          "weights": {"type": "array", "items": {"type": "array",
+                                                                                 "items": number}}}}}}},
                 "model": {"type": "object", "required": ["name", "created", "providers"], "properties": {
                     "name": {"type": "string"}, "created": {"type": "string", "nullable": True},
                     "providers": {"type": "array", "items": {"type": "string"}}}},
@@ -119,7 +130,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
-            **protocol_schemas(options),
+            **protocol_schemas({k: v for k, v in options.items() if k not in ("model", "attention")}),
         }},
     }
 

@@ -32,7 +32,7 @@ def attention_weights(init_model, step_model, features: np.ndarray, start: int, 
         query = np.asarray(query_of(inputs, training=False))[0, 0]   # [A]
         scores = (scale * np.tanh(query[None, :] + memory)).sum(-1)
         weights.append(np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum())
-        log_probs, h, c = (np.asarray(x) for x in step_model(inputs, training=False))
+        log_probs, h, c = (np.asarray(x) for x in step_model(inputs, training=False)[:3])
         state = [h, c, *state[2:]]
         token = int(log_probs[0].argmax())
         if token == end:

@@ -18,8 +18,9 @@ def greedy_captions(init_model, step_model, features: np.ndarray, vocab: Vocabul
     """Greedy captions from the Keras init/step models, decoded by the contract's decode_greedy
     and special-token rule, exactly as the server decodes the exported graphs."""
     def step(tokens, state):
-        # The step model returns log_probs and the state it updates (h, c); the rest (context) is carried.
-        log_probs, *updated = (np.asarray(x) for x in step_model([tokens, *state], training=False))
+        # The step model returns log_probs and the state it updates (h, c), then an attention decoder's
+        # weights; the rest of the state (context, memory) is carried.
+        log_probs, *updated = (np.asarray(x) for x in step_model([tokens, *state], training=False)[:3])
         return log_probs, (*updated, *state[len(updated):])
 
     special = vocab.special_ids

@@ -6,10 +6,11 @@ every step (soft attention, as in Show, Attend and Tell, scored after the LSTM a
 Each is built once from shared layers into three Keras models:
   training model  (features, tokens)                -> logits      (teacher forcing)
   init model      (features)                        -> h, c, context[, memory]
-  step model      (token [B,1], h, c, context[, memory]) -> log_probs [B,V], h, c
+  step model      (token [B,1], h, c, context[, memory]) -> log_probs [B,V], h, c[, attention [B,64]]
 `context` is the projected (pooled) image, fed at every step when `image_every_step` is on
 (par-inject); h and c start from the image either way (init-inject). `memory` [B,64,A] is the
-map projected once by the init model, so each step only scores it against the LSTM's output.
+map projected once by the init model, so each step only scores it against the LSTM's output;
+the step also returns its weights over the 64 positions, for clients that draw them.
 """
 from __future__ import annotations
 
@@ -172,11 +173,13 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
         return words
 
     def head(sequence, memory):
-        """Logits from the LSTM's outputs [B,T,U] and, attending, the memory [B,P,A]."""
+        """Logits from the LSTM's outputs [B,T,U] and, attending, the memory [B,P,A]; and the
+        attention weights [B,T,P] (None without attention)."""
+        weights = None
         if c.attention:
-            attended = attend([to_query(sequence), memory])
+            attended, weights = attend([to_query(sequence), memory], return_attention_scores=True)
             sequence = layers.Concatenate(name="output_and_attended")([sequence, attended])
-        return to_vocab(output_dropout(sequence))
+        return to_vocab(output_dropout(sequence)), weights
 
     # Teacher-forced training model over whole captions.
     steps = c.max_length + 1
@@ -189,11 +192,11 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
                                    for x in (h0, c0, context, memory[0]))
         flat_tokens = layers.Lambda(lambda t: keras.ops.reshape(t, (-1, steps)))(tokens)
         sequence, _, _ = lstm(words_in(flat_tokens, context, steps), initial_state=[h0, c0])
-        logits = layers.Lambda(lambda x: keras.ops.reshape(x, (-1, k, steps, c.vocab_size)))(head(sequence, memory))
+        logits = layers.Lambda(lambda x: keras.ops.reshape(x, (-1, k, steps, c.vocab_size)))(head(sequence, memory)[0])
     else:
         tokens = keras.Input((steps,), dtype="int32", name="tokens")
         sequence, _, _ = lstm(words_in(tokens, context, steps), initial_state=[h0, c0])
-        logits = head(sequence, None)
+        logits, _ = head(sequence, None)
     training_model = keras.Model([features, tokens], logits, name="decoder_training")
 
     # Initial state from the image.
@@ -210,12 +213,15 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
     if c.image_every_step:
         word = layers.Concatenate()([word, context_in])
     out, (h_out, c_out) = lstm.cell(word, [h_in, c_in])
+    attention = []
     if c.attention:
         memory_in = keras.Input((positions, c.embedding_dim), name="memory")
         state_in.append(memory_in)
-        logits = layers.Reshape((c.vocab_size,))(head(layers.Reshape((1, c.units))(out), memory_in))
+        logits, weights = head(layers.Reshape((1, c.units))(out), memory_in)
+        logits = layers.Reshape((c.vocab_size,))(logits)
+        attention = [layers.Reshape((positions,), name="attention_weights")(weights)]
     else:  # the pooled step graph as it always was: no sequence axis to add and take away
         logits = to_vocab(out)
     log_probs = layers.Activation("log_softmax", name="log_probs")(logits)
-    step_model = keras.Model([token, *state_in], [log_probs, h_out, c_out], name="decoder_step")
+    step_model = keras.Model([token, *state_in], [log_probs, h_out, c_out, *attention], name="decoder_step")
     return training_model, init_model, step_model

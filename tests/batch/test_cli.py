@@ -87,6 +87,8 @@ def test_csv_output_and_explicit_files(bundle_dir, image_folder, tmp_path):
     (["{folder}", "--bundle", "/no/such/bundle"], "bundle"),
     (["{folder}", "--batch-size", "0"], "--batch-size"),
     (["{folder}", "--beam-size", "99"], "--beam-size"),
+    (["{folder}", "--attention"], "no attention weights"),          # the test bundle's decoder is pooled
+    (["{folder}", "--attention", "--format", "csv"], "JSON lines"),
 ])
 def test_bad_arguments_exit_2_with_one_line(bundle_dir, image_folder, args, reason):
     root, _ = image_folder
@@ -95,3 +97,17 @@ def test_bad_arguments_exit_2_with_one_line(bundle_dir, image_folder, args, reas
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("caption: error:") and reason in lines[0], result.stderr
+
+
+def test_attention_weights_for_every_word(attention_bundle_dir, image_folder, tmp_path):
+    root, _ = image_folder
+    out = tmp_path / "looked.jsonl"
+    result = caption(root / "nested", "--bundle", attention_bundle_dir, "--out", out, "--attention", "--beam-size", "2",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = list(rows_by_path(out).values())
+    assert len(rows) == 3
+    for row in rows:
+        assert row["attention"]["grid"] == [8, 8]
+        assert len(row["attention"]["weights"]) == len(row["tokens"])
+        assert all(len(w) == 64 and abs(sum(w) - 1) < 1e-2 for w in row["attention"]["weights"])

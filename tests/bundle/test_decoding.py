@@ -191,3 +191,42 @@ def test_repeating_tokens_are_those_hugging_face_bans():
     assert repeating_tokens([0, 5, 6, 5, 6], 3) == [5]     # "5 6 5" seen: after "5 6", 5 would repeat it
     assert sorted(repeating_tokens([0, 5, 6], 1)) == [0, 5, 6]
     assert repeating_tokens([0, 5], 3) == [] and repeating_tokens([0, 5, 6, 5], 0) == []
+
+
+def attending_step(table):
+    """toy_step that also 'attends': one-hot at (position, previous word), so each word's row says
+    which step, after which prefix, produced it."""
+    plain = toy_step(table)
+
+    def step(tokens, state):
+        (position,) = state
+        weights = np.zeros((len(tokens), 6 * VOCAB), np.float32)
+        weights[np.arange(len(tokens)), position[:, 0] * VOCAB + tokens[:, 0]] = 1.0
+        log_probs, state = plain(tokens, state)
+        return log_probs, state, weights
+
+    return step
+
+
+def expected_rows(tokens):
+    previous = [START, *tokens[:-1]]
+    return [t * VOCAB + p for t, p in enumerate(previous)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_word_keeps_the_attention_of_the_step_that_chose_it(seed):
+    table = toy_table(seed)
+    greedy = decode_greedy(attending_step(table), start_state(3), 3, START, END, 5, attention=True)
+    plain = decode_greedy(toy_step(table), start_state(3), 3, START, END, 5)
+    assert [h.tokens for h in greedy] == [h.tokens for h in plain]
+    for h in greedy:
+        assert h.attention.shape == (len(h.tokens), 6 * VOCAB)
+        assert h.attention.argmax(1).tolist() == expected_rows(h.tokens)
+    beams = decode_beam(attending_step(table), start_state(2), 2, START, END, 5, beam_size=3, attention=True)
+    plain_beams = decode_beam(toy_step(table), start_state(2), 2, START, END, 5, beam_size=3)
+    assert [[h.tokens for h in b] for b in beams] == [[h.tokens for h in b] for b in plain_beams]
+    for hypotheses in beams:
+        for h in hypotheses:  # beams reorder at every step: each keeps its own rows
+            assert h.attention.shape == (len(h.tokens), 6 * VOCAB)
+            assert h.attention.argmax(1).tolist() == expected_rows(h.tokens)
+    assert all(h.attention is None for h in plain)

@@ -29,8 +29,10 @@ def test_the_manifest_describes_the_map_and_the_carried_memory(attention_bundle_
     assert graphs["encoder"]["outputs"][0]["shape"] == ["batch", 64, 2048]
     init = {t["key"]: t["shape"] for t in graphs["decoder_init"]["outputs"]}
     assert init["memory"] == ["batch", 64, 24]
-    step_outputs = {t["key"] for t in graphs["decoder_step"]["outputs"]}
-    assert step_outputs == {"log_probs", "h_next", "c_next"}   # the memory is carried, not updated
+    step_outputs = {t["key"]: t["shape"] for t in graphs["decoder_step"]["outputs"]}
+    # The memory is carried, not updated; the step says where it looked.
+    assert step_outputs == {"log_probs": step_outputs["log_probs"], "h_next": ["batch", 48], "c_next": ["batch", 48],
+                            "attention": ["batch", 64]}
     parity = manifest["provenance"]["parity"]["optimized"]
     assert parity["greedy_captions_identical"].split("/")[0] == parity["greedy_captions_identical"].split("/")[1]
     assert manifest["provenance"]["decoder"]["attention"] is True
@@ -52,6 +54,27 @@ def test_bound_buffers_decode_like_numpy(attention_bundle_dir, engine, images):
         want = [[h.tokens for h in beams] for beams in engine.caption(images, beam_size=beam_size).hypotheses]
         got = [[h.tokens for h in beams] for beams in bound.caption(images, beam_size=beam_size).hypotheses]
         assert got == want
+        want = engine.caption(images, beam_size=beam_size, attention=True).hypotheses
+        got = bound.caption(images, beam_size=beam_size, attention=True).hypotheses
+        for a, b in zip(want, got):
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+            assert all(np.allclose(x.attention, y.attention, atol=1e-6) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_each_word_comes_with_where_the_step_looked(engine, images, beam_size):
+    plain = engine.caption(images, beam_size=beam_size).hypotheses
+    looked = engine.caption(images, beam_size=beam_size, attention=True).hypotheses
+    assert [[h.tokens for h in b] for b in looked] == [[h.tokens for h in b] for b in plain]
+    for beams in looked:
+        for h in beams:
+            assert h.attention.shape == (len(h.tokens), 64)
+            assert np.allclose(h.attention.sum(1), 1.0, atol=1e-4) and (h.attention >= 0).all()
+    # The best beam's rows are the ones its own words were chosen with: replaying them one image
+    # at a time, greedily, gives the same weights.
+    if beam_size == 1:
+        single = engine.caption(images[:1], attention=True).hypotheses[0][0]
+        assert np.allclose(single.attention, looked[0][0].attention, atol=1e-5)
 
 
 def test_the_api_captions_with_an_attention_bundle(attention_bundle_dir, shapes_dataset):
@@ -64,5 +87,25 @@ def test_the_api_captions_with_an_attention_bundle(attention_bundle_dir, shapes_
                                      files={"image": (path.name, path.read_bytes(), "image/png")})
             assert response.status_code == 200, response.text
             assert response.json()["captions"][0]["tokens"]
+            assert "attention" not in response.json()["captions"][0]
+            response = requests.post(server.url + "/api/v1/captions?attention=true", data={"beam_size": beam},
+                                     files={"image": (path.name, path.read_bytes(), "image/png")}, timeout=60)
+            caption = response.json()["captions"][0]
+            assert caption["attention"]["grid"] == [8, 8]
+            assert len(caption["attention"]["weights"]) == len(caption["tokens"])
+            assert all(len(row) == 64 and abs(sum(row) - 1) < 1e-2 for row in caption["attention"]["weights"])
+        assert requests.get(server.url + "/api/v1/model").json()["attention_grid"] == [8, 8]
+        response = requests.post(server.url + "/api/v1/captions?attention=maybe",
+                                 files={"image": (path.name, path.read_bytes(), "image/png")}, timeout=60)
+        assert response.status_code == 422 and "attention must be true or false" in response.text
     finally:
         server.stop()
+
+
+def test_a_bundle_without_attention_says_so_with_a_422(server, shapes_dataset):
+    path = sorted((shapes_dataset / "Images").glob("*.png"))[0]
+    response = requests.post(server.url + "/api/v1/captions", data={"attention": "true"}, timeout=60,
+                             files={"image": (path.name, path.read_bytes(), "image/png")})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "no_attention"
+    assert requests.get(server.url + "/api/v1/model").json()["attention_grid"] is None

@@ -23,7 +23,7 @@ class SlowEngine:
     def __init__(self, delay=0.3, fail_on=None):
         self.delay, self.fail_on, self.batches = delay, fail_on, []
 
-    def caption(self, images, beam_size=1, max_length=None, length_penalty=0.0):
+    def caption(self, images, beam_size=1, max_length=None, length_penalty=0.0, attention=False):
         ids = [int(image[0, 0, 0]) for image in images]
         self.batches.append((ids, beam_size))
         time.sleep(self.delay)
