@@ -46,6 +46,7 @@ def upload():
         if file is None or not file.filename:
             raise RequestError(400, "missing_image", "Choose an image file to caption.")
         options = model.options(fields)
+        options.attention = engine.has_attention  # the page draws where each word looked, when the model says
         result = model.caption_uploads([file.read()], options, g.started, client_connected(request.environ),
                                        previews=True)
     except RequestEntityTooLarge:
@@ -53,6 +54,8 @@ def upload():
     except RequestError as exc:
         page, status = _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:])
         return page, status, exc.headers
-    return _form(state, engine=engine, caption=result["captions"][0]["caption"], beams=result["beams"][0],
+    best = result["captions"][0]
+    looked = {"tokens": best["tokens"], **best["attention"]} if "attention" in best else None
+    return _form(state, engine=engine, caption=best["caption"], beams=result["beams"][0],
                  timings=result["timings_ms"], preview=_data_url(result["previews"][0]),
-                 beam_size=options.beam_size, filename=file.filename)
+                 beam_size=options.beam_size, filename=file.filename, attention=looked)

@@ -47,3 +47,41 @@ def test_upload_a_non_image_and_see_a_readable_error(server, page, tmp_path):
     page.wait_for_selector("[role=alert]")
     page.screenshot(path=str(SCREENSHOTS / "error.png"), full_page=True)
     assert "not an image in a supported format" in page.inner_text("[role=alert]")
+
+
+@pytest.fixture(scope="module")
+def attention_server(attention_bundle_dir):
+    from harness.server_process import GunicornServer
+
+    server = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
+    server.wait_ready(120)
+    yield server
+    server.stop()
+
+
+def test_each_word_of_an_attention_model_shows_where_it_looked(attention_server, page, shapes_dataset):
+    image = sorted((shapes_dataset / "Images").glob("*.png"))[0]
+    page.goto(attention_server.url + "/")
+    page.get_by_label("Image").set_input_files(str(image))
+    page.get_by_role("button", name="Caption").click()
+    page.wait_for_selector("#attention:not([hidden]) canvas")
+    page.screenshot(path=str(SCREENSHOTS / "attention.png"), full_page=True)
+    words = page.inner_text("#caption").split()
+    panels = page.locator("#attention .word")
+    assert panels.count() == len(words) and [panels.nth(i).inner_text() for i in range(len(words))] == words
+    # Each panel is the image with its word's weights drawn on it: not blank, and not all alike.
+    sums = page.evaluate("""() => [...document.querySelectorAll('#attention canvas')].map(canvas => {
+        const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let total = 0; for (let i = 0; i < pixels.length; i += 4) total += pixels[i] + pixels[i + 1] + pixels[i + 2];
+        return total; })""")
+    assert all(s > 0 for s in sums) and len(set(sums)) > 1
+
+
+def test_a_pooled_model_shows_no_attention(server, page, trained_run):
+    import json
+    item = json.loads((trained_run / "heldout.json").read_text())[0]
+    page.goto(server.url + "/")
+    page.get_by_label("Image").set_input_files(item["image"])
+    page.get_by_role("button", name="Caption").click()
+    page.wait_for_selector("#caption")
+    assert page.locator("#attention").count() == 0
