@@ -29,7 +29,9 @@ SPECIAL_TOKENS = ("pad", "start", "end", "unknown")
 # float32 is reported beside it. The bf16 figures sit in provenance.parity under the key below
 # (written by export.openvino_check).
 MAX_QUALITY_LOSS = 0.01
-OPENVINO_BF16_PARITY = "openvino_bf16_quality"  # not "*_vs_fp32": that names a variant bundle
+OPENVINO_BF16_PARITY = "openvino_bf16_quality"
+# The held-out quality figures /api/v1/model shows from the manifest's provenance.metrics.
+QUALITY_METRICS = ("bleu", "coco_bleu", "rouge_l", "cider_d", "meteor", "objects_right")  # not "*_vs_fp32": that names a variant bundle
 
 
 class BundleError(RuntimeError):
@@ -113,7 +115,7 @@ class Bundle:
             "encoder_weights_random": provenance.get("encoder_weights_random"),
             "dataset": provenance.get("dataset", {}).get("kind"),
             "metrics": {k: v for k, v in provenance.get("metrics", {}).items()
-                        if k.startswith(("bleu", "objects_right"))},
+                        if k.startswith(QUALITY_METRICS)},
             "attention_grid": list(grid) if (grid := self.attention_grid) else None,
             "opset": m.get("opset"),
             "precision": m.get("precision", {role: "float32" for role in GRAPH_ROLES}),

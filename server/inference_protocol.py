@@ -2,7 +2,9 @@
 MLServer and their clients (tritonclient, perf_analyzer) speak.
 
 Every served model takes one input, `image` (BYTES, shape [n] or [n, 1]: one encoded image file
-per element), and answers `caption` (BYTES) and `log_prob` (FP32), one per image. Images travel
+per element), and answers `caption` (BYTES) and `log_prob` (FP32), one per image; a model with an
+attention decoder also answers `attention` (FP32 [n, words, grid positions], zero past each
+caption's end) when the parameter `attention` is true. Images travel
 as raw bytes with the binary tensor data extension (`Inference-Header-Content-Length`, which
 tritonclient uses by default), or as base64 text in plain JSON, as KServe's image examples send
 them. Requests go through the same queue, limits, deadlines and metrics as /api/v1/captions;
@@ -34,6 +36,7 @@ OUTPUTS = {"caption": "BYTES", "log_prob": "FP32"}
 # Request parameters: the decoding options of /api/v1/captions, and the protocol's own switch.
 OPTIONS = ("beam_size", "max_length", "length_penalty", "timeout_ms")
 BINARY_OUTPUT = "binary_data_output"
+ATTENTION = "attention"  # the parameter that asks for the output of the same name
 VERSION = "1"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 LENGTH_PREFIX = struct.Struct("<I")
@@ -138,11 +141,15 @@ def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]
 
 
 def _options(parameters: dict) -> MultiDict:
-    unknown = sorted(set(parameters) - set(OPTIONS) - {BINARY_OUTPUT})
+    unknown = sorted(set(parameters) - set(OPTIONS) - {BINARY_OUTPUT, ATTENTION})
     if unknown:
         raise RequestError(422, "invalid_parameter", f"unknown parameter {str(unknown[0])[:40]!r}; this model "
-                                                     f"takes {', '.join(OPTIONS)} and {BINARY_OUTPUT}")
+                                                     f"takes {', '.join(OPTIONS)}, {ATTENTION} and {BINARY_OUTPUT}")
     options = MultiDict()
+    if ATTENTION in parameters:
+        if not isinstance(parameters[ATTENTION], bool):
+            raise RequestError(422, "invalid_parameter", f"{ATTENTION} must be true or false")
+        options.add(ATTENTION, str(parameters[ATTENTION]).lower())
     for name in OPTIONS:
         value = parameters.get(name)
         if value is None:
@@ -154,18 +161,21 @@ def _options(parameters: dict) -> MultiDict:
     return options
 
 
-def _requested_outputs(document: dict, binary_default: bool) -> list[tuple[str, bool]]:
+def _requested_outputs(document: dict, binary_default: bool, attention: bool) -> list[tuple[str, bool]]:
+    available = [*OUTPUTS, *([ATTENTION] if attention else [])]
     wanted = document.get("outputs")
     if wanted is None:
-        return [(name, binary_default) for name in OUTPUTS]
+        return [(name, binary_default) for name in available]
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise bad_request("'outputs' must be a list of objects with a 'name'")
     chosen = []
     for output in wanted:
         name = output.get("name")
-        if name not in OUTPUTS or name in (n for n, _ in chosen):
+        if name == ATTENTION and not attention:
+            raise bad_request(f"output '{ATTENTION}' comes with the parameter {ATTENTION}: true")
+        if name not in available or name in (n for n, _ in chosen):
             raise bad_request(f"output {str(name)[:40]!r} is unknown or repeated; the outputs are "
-                              f"{', '.join(OUTPUTS)}")
+                              f"{', '.join(available)}")
         binary = _object(output.get("parameters"), f"output '{name}' parameters").get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise bad_request(f"output '{name}': binary_data must be true or false")
@@ -193,24 +203,40 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     binary_default = parameters.get(BINARY_OUTPUT, False)
     if not isinstance(binary_default, bool):
         raise bad_request(f"{BINARY_OUTPUT} must be true or false")
-    return InferRequest(request_id, images, _options(parameters), _requested_outputs(document, binary_default))
+    options = _options(parameters)
+    return InferRequest(request_id, images, options,
+                        _requested_outputs(document, binary_default, options.get(ATTENTION) == "true"))
 
 
-def infer_response(model_name: str, request: InferRequest, captions: list[str], log_probs: list[float]) -> Response:
-    """The inference response: JSON, or JSON then the binary outputs with their header."""
+def attention_tensor(weights: list, positions: int) -> np.ndarray:
+    """Each caption's attention rows [words, positions] as one [n, longest, positions] tensor, zeros past
+    each caption's end."""
+    out = np.zeros((len(weights), max(map(len, weights)), positions), np.float32)
+    for i, rows in enumerate(weights):
+        out[i, :len(rows)] = np.asarray(rows, np.float32).reshape(len(rows), positions)
+    return out
+
+
+def infer_response(model_name: str, request: InferRequest, captions: list[str], log_probs: list[float],
+                   attention: np.ndarray | None = None) -> Response:
+    """The inference response: JSON, or JSON then the binary outputs with their header.
+    `attention`: the attention_tensor of the captions, when the request asked for it."""
     values = {"caption": [c.encode() for c in captions], "log_prob": np.asarray(log_probs, np.float32)}
+    if attention is not None:
+        values[ATTENTION] = attention
     document = {"model_name": model_name, "model_version": VERSION, "outputs": []}
     if request.id is not None:
         document["id"] = request.id
     blobs = []
     for name, binary in request.outputs:
-        tensor = {"name": name, "datatype": OUTPUTS[name], "shape": [len(captions)]}
+        shape = list(values[name].shape) if name == ATTENTION else [len(captions)]
+        tensor = {"name": name, "datatype": OUTPUTS.get(name, "FP32"), "shape": shape}
         if binary:
             blob = serialize_bytes(values[name]) if name == "caption" else values[name].astype("<f4").tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = captions if name == "caption" else [float(v) for v in values[name]]
+            tensor["data"] = captions if name == "caption" else [float(v) for v in values[name].ravel()]
         document["outputs"].append(tensor)
     head = json.dumps(document, separators=(",", ":")).encode()
     if not blobs:
@@ -219,20 +245,30 @@ def infer_response(model_name: str, request: InferRequest, captions: list[str], 
                     headers={HEADER_LENGTH: str(len(head))})
 
 
-def model_metadata(name: str) -> dict:
-    """The model metadata response: one BYTES input, two outputs, one version."""
+def _outputs(positions: int) -> list[tuple[str, str, list[int]]]:
+    """(name, datatype, shape) of every output; `positions`: the attention grid's size (0: none)."""
+    return [(n, t, [-1]) for n, t in OUTPUTS.items()] + ([(ATTENTION, "FP32", [-1, -1, positions])] if positions else [])
+
+
+def model_metadata(name: str, positions: int = 0) -> dict:
+    """The model metadata response: one BYTES input, its outputs, one version."""
     return {"name": name, "versions": [VERSION], "platform": "onnxruntime_onnx",
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": n, "datatype": t, "shape": [-1]} for n, t in OUTPUTS.items()]}
+            "outputs": [{"name": n, "datatype": t, "shape": s} for n, t, s in _outputs(positions)]}
 
 
-def model_config(name: str, max_images: int) -> dict:
+def model_config(name: str, max_images: int, positions: int = 0) -> dict:
     """Triton's model configuration extension, which perf_analyzer reads before it profiles."""
     triton_type = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32"}
     return {"name": name, "platform": "onnxruntime_onnx", "backend": "", "max_batch_size": 0,
             "input": [{"name": INPUT, "data_type": "TYPE_STRING", "dims": [-1]}],
-            "output": [{"name": n, "data_type": triton_type[t], "dims": [-1]} for n, t in OUTPUTS.items()],
+            "output": [{"name": n, "data_type": triton_type[t], "dims": s} for n, t, s in _outputs(positions)],
             "parameters": {"max_images_per_request": {"string_value": str(max_images)}}}
+
+
+def _positions(model) -> int:
+    grid = model.engine.bundle.attention_grid
+    return grid[0] * grid[1] if grid else 0
 
 
 def is_protocol_path(path: str) -> bool:
@@ -277,15 +313,13 @@ def server_ready():
 @v2.get("/v2/models/<name>")
 @v2.get("/v2/models/<name>/versions/<version>")
 def model(name: str, version: str | None = None):
-    _served(name, version)
-    return model_metadata(name)
+    return model_metadata(name, _positions(_served(name, version)))
 
 
 @v2.get("/v2/models/<name>/config")
 @v2.get("/v2/models/<name>/versions/<version>/config")
 def config(name: str, version: str | None = None):
-    _served(name, version)
-    return model_config(name, _registry().config.max_images)
+    return model_config(name, _registry().config.max_images, _positions(_served(name, version)))
 
 
 @v2.get("/v2/models/<name>/ready")
@@ -313,5 +347,8 @@ def infer(name: str, version: str | None = None):
                                      request.headers.get(HEADER_LENGTH))
     result = model.caption_uploads(parsed.images, model.options(parsed.options), g.started,
                                    client_connected(request.environ))
-    return infer_response(name, parsed, [c["caption"] for c in result["captions"]],
-                          [c["log_prob"] for c in result["captions"]])
+    captions = result["captions"]
+    attention = (attention_tensor([c["attention"]["weights"] for c in captions], _positions(model))
+                 if parsed.options.get(ATTENTION) == "true" else None)
+    return infer_response(name, parsed, [c["caption"] for c in captions], [c["log_prob"] for c in captions],
+                          attention)

@@ -155,7 +155,7 @@ def protocol_paths(config, options: dict, models: list[str]) -> dict:
     infer = {"post": {
         "summary": "Caption images (Open Inference Protocol)",
         "description": f"Input `image`: BYTES, one encoded image file per element. Parameters: "
-                       f"{', '.join(options)}. Outputs: {', '.join(OUTPUTS)}.",
+                       f"{', '.join(options)}, attention. Outputs: {', '.join(OUTPUTS)} (and attention).",
         "requestBody": {"required": True, "description": f"JSON; or (the binary tensor data extension) the JSON "
                                                          f"request, then the binary data, with the header "
                                                          f"{HEADER_LENGTH} giving the JSON part's length",
@@ -212,7 +212,7 @@ def protocol_schemas(options: dict) -> dict:
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}}}
     output_tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-        "name": {"type": "string", "enum": list(OUTPUTS)}, "datatype": {"type": "string"},
+        "name": {"type": "string", "enum": [*OUTPUTS, "attention"]}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}},
         "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}},
         "data": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "number"}]}}}}
@@ -221,6 +221,8 @@ def protocol_schemas(options: dict) -> dict:
             "id": {"type": "string"},
             "parameters": {"type": "object", "additionalProperties": False, "properties": {
                 **{k: v for k, v in options.items() if k != "model"},
+                "attention": {"type": "boolean", "default": False,
+                              "description": "also answer the output `attention` (models with an attention decoder)"},
                 "binary_data_output": {"type": "boolean", "default": False}}},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
                 "type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
@@ -230,7 +232,7 @@ def protocol_schemas(options: dict) -> dict:
                     "data": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"},
                              "description": "each image file, base64-encoded"}}}},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-                "name": {"type": "string", "enum": list(OUTPUTS)},
+                "name": {"type": "string", "enum": [*OUTPUTS, "attention"]},
                 "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
         }},
         "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {

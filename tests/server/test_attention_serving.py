@@ -109,3 +109,43 @@ def test_a_bundle_without_attention_says_so_with_a_422(server, shapes_dataset):
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "no_attention"
     assert requests.get(server.url + "/api/v1/model").json()["attention_grid"] is None
+
+
+def test_the_inference_protocol_answers_attention_when_asked(attention_bundle_dir, shapes_dataset):
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    server = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
+    try:
+        server.wait_ready(120)
+        name = load_bundle(attention_bundle_dir).name
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        outputs = {o["name"]: o for o in client.get_model_metadata(name)["outputs"]}
+        assert outputs["attention"] == {"name": "attention", "datatype": "FP32", "shape": [-1, -1, 64]}
+        images = [p.read_bytes() for p in sorted((shapes_dataset / "Images").glob("*.png"))[:2]]
+        tensor = triton.InferInput("image", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+        result = client.infer(name, [tensor], parameters={"attention": True, "beam_size": 2})
+        captions = [c.decode().split() for c in result.as_numpy("caption")]
+        weights = result.as_numpy("attention")
+        assert weights.shape == (2, max(map(len, captions)), 64)
+        for words, rows in zip(captions, weights):
+            assert np.allclose(rows[:len(words)].sum(1), 1.0, atol=1e-3) and not rows[len(words):].any()
+        plain = client.infer(name, [tensor])
+        assert plain.as_numpy("attention") is None
+        with pytest.raises(InferenceServerException, match="parameter attention: true"):
+            client.infer(name, [tensor], outputs=[triton.InferRequestedOutput("attention")])
+    finally:
+        server.stop()
+
+
+def test_the_inference_protocol_refuses_attention_for_a_pooled_model(server, bundle_dir, shapes_dataset):
+    import base64
+
+    image = sorted((shapes_dataset / "Images").glob("*.png"))[0].read_bytes()
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(image).decode()]}],
+            "parameters": {"attention": True}}
+    response = requests.post(f"{server.url}/v2/models/{bundle_dir.name}/infer", json=body, timeout=60)
+    assert response.status_code == 422 and "cannot show where it looked" in response.json()["error"]
+    outputs = requests.get(f"{server.url}/v2/models/{bundle_dir.name}").json()["outputs"]
+    assert [o["name"] for o in outputs] == ["caption", "log_prob"]
