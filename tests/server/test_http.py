@@ -101,8 +101,8 @@ def test_openapi_document_matches_the_api(server):
     assert set(doc["paths"]) == {"/api/v1/captions", "/api/v1/model", "/api/v1/models", "/healthz", "/readyz",
                                  "/metrics", "/openapi.json", "/v2", "/v2/health/live", "/v2/health/ready"} | protocol
     post = doc["paths"]["/api/v1/captions"]["post"]
-    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length", "length_penalty", "model",
-                                                       "timeout_ms"}
+    assert {p["name"] for p in post["parameters"]} == {"beam_size", "max_length", "length_penalty", "attention",
+                                                       "model", "timeout_ms"}
     schema = doc["components"]["schemas"]["Captions"]
     assert set(schema["required"]) == {"captions", "model", "timings_ms"}
     for status in ("400", "413", "415", "422", "503"):
