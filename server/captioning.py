@@ -40,8 +40,8 @@ class Options:
 
 
 def parse_options(values, config, max_length_limit: int) -> Options:
-    """beam_size, max_length, length_penalty and timeout_ms from query/form values, validated
-    against the configuration."""
+    """beam_size, max_length, length_penalty, timeout_ms and attention from query/form values,
+    validated against the configuration."""
     def number(name: str, default, low, high, kind=int):
         # Every value counts (query and form both, or a name repeated): a bad one is refused, not shadowed.
         checked = []
@@ -157,7 +157,7 @@ class ServedModel:
         self.clock = self.batcher.clock
 
     def options(self, values) -> Options:
-        """A request's decoding options (beam_size, max_length, length_penalty, timeout_ms) for this model."""
+        """A request's decoding options (beam_size, max_length, length_penalty, timeout_ms, attention) for this model."""
         return parse_options(values, self.config, self.engine.max_length)
 
     def _preprocess(self, uploads: list[bytes], deadline: float, previews: bool):
