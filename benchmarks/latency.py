@@ -74,12 +74,13 @@ def keras_latencies(run_dir: Path, image: np.ndarray, special: dict, max_length:
     start = np.full((1, 1), special["start"], np.int32)
 
     # The decoder-state rule of bundle.specs: the step returns log_probs and the states it updates
-    # (h, c), which come first; the rest (context, and memory for attention) are carried.
+    # (h, c), which come first (then, attending, its attention weights); the rest (context, and
+    # memory for attention) are carried.
     def caption_predict():
         state = list(init.predict(encoder.predict(image, verbose=0), verbose=0))
         token = start
         for _ in range(max_length):
-            log_probs, *updated = step.predict([token, *state], verbose=0)
+            log_probs, *updated = step.predict([token, *state], verbose=0)[:3]
             state[:len(updated)] = updated
             token = log_probs.argmax(-1).astype(np.int32)[:, None]
             if token[0, 0] == special["end"]:
@@ -93,7 +94,7 @@ def keras_latencies(run_dir: Path, image: np.ndarray, special: dict, max_length:
         state = list(init_fn(encode_fn(image)))
         token = tf.constant(start)
         for _ in range(max_length):
-            log_probs, *updated = step_fn(token, *state)
+            log_probs, *updated = step_fn(token, *state)[:3]
             state[:len(updated)] = updated
             token = tf.cast(tf.argmax(log_probs, -1), tf.int32)[:, None]
             if int(token[0, 0]) == special["end"]:
