@@ -68,9 +68,14 @@ def test_step_model_reproduces_teacher_forcing(image_every_step, feature_norm, a
         h, c, *carried = state
         words = tokens[:, caption] if attention else tokens
         for t in range(7):
-            log_probs, h, c = (np.asarray(x) for x in step_model([words[:, t:t + 1], h, c, *carried]))
+            log_probs, h, c, *looked = (np.asarray(x) for x in step_model([words[:, t:t + 1], h, c, *carried]))
             wanted = expected[:, caption, t] if attention else expected[:, t]
             np.testing.assert_allclose(log_probs, wanted, atol=1e-5)
+            if attention:  # where the step looked: a distribution over the positions
+                (weights,) = looked
+                assert weights.shape == (8, positions) and np.allclose(weights.sum(1), 1.0, atol=1e-5)
+            else:
+                assert looked == []
 
 
 def test_the_map_encoder_gives_the_positions_that_pooling_averages(image_batch):
