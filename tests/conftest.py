@@ -16,7 +16,7 @@ PYTHON = sys.executable
 # model this session trains or a live server (these fixtures, directly or through another), or
 # when its module says so (`pytestmark = pytest.mark.slow`: it trains, converts or serves by itself).
 SLOW_FIXTURES = {"shapes_dataset", "trained_run", "bundle_dir", "attention_run", "attention_bundle_dir",
-                 "fp16_bundle_dir", "int8_bundle_dir", "server", "notebooks", "imported"}
+                 "fp16_bundle_dir", "int8_bundle_dir", "server", "attention_server", "notebooks", "imported"}
 
 
 def pytest_collection_modifyitems(items):
@@ -103,5 +103,14 @@ def server(bundle_dir):
     """A live server on the test bundle (2 workers, so requests cross processes)."""
     srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "2"})
     srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def attention_server(attention_bundle_dir):
+    """A live server (one worker) on the small attention bundle."""
+    srv = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
+    srv.wait_ready(120)
     yield srv
     srv.stop()

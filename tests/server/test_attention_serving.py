@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import requests
 
-from harness.server_process import GunicornServer
 from bundle.format import load_bundle
 from bundle.preprocess import load_image
 from server.engine import CaptionEngine, EngineOptions
@@ -77,29 +76,25 @@ def test_each_word_comes_with_where_the_step_looked(engine, images, beam_size):
         assert np.allclose(single.attention, looked[0][0].attention, atol=1e-5)
 
 
-def test_the_api_captions_with_an_attention_bundle(attention_bundle_dir, shapes_dataset):
-    server = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
-    try:
-        server.wait_ready(120)
-        path = sorted((shapes_dataset / "Images").glob("*.png"))[0]
-        for beam in ("1", "3"):
-            response = requests.post(server.url + "/api/v1/captions", data={"beam_size": beam}, timeout=60,
-                                     files={"image": (path.name, path.read_bytes(), "image/png")})
-            assert response.status_code == 200, response.text
-            assert response.json()["captions"][0]["tokens"]
-            assert "attention" not in response.json()["captions"][0]
-            response = requests.post(server.url + "/api/v1/captions?attention=true", data={"beam_size": beam},
-                                     files={"image": (path.name, path.read_bytes(), "image/png")}, timeout=60)
-            caption = response.json()["captions"][0]
-            assert caption["attention"]["grid"] == [8, 8]
-            assert len(caption["attention"]["weights"]) == len(caption["tokens"])
-            assert all(len(row) == 64 and abs(sum(row) - 1) < 1e-2 for row in caption["attention"]["weights"])
-        assert requests.get(server.url + "/api/v1/model").json()["attention_grid"] == [8, 8]
-        response = requests.post(server.url + "/api/v1/captions?attention=maybe",
+def test_the_api_captions_with_an_attention_bundle(attention_server, shapes_dataset):
+    server = attention_server
+    path = sorted((shapes_dataset / "Images").glob("*.png"))[0]
+    for beam in ("1", "3"):
+        response = requests.post(server.url + "/api/v1/captions", data={"beam_size": beam}, timeout=60,
+                                 files={"image": (path.name, path.read_bytes(), "image/png")})
+        assert response.status_code == 200, response.text
+        assert response.json()["captions"][0]["tokens"]
+        assert "attention" not in response.json()["captions"][0]
+        response = requests.post(server.url + "/api/v1/captions?attention=true", data={"beam_size": beam},
                                  files={"image": (path.name, path.read_bytes(), "image/png")}, timeout=60)
-        assert response.status_code == 422 and "attention must be true or false" in response.text
-    finally:
-        server.stop()
+        caption = response.json()["captions"][0]
+        assert caption["attention"]["grid"] == [8, 8]
+        assert len(caption["attention"]["weights"]) == len(caption["tokens"])
+        assert all(len(row) == 64 and abs(sum(row) - 1) < 1e-2 for row in caption["attention"]["weights"])
+    assert requests.get(server.url + "/api/v1/model").json()["attention_grid"] == [8, 8]
+    response = requests.post(server.url + "/api/v1/captions?attention=maybe",
+                             files={"image": (path.name, path.read_bytes(), "image/png")}, timeout=60)
+    assert response.status_code == 422 and "attention must be true or false" in response.text
 
 
 def test_a_bundle_without_attention_says_so_with_a_422(server, shapes_dataset):
@@ -111,32 +106,27 @@ def test_a_bundle_without_attention_says_so_with_a_422(server, shapes_dataset):
     assert requests.get(server.url + "/api/v1/model").json()["attention_grid"] is None
 
 
-def test_the_inference_protocol_answers_attention_when_asked(attention_bundle_dir, shapes_dataset):
+def test_the_inference_protocol_answers_attention_when_asked(attention_server, attention_bundle_dir, shapes_dataset):
     import tritonclient.http as triton
     from tritonclient.utils import InferenceServerException
 
-    server = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
-    try:
-        server.wait_ready(120)
-        name = load_bundle(attention_bundle_dir).name
-        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
-        outputs = {o["name"]: o for o in client.get_model_metadata(name)["outputs"]}
-        assert outputs["attention"] == {"name": "attention", "datatype": "FP32", "shape": [-1, -1, 64]}
-        images = [p.read_bytes() for p in sorted((shapes_dataset / "Images").glob("*.png"))[:2]]
-        tensor = triton.InferInput("image", [2], "BYTES")
-        tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
-        result = client.infer(name, [tensor], parameters={"attention": True, "beam_size": 2})
-        captions = [c.decode().split() for c in result.as_numpy("caption")]
-        weights = result.as_numpy("attention")
-        assert weights.shape == (2, max(map(len, captions)), 64)
-        for words, rows in zip(captions, weights):
-            assert np.allclose(rows[:len(words)].sum(1), 1.0, atol=1e-3) and not rows[len(words):].any()
-        plain = client.infer(name, [tensor])
-        assert plain.as_numpy("attention") is None
-        with pytest.raises(InferenceServerException, match="parameter attention: true"):
-            client.infer(name, [tensor], outputs=[triton.InferRequestedOutput("attention")])
-    finally:
-        server.stop()
+    name = load_bundle(attention_bundle_dir).name
+    client = triton.InferenceServerClient(attention_server.url.removeprefix("http://"))
+    outputs = {o["name"]: o for o in client.get_model_metadata(name)["outputs"]}
+    assert outputs["attention"] == {"name": "attention", "datatype": "FP32", "shape": [-1, -1, 64]}
+    images = [p.read_bytes() for p in sorted((shapes_dataset / "Images").glob("*.png"))[:2]]
+    tensor = triton.InferInput("image", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    result = client.infer(name, [tensor], parameters={"attention": True, "beam_size": 2})
+    captions = [c.decode().split() for c in result.as_numpy("caption")]
+    weights = result.as_numpy("attention")
+    assert weights.shape == (2, max(map(len, captions)), 64)
+    for words, rows in zip(captions, weights):
+        assert np.allclose(rows[:len(words)].sum(1), 1.0, atol=1e-3) and not rows[len(words):].any()
+    plain = client.infer(name, [tensor])
+    assert plain.as_numpy("attention") is None
+    with pytest.raises(InferenceServerException, match="parameter attention: true"):
+        client.infer(name, [tensor], outputs=[triton.InferRequestedOutput("attention")])
 
 
 def test_the_inference_protocol_refuses_attention_for_a_pooled_model(server, bundle_dir, shapes_dataset):

@@ -49,16 +49,6 @@ def test_upload_a_non_image_and_see_a_readable_error(server, page, tmp_path):
     assert "not an image in a supported format" in page.inner_text("[role=alert]")
 
 
-@pytest.fixture(scope="module")
-def attention_server(attention_bundle_dir):
-    from harness.server_process import GunicornServer
-
-    server = GunicornServer({"CAPTION_BUNDLE": str(attention_bundle_dir), "WEB_CONCURRENCY": "1"})
-    server.wait_ready(120)
-    yield server
-    server.stop()
-
-
 def test_each_word_of_an_attention_model_shows_where_it_looked(attention_server, page, shapes_dataset):
     image = sorted((shapes_dataset / "Images").glob("*.png"))[0]
     page.goto(attention_server.url + "/")
