@@ -7,7 +7,7 @@ from tests.conftest import run_cli
 
 
 def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
-    run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--seconds", "0.5",
+    run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--seconds", "0.3",
             "--results", str(tmp_path))
     http = json.loads((tmp_path / "http.json").read_text())
     openvino, openvino_int8 = http.get("openvino_layouts", []), http.get("openvino_int8_layouts", [])

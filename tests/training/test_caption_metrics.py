@@ -58,7 +58,7 @@ def real_format_run(shapes_dataset, tmp_path_factory):
     out = data.parent / "run"
     run_cli("training.train", "--dataset", "flickr8k", "--data", str(data), "--out", str(out),
             "--cache-dir", str(data.parent / "cache"), "--units", "32", "--embedding-dim", "16", "--epochs", "2",
-            "--batch-size", "32", "--quiet")
+            "--batch-size", "16", "--limit", "48", "--quiet")
     return out
 
 
