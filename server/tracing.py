@@ -122,6 +122,13 @@ def wall_clock_ns(perf_counter_s: float) -> int:
     return time.time_ns() - int((time.perf_counter() - perf_counter_s) * 1e9)
 
 
+def model_run_ns(started_s: float, timings_ms: dict) -> tuple[int, int, int]:
+    """When a model run started, its encoder ended and its decoding ended, in epoch nanoseconds."""
+    start = wall_clock_ns(started_s)
+    encoded = start + int(timings_ms.get("encode", 0.0) * 1e6)
+    return start, encoded, encoded + int(timings_ms.get("decode", 0.0) * 1e6)
+
+
 def record_batch(links: list, started_s: float, timings_ms: dict, images: int, requests: int):
     """The span of one model run (started at `started_s` on perf_counter's clock), linked to
     every request it served, with its encoder and decoder as children. Returns its context."""
@@ -129,9 +136,7 @@ def record_batch(links: list, started_s: float, timings_ms: dict, images: int, r
         return None
     from opentelemetry import trace
 
-    start = wall_clock_ns(started_s)
-    encoded = start + int(timings_ms.get("encode", 0.0) * 1e6)
-    decoded = encoded + int(timings_ms.get("decode", 0.0) * 1e6)
+    start, encoded, decoded = model_run_ns(started_s, timings_ms)
     batch = _tracer.start_span("caption batch", start_time=start, links=[trace.Link(c) for c in links if c],
                                attributes={"caption.batch.images": images, "caption.batch.requests": requests})
     within = trace.set_span_in_context(batch)
@@ -149,9 +154,7 @@ def record_request_stages(request, queued_s: float, started_s: float, timings_ms
     from opentelemetry import trace
 
     parent = trace.set_span_in_context(trace.NonRecordingSpan(request))
-    start = wall_clock_ns(started_s)
-    encoded = start + int(timings_ms.get("encode", 0.0) * 1e6)
-    decoded = encoded + int(timings_ms.get("decode", 0.0) * 1e6)
+    start, encoded, decoded = model_run_ns(started_s, timings_ms)
     joined = {"caption.batch.span_id": trace.format_span_id(batch.span_id),
               "caption.batch.trace_id": trace.format_trace_id(batch.trace_id), "caption.images": images}
     links = [trace.Link(batch)]
