@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
-DEMO_IMAGES ?= 3000
+DEMO_IMAGES ?= 1500
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 

@@ -122,7 +122,7 @@ def check_import_parity(expected_features: np.ndarray, model, decoder: NotebookD
     reference, reference_probs = notebook_greedy(model, expected_features, decoder, vocab)
     features, served = bundle_greedy(sessions, graphs, images, vocab, decoder.max_length)
     feature_diff = float(np.abs(features - expected_features).max())
-    if not np.allclose(features, expected_features, rtol=encoder_spec.rtol, atol=encoder_spec.atol):
+    if not encoder_spec.close(features, expected_features):
         failures.append(f"encoder features differ from Keras': max |diff| {feature_diff:.3e}")
     same = 0
     worst_probability = 0.0

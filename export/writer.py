@@ -19,7 +19,7 @@ from bundle.specs import GraphSpec, graph_specs
 
 from .parity import check_parity
 
-RANDOM_ENCODER_NOTE = ("The encoder's weights are seeded-random, not ImageNet-trained: ImageNet weights and "
+RANDOM_ENCODER_NOTE = ("InceptionV3's weights are seeded-random, not ImageNet-trained: ImageNet weights and "
                        "Flickr8k/COCO cannot be downloaded where this model was built. It captions the "
                        "synthetic shapes scenes it was trained on, not photographs.")
 # What a finished training run folder holds (training.train writes it; heldout_features.npy is
@@ -35,9 +35,14 @@ def run_specs(run: dict) -> list[GraphSpec]:
                        decoder["embedding_dim"], decoder["vocab_size"], decoder.get("attention", False))
 
 
-def describe_decoder(decoder: dict) -> str:
+def describe_model(run: dict) -> str:
     """One sentence on the model's architecture, for the manifest's description."""
-    if decoder.get("attention"):
+    learned = run["encoder"].get("learned_part")
+    if learned:
+        return (f"InceptionV3 + LSTM caption model with soft attention over an 8x8 map that a small learned part "
+                f"of the encoder ({learned['share_of_trunk']:.1%} of the trunk's multiply-adds) makes from the frozen "
+                f"InceptionV3's {' and '.join(learned['reads'])} maps.")
+    if run["decoder"].get("attention"):
         return ("InceptionV3 + LSTM caption model with soft attention over the encoder's last map "
                 "(every step looks at each of its positions).")
     return "InceptionV3 + LSTM caption model on the encoder's pooled features."
@@ -67,7 +72,7 @@ def export(run_dir: Path, out: Path, name: str, parity_images: int, log=print, n
     manifest = {
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "description": (describe_decoder(run["decoder"]) + " " + (RANDOM_ENCODER_NOTE if random_encoder else "")).strip(),
+        "description": (describe_model(run) + " " + (RANDOM_ENCODER_NOTE if random_encoder else "")).strip(),
         "graphs": {s.role: graph_entry(s) for s in specs},
         "vocabulary": {"file": "vocab.json", "size": len(vocab["words"])},
         "special_tokens": run["special_tokens"],

@@ -62,10 +62,11 @@ def bundle_dir(trained_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def attention_run(shapes_dataset, tmp_path_factory) -> Path:
-    """A small attention decoder (over the encoder's 8x8 map), trained briefly."""
+    """A small attention decoder over a learned encoder part (as the demo), trained briefly."""
     out = tmp_path_factory.mktemp("runs") / "tiny-attention"
     run_cli("training.train", "--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
             "--cache-dir", str(out.parent / "cache"), "--attention", "--units", "48", "--embedding-dim", "24",
+            "--learned-encoder", "--feature-norm", "none", "--adapter-channels", "16", "--cell-loss-weight", "1",
             "--epochs", "4", "--batch-size", "16", "--dropout", "0.1", "--quiet")
     return out
 

@@ -2,6 +2,7 @@
 epoch and against the seconds spent training.
 
 Usage: python -m training.curves runs/demo runs/pooled --labels attention pooled --out curves.png
+       ... --results benchmarks/results/learning_curves.json   (the curves as figures, for the docs' table)
 """
 from __future__ import annotations
 
@@ -42,11 +43,26 @@ def plot(curves: dict[str, tuple[str, list[dict]]], out: Path) -> None:
     figure.savefig(out, dpi=90)
 
 
+def markdown(results: dict) -> str:
+    """learning_curves.md from learning_curves.json: each run's dev score after every epoch."""
+    curves = results["curves"]
+    metric = results["metric"]
+    epochs = max(len(points) for points in curves.values())
+    header = "| epoch | " + " | ".join(curves) + " |"
+    rows = [f"| {e + 1} | " + " | ".join(f"{points[e][metric]:.3f}" if e < len(points) else "" for points in curves.values())
+            + " |" for e in range(epochs)]
+    seconds = "| seconds of training | " + " | ".join(f"{points[-1]['seconds']:.0f}" for points in curves.values()) + " |"
+    return (f"# Learning curves\n\nDev `{metric}` after every epoch, written by `python -m training.curves`"
+            f" ({results['note']}).\n\n" + "\n".join([header, "| --- |" + " --- |" * len(curves), *rows, seconds]) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="training run folders")
     parser.add_argument("--labels", nargs="+", help="one label per run (default: the folder names)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--results", type=Path, help="also write the curves to this JSON file (and its .md)")
+    parser.add_argument("--note", default="", help="what the runs were, for the results page")
     args = parser.parse_args(argv)
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
@@ -61,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the runs measure different things (synthetic and real data)", file=sys.stderr)
         return 2
     plot(curves, args.out)
+    if args.results:
+        results = {"metric": next(iter(curves.values()))[0], "note": args.note,
+                   "curves": {label: curve for label, (_, curve) in curves.items()}}
+        args.results.write_text(json.dumps(results, indent=1) + "\n")
+        args.results.with_suffix(".md").write_text(markdown(results))
     return 0
 
 

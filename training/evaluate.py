@@ -13,10 +13,11 @@ from .synthetic import COLOURS, SHAPES, SIZES
 from .vocab import Vocabulary, normalise
 
 
-def greedy_captions(init_model, step_model, features: np.ndarray, vocab: Vocabulary,
+def greedy_captions(init_model, step_model, features: np.ndarray | list[np.ndarray], vocab: Vocabulary,
                     max_length: int, batch_size: int = 256) -> list[list[str]]:
     """Greedy captions from the Keras init/step models, decoded by the contract's decode_greedy
-    and special-token rule, exactly as the server decodes the exported graphs."""
+    and special-token rule, exactly as the server decodes the exported graphs. `features` are
+    what `init_model` reads: an array, or a list of arrays (a learned encoder part's maps)."""
     def step(tokens, state):
         # The step model returns log_probs and the state it updates (h, c), then an attention decoder's
         # weights; the rest of the state (context, memory) is carried.
@@ -25,10 +26,11 @@ def greedy_captions(init_model, step_model, features: np.ndarray, vocab: Vocabul
 
     special = vocab.special_ids
     captions = []
-    for first in range(0, len(features), batch_size):
-        batch = features[first:first + batch_size]
-        state = tuple(np.asarray(x) for x in init_model(batch, training=False))
-        for hypothesis in decode_greedy(step, state, len(batch), special["start"], special["end"], max_length):
+    arrays = features if isinstance(features, list) else [features]
+    for first in range(0, len(arrays[0]), batch_size):
+        batch = [np.asarray(a[first:first + batch_size], np.float32) for a in arrays]
+        state = tuple(np.asarray(x) for x in init_model(batch if len(batch) > 1 else batch[0], training=False))
+        for hypothesis in decode_greedy(step, state, len(batch[0]), special["start"], special["end"], max_length):
             captions.append(words_of(hypothesis.tokens, vocab.words, special.values()))
     return captions
 

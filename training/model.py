@@ -22,7 +22,6 @@ import numpy as np
 from keras import layers
 
 IMAGE_SIZE = 299
-FEATURE_DIM = 2048
 MAP_POSITIONS = 64  # InceptionV3's last map at 299x299 input: 8x8
 # Keras' own preprocess_input for InceptionV3 ("tf" mode): pixels in [0, 255] -> [-1, 1].
 PREPROCESSING = {"resize": [IMAGE_SIZE, IMAGE_SIZE], "resample": "bilinear", "channels": "RGB",
@@ -38,7 +37,7 @@ class DecoderSettings:
     dropout: float = 0.3       # on the LSTM output; 0 <= dropout < 1
     image_dropout: float = 0.3  # on the standardised image features; 0 <= image_dropout < 1
     image_every_step: bool = True  # par-inject: feed the projected image at every step, not only as the initial state
-    feature_norm: str = "standardise"  # "standardise" per dimension, or "l2-standardise": unit length first
+    feature_norm: str = "standardise"  # "standardise" per dimension, "l2-standardise" (unit length first), or "none"
     attention: bool = False    # attend over the encoder's 8x8 map instead of reading its pooled vector
     captions_per_image: int = 5  # attention decoder: captions trained together per image (map projected once)
 
@@ -67,8 +66,33 @@ def build_encoder(weights: str, image_size: int = IMAGE_SIZE, spatial: bool = Fa
     `weights`: "imagenet" (downloads; needs internet), "random:SEED" (deterministic random
     weights), or a path to a local Keras weights file (.h5 / .weights.h5) for this architecture.
     """
+    model = _inception_v3(weights, image_size, pooling=None if spatial else "avg")
+    if spatial:
+        model = keras.Model(model.input, _positions(model.output), name="inception_v3_map")
+        model.trainable = False
+    return model
+
+
+def build_trunk(weights: str, tap: str, image_size: int = IMAGE_SIZE) -> keras.Model:
+    """The frozen InceptionV3 a learned encoder part reads: image -> [the `tap` block's map, the last map]."""
+    model = _inception_v3(weights, image_size, pooling=None)
+    try:
+        tapped = model.get_layer(tap).output
+    except ValueError:
+        raise ValueError(f"InceptionV3 has no block {tap!r} to read (mixed0 ... mixed10)") from None
+    trunk = keras.Model(model.input, [tapped, model.output], name="inception_v3_trunk")
+    trunk.trainable = False
+    return trunk
+
+
+def _positions(feature_map):
+    _, height, width, channels = feature_map.shape
+    return layers.Reshape((height * width, channels), name="positions")(feature_map)
+
+
+def _inception_v3(weights: str, image_size: int, pooling: str | None) -> keras.Model:
+    """InceptionV3 without its top, frozen, with the weights `weights` names (see build_encoder)."""
     shape = (image_size, image_size, 3)
-    pooling = None if spatial else "avg"
     if weights == "imagenet":
         model = keras.applications.InceptionV3(weights="imagenet", include_top=False, pooling=pooling, input_shape=shape)
     elif weights.startswith("random:"):
@@ -89,11 +113,6 @@ def build_encoder(weights: str, image_size: int = IMAGE_SIZE, spatial: bool = Fa
         except (ValueError, KeyError, OSError) as exc:
             raise ValueError(f"encoder weights {weights!r} do not fit InceptionV3 without its top: {exc}") from None
     model.trainable = False
-    if spatial:
-        _, height, width, channels = model.output.shape
-        model = keras.Model(model.input, layers.Reshape((height * width, channels), name="positions")(model.output),
-                            name="inception_v3_map")
-        model.trainable = False
     return model
 
 
@@ -115,13 +134,16 @@ def centre_stem_filters(model: keras.Model) -> None:
     stem.set_weights([kernel - kernel.mean(axis=(0, 1, 2), keepdims=True)])
 
 
-FEATURE_NORMS = ("standardise", "l2-standardise")
+# "none": the features reach the decoder as they are, for a learned encoder part that standardises its own inputs.
+FEATURE_NORMS = ("standardise", "l2-standardise", "none")
 
 
 def feature_statistics(features: np.ndarray, feature_norm: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of training features (over images and, for a map, its positions),
-    after the unit-length step if `feature_norm` has one."""
+    after the unit-length step if `feature_norm` has one; zeros and ones for "none"."""
     features = features.reshape(-1, features.shape[-1])
+    if feature_norm == "none":
+        return np.zeros(features.shape[-1], np.float32), np.ones(features.shape[-1], np.float32)
     if feature_norm == "l2-standardise":
         features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     return features.mean(0), np.maximum(features.std(0), 1e-8)
@@ -131,16 +153,17 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
                   positions: int = MAP_POSITIONS):
     """Build (training_model, init_model, step_model), all sharing one set of weights.
 
-    feature_mean/std (from `feature_statistics`) standardise the encoder features inside the
-    graph (the features of a random InceptionV3 are tiny, so the decoder would otherwise see a
-    near-constant input). `positions` is the map's size, for the attention decoder.
+    feature_mean/std (from `feature_statistics`; their length is the feature size) standardise the
+    encoder features inside the graph (the features of a random InceptionV3 are tiny, so the decoder
+    would otherwise see a near-constant input). `positions` is the map's size, for the attention decoder.
     The attention decoder's training model takes captions_per_image captions of each image
     (tokens [B,K,T] -> logits [B,K,T,V]), so the map is projected once per image, not per caption.
     """
     c = config
     if c.feature_norm not in FEATURE_NORMS:
         raise ValueError(f"feature_norm {c.feature_norm!r}: expected one of {', '.join(FEATURE_NORMS)}")
-    standardise = layers.Normalization(mean=feature_mean, variance=np.square(feature_std), name="feature_norm")
+    standardise = (layers.Identity(name="feature_norm") if c.feature_norm == "none" else
+                   layers.Normalization(mean=feature_mean, variance=np.square(feature_std), name="feature_norm"))
     unit_length = layers.UnitNormalization(name="unit_length") if c.feature_norm == "l2-standardise" else None
     init_h = layers.Dense(c.units, activation="tanh", name="init_h")
     init_c = layers.Dense(c.units, activation="tanh", name="init_c")
@@ -155,7 +178,8 @@ def build_decoder(config: DecoderConfig, feature_mean: np.ndarray, feature_std: 
     to_query = layers.Dense(c.embedding_dim, name="attention_query")
     attend = layers.AdditiveAttention(name="attention")
     pool = layers.GlobalAveragePooling1D(name="pool_positions")
-    feature_shape = (positions, FEATURE_DIM) if c.attention else (FEATURE_DIM,)
+    feature_dim = len(feature_mean)
+    feature_shape = (positions, feature_dim) if c.attention else (feature_dim,)
 
     def image_inputs(features):
         """h0, c0, context and (attention) memory from the encoder's features."""

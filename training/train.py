@@ -37,6 +37,12 @@ class TrainConfig:
     min_count: int = 1            # words seen fewer times map to <unk>
     max_length: int = 0           # longest caption in words; 0 = the longest training caption
     seed: int = 0
+    # The encoder's learned part (training.adapter), attention decoders only: a small network on the
+    # frozen trunk's maps, trained with the decoder and exported inside the encoder graph.
+    learned_encoder: bool = False
+    encoder_tap: str = "mixed2"   # the trunk block whose map it reads besides the last (mixed0 ... mixed9)
+    adapter_channels: int = 128   # its width; its features have twice as many channels
+    cell_loss_weight: float = 0.0  # weight of its auxiliary loss: what covers each position (synthetic scenes only)
 
     @staticmethod
     def setting_names() -> list[str]:
@@ -62,10 +68,14 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0, "batch_size": self.batch_size > 0,
             "epochs": self.epochs > 0, "patience": self.patience > 0,
             "min_count": self.min_count > 0, "max_length": self.max_length >= 0,
+            "adapter_channels": self.adapter_channels > 0, "cell_loss_weight": self.cell_loss_weight >= 0,
         }
         bad = self.decoder.problems() + [f"{n}={getattr(self, n)!r}" for n, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid training settings: {', '.join(bad)}")
+        if self.learned_encoder and not (self.decoder.attention and self.decoder.feature_norm == "none"):
+            raise ValueError("learned_encoder needs attention and feature_norm none (the learned part reads the "
+                             "trunk's maps and standardises them itself)")
 
     @classmethod
     def from_file(cls, path: Path) -> "TrainConfig":
@@ -135,15 +145,38 @@ class Prepared:
     splits: dict[str, list[Example]]
     vocab: Vocabulary
     max_length: int
-    features: dict[str, np.ndarray]
+    features: dict[str, np.ndarray | list[np.ndarray]]  # per split; the trunk's maps [tap, last] for a learned encoder
     scenes: dict | None           # synthetic ground truth, for object-attribute accuracy
-    encoder: object               # the Keras encoder the features came from
+    encoder: object               # the Keras encoder (or trunk) the features came from
+
+
+@dataclass
+class Fitted:
+    """A trained decoder and, if any, the encoder's learned part."""
+
+    config: object                # DecoderConfig
+    init_model: object            # Prepared.features (features, or the trunk's maps) -> the initial state
+    step_model: object
+    history: object
+    decoder_init: object          # features -> the initial state: the graph export converts
+    adapter: object | None = None  # the learned part: the trunk's maps -> features
+
+    def encoder(self, prepared: Prepared):
+        """The whole encoder, image -> features (the trunk and the learned part when there is one)."""
+        from .adapter import learned_encoder
+
+        return prepared.encoder if self.adapter is None else learned_encoder(prepared.encoder, self.adapter)
+
+    def features(self, prepared: Prepared, split: str) -> np.ndarray:
+        """The decoder's features for a split's images."""
+        inputs = prepared.features[split]
+        return inputs if self.adapter is None else self.adapter.predict(inputs, batch_size=64, verbose=0)
 
 
 def prepare(data: DataSettings, config: TrainConfig, log=print) -> Prepared:
     """Read the dataset, build the vocabulary and extract (or load cached) encoder features."""
     from .features import extract_features
-    from .model import PREPROCESSING, build_encoder
+    from .model import PREPROCESSING, build_encoder, build_trunk
 
     splits = load_dataset(data.dataset, Path(data.data), data.image_dir)
     if data.limit:
@@ -161,19 +194,27 @@ def prepare(data: DataSettings, config: TrainConfig, log=print) -> Prepared:
     log(f"{len(splits['train'])} train / {len(splits['dev'])} dev / {len(splits['test'])} test images; "
         f"vocabulary {len(vocab)} words; captions up to {max_length} words")
 
-    encoder = build_encoder(data.encoder_weights, spatial=config.decoder.attention)
-    features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, data.cache_dir)
-                for split, examples in splits.items()}
+    if config.learned_encoder:
+        # The trunk's maps, for the learned part. float16 halves the train and dev maps (about 1 MB an
+        # image); the test maps stay float32, as the Keras captions and export's parity features come from them.
+        encoder = build_trunk(data.encoder_weights, config.encoder_tap)
+        features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, data.cache_dir,
+                                            dtype="float32" if split == "test" else "float16")
+                    for split, examples in splits.items()}
+    else:
+        encoder = build_encoder(data.encoder_weights, spatial=config.decoder.attention)
+        features = {split: extract_features(encoder, [e.image for e in examples], PREPROCESSING, data.cache_dir)
+                    for split, examples in splits.items()}
     scenes = _read_scenes(data.data) if data.dataset == "shapes" else None
     return Prepared(splits, vocab, max_length, features, scenes, encoder)
 
 
 def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None = None,
-                callbacks_for=None, verbose: int = 2):
-    """Train a decoder on the train split, early-stopped on the dev loss.
+                callbacks_for=None, verbose: int = 2) -> Fitted:
+    """Train a decoder (and the encoder's learned part, if the config asks) on the train split,
+    early-stopped on the dev loss.
 
     `callbacks_for(init_model, step_model)` may return extra Keras callbacks that use the models.
-    Returns (decoder_config, init_model, step_model, history).
     """
     import keras
 
@@ -182,26 +223,62 @@ def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None
     keras.utils.set_random_seed(config.seed)
     decoder_config = DecoderConfig(vocab_size=len(prepared.vocab), max_length=prepared.max_length,
                                    **asdict(config.decoder))
-    train_features = prepared.features["train"]
-    training_model, init_model, step_model = build_decoder(
+    adapter = None
+    if config.learned_encoder:
+        from .adapter import build_adapter
+
+        adapter = build_adapter(*prepared.features["train"], config.adapter_channels)
+        train_features = np.zeros((1, *adapter.output.shape[1:]), np.float32)  # its shape: "none" needs no statistics
+    else:
+        train_features = prepared.features["train"]
+    training_model, decoder_init, step_model = build_decoder(
         decoder_config, *feature_statistics(train_features, config.decoder.feature_norm),
         positions=train_features.shape[1] if config.decoder.attention else 0)
+    init_model, fit_model, cell_loss = decoder_init, training_model, False
+    if adapter is not None:
+        maps = [keras.Input(m.shape[1:], name=name) for m, name in zip(prepared.features["train"], ("tap", "top"))]
+        tokens = keras.Input(training_model.inputs[1].shape[1:], dtype="int32", name="tokens")
+        features = adapter(maps)
+        outputs = [training_model([features, tokens])]
+        cell_loss = config.cell_loss_weight > 0 and prepared.scenes is not None
+        if cell_loss:
+            from .adapter import cell_heads
+
+            outputs += cell_heads(features)
+        fit_model = keras.Model([*maps, tokens], outputs, name="learned_training")
+        init_model = keras.Model(maps, decoder_init(adapter(maps)), name="learned_init")
     optimizer = (keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
                  if config.weight_decay else keras.optimizers.Adam(config.learning_rate))
-    training_model.compile(optimizer=optimizer,
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           weighted_metrics=["accuracy"])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if cell_loss:
+        fit_model.compile(optimizer=optimizer, loss=[loss] * len(fit_model.outputs),
+                          loss_weights=[1.0] + [config.cell_loss_weight] * (len(fit_model.outputs) - 1))
+    else:
+        fit_model.compile(optimizer=optimizer, loss=loss, weighted_metrics=["accuracy"])
 
     def dataset(split):
+        inputs = prepared.features[split]
         if config.decoder.attention:  # one row per image: copying its map for every caption would not fit in memory
-            inputs, targets, weights = grouped_caption_arrays(prepared.splits[split], prepared.vocab,
+            tokens, targets, weights = grouped_caption_arrays(prepared.splits[split], prepared.vocab,
                                                               prepared.max_length, config.decoder.captions_per_image)
-            return [prepared.features[split], inputs], targets, weights
-        index, inputs, targets, weights = caption_arrays(prepared.splits[split], prepared.vocab, prepared.max_length)
-        return [prepared.features[split][index], inputs], targets, weights
+            if adapter is None:
+                return [inputs, tokens], targets, weights
+            if not cell_loss:
+                return [*inputs, tokens], targets, weights
+            from .adapter import CELL_TARGETS, cell_truth, grid_side
 
-    x_train, y_train, w_train = dataset("train")
-    x_dev, y_dev, w_dev = dataset("dev")
+            truth = cell_truth([e.image for e in prepared.splits[split]], prepared.scenes,
+                               grid_side(adapter.output.shape[1]))
+            every = np.ones(truth.shape[:2], np.float32)
+            return ([*inputs, tokens], [targets, *(truth[..., k] for k in range(len(CELL_TARGETS)))],
+                    [weights, *(every for _ in CELL_TARGETS)])
+        index, tokens, targets, weights = caption_arrays(prepared.splits[split], prepared.vocab, prepared.max_length)
+        return [inputs[index], tokens], targets, weights
+
+    from .batches import batches
+
+    train = batches(*dataset("train"), config.batch_size, shuffle_seed=config.seed)
+    dev = batches(*dataset("dev"), config.batch_size)
     every = [
         keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5),
@@ -209,11 +286,10 @@ def fit_decoder(prepared: Prepared, config: TrainConfig, checkpoint: Path | None
     if checkpoint is not None:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         every.append(keras.callbacks.ModelCheckpoint(str(checkpoint), save_best_only=True, save_weights_only=True))
-    history = training_model.fit(x_train, y_train, sample_weight=w_train, validation_data=(x_dev, y_dev, w_dev),
-                                 batch_size=config.batch_size, epochs=config.epochs,
-                                 callbacks=every + (callbacks_for(init_model, step_model) if callbacks_for else []),
-                                 shuffle=True, verbose=verbose)
-    return decoder_config, init_model, step_model, history
+    history = fit_model.fit(train, validation_data=dev, epochs=config.epochs,
+                            callbacks=every + (callbacks_for(init_model, step_model) if callbacks_for else []),
+                            shuffle=False, verbose=verbose)  # the dataset shuffles itself
+    return Fitted(decoder_config, init_model, step_model, history, decoder_init, adapter)
 
 
 def evaluate_split(prepared: Prepared, init_model, step_model, split: str, coco: bool = False):
@@ -264,18 +340,18 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
 
     `notes` (e.g. the tuning record of a --config file) are kept in run.json for the bundle's provenance.
     """
-    from .model import FEATURE_DIM, PREPROCESSING, RANDOM_WEIGHTS_NOTE
+    from .model import PREPROCESSING, RANDOM_WEIGHTS_NOTE
 
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prepared = prepare(data, config, log)
     curve: list[dict] = []
-    decoder_config, init_model, step_model, history = fit_decoder(
-        prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5",
-        callbacks_for=learning_curve_callback(prepared, curve, log), verbose=2 if quiet else 1)
+    fitted = fit_decoder(prepared, config, checkpoint=out / "checkpoints" / "decoder.weights.h5",
+                         callbacks_for=learning_curve_callback(prepared, curve, log), verbose=2 if quiet else 1)
+    history = fitted.history
 
-    test_captions, metrics = evaluate_split(prepared, init_model, step_model, "test", coco=True)
+    test_captions, metrics = evaluate_split(prepared, fitted.init_model, fitted.step_model, "test", coco=True)
     if prepared.scenes is None and "meteor" not in metrics:
         from .caption_metrics import METEOR_MISSING
 
@@ -288,17 +364,21 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
         "learning_curve": curve,
     })
 
-    prepared.encoder.save(out / "encoder.keras")
-    init_model.save(out / "decoder_init.keras")
-    step_model.save(out / "decoder_step.keras")
+    encoder = fitted.encoder(prepared)
+    test_features = fitted.features(prepared, "test")
+    encoder.save(out / "encoder.keras")
+    fitted.decoder_init.save(out / "decoder_init.keras")
+    fitted.step_model.save(out / "decoder_step.keras")
     prepared.vocab.save(out / "vocab.json")
     run = {
-        "decoder": decoder_config.as_dict(),
+        "decoder": fitted.config.as_dict(),
         "training": config.flat(),
-        "encoder": {"architecture": "InceptionV3", "weights": data.encoder_weights, "feature_dim": FEATURE_DIM,
-                    "feature_shape": list(prepared.features["test"].shape[1:]),
+        "encoder": {"architecture": "InceptionV3", "weights": data.encoder_weights,
+                    "feature_dim": int(test_features.shape[-1]), "feature_shape": list(test_features.shape[1:]),
                     "pooling": "none: the last map, as positions" if config.decoder.attention else "global average",
-                    **({"random_weights": RANDOM_WEIGHTS_NOTE} if data.encoder_weights.startswith("random:") else {})},
+                    **({"random_weights": RANDOM_WEIGHTS_NOTE} if data.encoder_weights.startswith("random:") else {}),
+                    **({"learned_part": describe_learned_part(prepared.encoder, fitted.adapter, config)}
+                       if fitted.adapter is not None else {})},
         "preprocessing": PREPROCESSING,
         "special_tokens": prepared.vocab.special_ids,
         "max_length": prepared.max_length,
@@ -312,11 +392,23 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
                for e, words in zip(prepared.splits["test"], test_captions)]
     (out / "heldout.json").write_text(json.dumps(heldout, indent=1))
     # The features the Keras captions came from: export checks the served preprocessing against them.
-    np.save(out / "heldout_features.npy", prepared.features["test"])
+    np.save(out / "heldout_features.npy", test_features)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log("test metrics: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in metrics.items() if k != "learning_curve"))
     return metrics
+
+
+def describe_learned_part(trunk, adapter, config: TrainConfig) -> dict:
+    """What run.json (and so the bundle's provenance) says of the encoder's learned part, with its cost."""
+    from .adapter import conv_macs
+
+    trunk_macs, learned = conv_macs(trunk), conv_macs(adapter)
+    return {"reads": [config.encoder_tap, "mixed10"], "channels": config.adapter_channels,
+            "cell_loss_weight": config.cell_loss_weight, "parameters": int(adapter.count_params()),
+            "macs": learned, "trunk_macs": trunk_macs, "share_of_trunk": round(learned / trunk_macs, 4),
+            "macs_counted": "multiply-adds of every convolution from its output size, kernel and input channels; "
+                            "pooling, normalisation and activations left out"}
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:

@@ -88,7 +88,8 @@ def make_objective(prepared, base: TrainConfig, log):
             reporters.append(ReportDevQuality(trial, init_model, step_model))
             return reporters
 
-        _, init_model, step_model, history = fit_decoder(prepared, config, callbacks_for=callbacks, verbose=0)
+        fitted = fit_decoder(prepared, config, callbacks_for=callbacks, verbose=0)
+        init_model, step_model, history = fitted.init_model, fitted.step_model, fitted.history
         seconds = time.time() - started
         trial.set_user_attr("epochs", len(history.history["loss"]))
         trial.set_user_attr("seconds", round(seconds, 1))

@@ -78,13 +78,19 @@ def test_the_scorer_refuses_a_missing_bundle_in_one_line(tmp_path, capsys):
     assert len(error) == 1 and error[0].startswith("error: no model bundle at")
 
 
-def test_the_recorded_scores_make_the_quality_page(bundle_dir):
+def test_the_recorded_scores_make_the_quality_page(attention_bundle_dir):
     from tests.quality.score_http import markdown, recorded
 
     results = {"other-drawn": {"scenes": 120, "right": 90, "degenerate": 1, "captions": {}},
                "paint": {"scenes": 18, "right": 17, "degenerate": 0, "captions": {}}}
-    page = markdown(recorded(results, str(bundle_dir)))
+    figures = recorded(results, str(attention_bundle_dir))
+    page = markdown(figures)
     assert "| drawn by other code: 120 scenes, every object right | **75.0%** (90), 1 degenerate |" in page
     assert "| paint-program drawings, every object right | **17 / 18**, 0 degenerate |" in page
     assert "own held-out scenes" in page and "greedy captions identical" in page
     assert "own held-out scenes" not in markdown(recorded(results, None))
+    # The encoder's FLOPs counted on its ONNX graph are the trunk's and the learned part's convolutions,
+    # as training counted them from the Keras layers (the rest of the graph adds no multiply-adds).
+    flops = figures["bundle"]["encoder_flops"]
+    assert abs(flops["onnx_graph"] - flops["inception_v3"] - flops["learned_part"]) < 1e-3 * flops["onnx_graph"]
+    assert "| encoder FLOPs, counted on its ONNX graph |" in page

@@ -25,7 +25,9 @@ def images(engine, shapes_dataset):
 def test_the_manifest_describes_the_map_and_the_carried_memory(attention_bundle_dir):
     manifest = json.loads((attention_bundle_dir / "bundle.json").read_text())
     graphs = manifest["graphs"]
-    assert graphs["encoder"]["outputs"][0]["shape"] == ["batch", 64, 2048]
+    assert graphs["encoder"]["outputs"][0]["shape"] == ["batch", 64, 32]  # the learned part's 2 x 16 channels
+    learned = manifest["provenance"]["encoder"]["learned_part"]
+    assert learned["reads"] == ["mixed2", "mixed10"] and 0 < learned["share_of_trunk"] < 0.01
     init = {t["key"]: t["shape"] for t in graphs["decoder_init"]["outputs"]}
     assert init["memory"] == ["batch", 64, 24]
     step_outputs = {t["key"]: t["shape"] for t in graphs["decoder_step"]["outputs"]}
