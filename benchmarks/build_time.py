@@ -53,11 +53,12 @@ def measure(cores: list[int] | None, port: int, timeout_s: float, keep: Path | N
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "CAPTION_"))}
-    env.update({"PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    # Line-buffered make and unbuffered Python: each stage's first line arrives when it starts.
+    env.update({"PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
     started = time.monotonic()
     marks: dict[str, float] = {}
     log = (work / "make.log").open("w")
-    process = subprocess.Popen(_pinned(["make", "serve", f"PORT={port}"], cores), cwd=clone, env=env,
+    process = subprocess.Popen(_pinned(["stdbuf", "-oL", "make", "serve", f"PORT={port}"], cores), cwd=clone, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
     def read():

@@ -21,21 +21,26 @@ def read_curve(run: Path) -> tuple[str, list[dict]]:
     return metric, curve
 
 
-def plot(curves: dict[str, tuple[str, list[dict]]], out: Path) -> None:
+def plot(curves: dict[str, tuple[str, list[dict]]], out: Path, by_time: bool = True) -> None:
+    """Quality against the epoch and (`by_time`: when the runs shared one machine's conditions) the seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    figure, axes = plt.subplots(1, 2 if by_time else 1, figsize=(10 if by_time else 5.5, 3.8), sharey=True,
+                                squeeze=False)
+    by_epoch = axes[0][0]
     for label, (metric, curve) in curves.items():
         values = [point[metric] for point in curve]
         by_epoch.plot([point["epoch"] for point in curve], values, marker="o", label=label)
-        by_time.plot([point["seconds"] for point in curve], values, marker="o", label=label)
+        if by_time:
+            axes[0][1].plot([point["seconds"] for point in curve], values, marker="o", label=label)
     metric = next(iter(curves.values()))[0]
     by_epoch.set(xlabel="epoch", ylabel=f"dev {metric}")
-    by_time.set(xlabel="seconds of training (this machine)")
-    for ax in (by_epoch, by_time):
+    if by_time:
+        axes[0][1].set(xlabel="seconds of training (this machine)")
+    for ax in axes[0]:
         ax.grid(alpha=0.3)
     by_epoch.legend()
     figure.tight_layout()
@@ -51,9 +56,8 @@ def markdown(results: dict) -> str:
     header = "| epoch | " + " | ".join(curves) + " |"
     rows = [f"| {e + 1} | " + " | ".join(f"{points[e][metric]:.3f}" if e < len(points) else "" for points in curves.values())
             + " |" for e in range(epochs)]
-    seconds = "| seconds of training | " + " | ".join(f"{points[-1]['seconds']:.0f}" for points in curves.values()) + " |"
     return (f"# Learning curves\n\nDev `{metric}` after every epoch, written by `python -m training.curves`"
-            f" ({results['note']}).\n\n" + "\n".join([header, "| --- |" + " --- |" * len(curves), *rows, seconds]) + "\n")
+            f" ({results['note']}).\n\n" + "\n".join([header, "| --- |" + " --- |" * len(curves), *rows]) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--results", type=Path, help="also write the curves to this JSON file (and its .md)")
     parser.add_argument("--note", default="", help="what the runs were, for the results page")
+    parser.add_argument("--no-seconds", dest="by_time", action="store_false",
+                        help="leave out the panel by seconds (runs timed under different conditions)")
     args = parser.parse_args(argv)
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if len({metric for metric, _ in curves.values()}) > 1:
         print("error: the runs measure different things (synthetic and real data)", file=sys.stderr)
         return 2
-    plot(curves, args.out)
+    plot(curves, args.out, args.by_time)
     if args.results:
         results = {"metric": next(iter(curves.values()))[0], "note": args.note,
                    "curves": {label: curve for label, (_, curve) in curves.items()}}
