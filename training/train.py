@@ -1,4 +1,5 @@
-"""Train the caption decoder on cached encoder features and evaluate it on the held-out split.
+"""Train the caption decoder on cached encoder features (or, with a learned encoder part, on the
+frozen trunk's cached maps, training that part too) and evaluate it on the held-out split.
 
 Usage: python -m training.train --dataset shapes --data data/shapes --out runs/demo
 
@@ -375,7 +376,8 @@ def train(data: DataSettings, config: TrainConfig, out: Path, log=print, notes: 
         "training": config.flat(),
         "encoder": {"architecture": "InceptionV3", "weights": data.encoder_weights,
                     "feature_dim": int(test_features.shape[-1]), "feature_shape": list(test_features.shape[1:]),
-                    "pooling": "none: the last map, as positions" if config.decoder.attention else "global average",
+                    "pooling": ("none: the learned part's 8x8 map, as positions" if fitted.adapter is not None else
+                                "none: the last map, as positions" if config.decoder.attention else "global average"),
                     **({"random_weights": RANDOM_WEIGHTS_NOTE} if data.encoder_weights.startswith("random:") else {}),
                     **({"learned_part": describe_learned_part(prepared.encoder, fitted.adapter, config)}
                        if fitted.adapter is not None else {})},
