@@ -17,7 +17,7 @@ def batches(inputs, targets, weights, batch_size: int, shuffle_seed: int | None 
     if shuffle_seed is not None:
         rows = rows.shuffle(len(inputs[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
     gather = lambda index: tf.nest.map_structure(lambda t: tf.gather(t, index), tensors)  # noqa: E731
-    return rows.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return rows.batch(batch_size).map(gather).prefetch(1)
 
 
 def _tuples(part):
