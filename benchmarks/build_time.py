@@ -63,7 +63,8 @@ def measure(cores: list[int] | None, port: int, timeout_s: float, keep: Path | N
 
     def read():
         for line in process.stdout:
-            log.write(line)
+            if not log.closed:
+                log.write(line)
             for stage, marker in STAGES:
                 if stage not in marks and marker in line:
                     marks[stage] = time.monotonic() - started
