@@ -20,7 +20,6 @@ from PIL import Image
 
 from .synthetic import COLOURS, SHAPES, SIZES
 
-DEFAULT_TAP = "mixed2"
 # What the auxiliary loss asks of each position: (name, classes), class 0 being "no object here".
 CELL_TARGETS = (("shape", len(SHAPES) + 1), ("colour", len(COLOURS) + 1), ("size", len(SIZES) + 1))
 
