@@ -19,6 +19,7 @@ import numpy as np
 BATCH = "batch"  # the dynamic axis name written into every graph
 GRAPH_ROLES = ("encoder", "decoder_init", "decoder_step")
 NEXT = "_next"   # suffix of a state tensor's updated value in the step graph's outputs
+PARITY_ATOL = 1e-4  # the graphs' accepted |ONNX - Keras| (the encoder's per unit of its largest feature)
 
 # key -> ONNX tensor name. ONNX names are unique in a graph, so the new state is h_next/c_next.
 # "prefix" is the state of a whole-prefix decoder (the padded words so far, for a model that can
@@ -52,7 +53,7 @@ class GraphSpec:
     role: str                   # one of GRAPH_ROLES
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    atol: float = 1e-4          # accepted |ONNX - Keras| <= atol + rtol * |Keras| (numpy.allclose)
+    atol: float = PARITY_ATOL   # accepted |ONNX - Keras| <= atol + rtol * |Keras| (numpy.allclose)
     rtol: float = 1e-4
     # The encoder's features are on whatever scale its last layer leaves: about 1e-4 for a random
     # InceptionV3, a few units for a learned part that standardises the trunk's maps. Its atol is

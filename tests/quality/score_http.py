@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from bundle.specs import PARITY_ATOL
 from training.evaluate import objects_in_caption
 
 from .drawn_scenes import DrawnScene, other_drawn, paint_drawings
@@ -28,7 +29,6 @@ OTHER_DRAWN_TARGET = 0.90
 PAINT_TARGET = 18
 HELD_OUT_TARGET = 0.90
 ENCODER_FLOPS_MARGIN = 0.05  # the demo's encoder against InceptionV3's
-ENCODER_ATOL = 1e-4           # bundle.specs.GraphSpec's default atol
 
 
 def degenerate(words: list[str]) -> bool:
@@ -74,7 +74,7 @@ def recorded(results: dict, bundle: str | None) -> dict:
                          "max_abs_graph_diff": max(parity[role]["max_abs_diff_real"] for role in ("decoder_init", "decoder_step")),
                          # The encoder's tolerance is per unit of its largest feature (bundle.specs.GraphSpec).
                          "encoder_diff_per_unit": parity["encoder"]["max_abs_diff_real"] / parity["encoder"]["atol"]
-                         * ENCODER_ATOL}
+                         * PARITY_ATOL}
     return out
 
 
