@@ -2,12 +2,14 @@
 onnxruntime-optimised copy."""
 from __future__ import annotations
 
+import gc
+from collections import OrderedDict
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
-from bundle.specs import BATCH, GraphSpec
+from bundle.specs import BATCH, GraphSpec, TensorSpec
 
 OPSET = 17
 
@@ -54,21 +56,110 @@ CUSTOM_OP_HANDLERS = {"Erfc": (_erfc, [])}
 
 
 def convert(keras_model, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto:
-    """Convert one Keras model to ONNX whose inputs and outputs match `spec` exactly."""
+    """Convert one Keras model to ONNX whose inputs and outputs match `spec` exactly. An encoder
+    that ends in large Dense layers (VGG16's fc1 and fc2: 120 M parameters) has them appended as
+    plain ONNX MatMul/Add/Relu nodes: tf2onnx freezes, optimises and copies such weights many times
+    over (past 24 GB for VGG16), and these few nodes need none of that."""
     import tensorflow as tf
     import tf2onnx
 
+    tail = dense_tail(keras_model)
+    if tail:
+        import keras
+
+        trunk_output = TensorSpec("trunk_output", "trunk_output", "float32", (BATCH, int(tail[0].input.shape[-1])))
+        converted, converted_spec = keras.Model(keras_model.inputs, tail[0].input), GraphSpec(
+            spec.role, spec.inputs, (trunk_output,))
+    else:
+        converted, converted_spec = keras_model, spec
     signature = [tf.TensorSpec([None, *t.shape[1:]], getattr(tf, t.dtype), name=t.name) for t in spec.inputs]
-    model, _ = tf2onnx.convert.from_keras(keras_model, input_signature=signature, opset=opset,
-                                          custom_op_handlers=CUSTOM_OP_HANDLERS)
-    if len(model.graph.output) != len(spec.outputs):
+    model, _ = tf2onnx.convert.from_keras(converted, input_signature=signature, opset=opset,
+                                          custom_op_handlers=CUSTOM_OP_HANDLERS, optimizers=collected_optimizers())
+    if len(model.graph.output) != len(converted_spec.outputs):
         raise RuntimeError(f"{spec.role}: converter produced {len(model.graph.output)} outputs, "
-                           f"spec has {len(spec.outputs)}")
-    _rename_outputs(model, [t.name for t in spec.outputs])
+                           f"spec has {len(converted_spec.outputs)}")
+    _rename_outputs(model, [t.name for t in converted_spec.outputs])
+    # Checked before the tail joins: the checker serialises the whole model, a copy of every weight.
+    onnx.checker.check_model(model)
+    if tail:
+        _append_dense_tail(model, tail, spec.outputs[0].name)
     _set_shapes(model, spec)
     model.doc_string = f"{spec.role} of an image-captioning model (InceptionV3 + LSTM)"
-    onnx.checker.check_model(model)
     return model
+
+
+class _Collected:
+    """An optimizer factory that first collects the garbage. tf2onnx deep-copies the whole graph,
+    constants included, before each of its optimizers (to restore it if one fails); the graphs it
+    drops hold reference cycles, so each copy lived until Python's cyclic collector ran: twelve
+    optimizers a pass, several passes, VGG16's 553 MB each."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def __call__(self):
+        gc.collect()
+        return self.factory()
+
+
+def collected_optimizers():
+    """tf2onnx's own optimizers, in its order, each collecting the previous copies first."""
+    from tf2onnx import optimizer
+
+    return OrderedDict((name, _Collected(factory)) for name, factory in optimizer._get_optimizers().items())
+
+
+# A tail of Dense layers is appended as ONNX nodes when it holds at least this many parameters
+# (VGG16's fc1 + fc2: 119.5 M); smaller ones convert through tf2onnx as before.
+LARGE_DENSE_TAIL = 32_000_000
+DENSE_ACTIVATIONS = {"linear": None, "relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
+def dense_tail(keras_model) -> list:
+    """The Dense layers (with a plain activation) that end `keras_model` in a chain, oldest first,
+    when their parameters reach LARGE_DENSE_TAIL; [] otherwise."""
+    import keras
+
+    if len(keras_model.outputs) != 1:
+        return []
+    tail, tensor = [], keras_model.outputs[0]
+    while True:
+        layer, node_index, _ = tensor._keras_history
+        activation = getattr(getattr(layer, "activation", None), "__name__", None)
+        if not (isinstance(layer, keras.layers.Dense) and activation in DENSE_ACTIVATIONS
+                and len(layer._inbound_nodes) == 1 and len(layer.input.shape) == 2):
+            break
+        tail.insert(0, layer)
+        tensor = layer.input
+    if tensor is keras_model.inputs[0] or sum(layer.count_params() for layer in tail) < LARGE_DENSE_TAIL:
+        return []
+    return tail
+
+
+def _append_dense_tail(model: onnx.ModelProto, tail: list, output_name: str) -> None:
+    """Append `tail` (Dense layers) after the graph's one output, whose name becomes `output_name`."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    current = graph.output[0].name
+    for number, layer in enumerate(tail):
+        last = number == len(tail) - 1
+        prefix = f"dense_tail_{number}"
+        graph.initializer.append(numpy_helper.from_array(np.asarray(layer.kernel, np.float32), f"{prefix}_kernel"))
+        nodes = [helper.make_node("MatMul", [current, f"{prefix}_kernel"], [f"{prefix}_matmul"])]
+        if layer.use_bias:
+            graph.initializer.append(numpy_helper.from_array(np.asarray(layer.bias, np.float32), f"{prefix}_bias"))
+            nodes.append(helper.make_node("Add", [nodes[-1].output[0], f"{prefix}_bias"], [f"{prefix}_biased"]))
+        activation = DENSE_ACTIVATIONS[layer.activation.__name__]
+        if activation:
+            nodes.append(helper.make_node(activation, [nodes[-1].output[0]], [f"{prefix}_{activation.lower()}"]))
+        if last:
+            nodes[-1].output[0] = output_name
+        graph.node.extend(nodes)
+        current = nodes[-1].output[0]
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, [BATCH, tail[-1].units]))
 
 
 def optimize(source: Path, target: Path) -> None:

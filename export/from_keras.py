@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,11 +33,13 @@ from bundle.sessions import SessionDecoder, SessionEncoder
 from bundle.specs import GraphSpec, decoder_specs
 
 from .keras_encoders import ENCODERS, build_encoder, encoder_name
-from .keras_files import ModelFileError, load_keras_model
-from .notebook_decoder import DecoderImportError, NotebookDecoder, analyse, decoder_models
 from .notebook_vocabulary import Vocabulary, VocabularyError, read_vocabulary
 from .parity import ParityError
+from .quiet import tensorflow_silenced
 from .writer import graph_entry
+
+if TYPE_CHECKING:  # Keras is imported when the tool runs, with TensorFlow's logging silenced
+    from .notebook_decoder import NotebookDecoder
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Per-step next-word probabilities (padding aside), bundle against the Keras model. Stepping an
@@ -51,10 +54,12 @@ class ImportFailure(ValueError):
 
 def notebook_greedy(model, features: np.ndarray, decoder: NotebookDecoder, vocab: Vocabulary,
                     batch_size: int = 32) -> tuple[list[list[int]], list[list[np.ndarray]]]:
-    """The notebooks' greedy loop, batched over images: at every step the pre-padded prefix
-    (pad_sequences' default) goes through the whole model and the most likely word is appended,
-    until the end word or max_length words. Returns each caption's word ids (without start and
-    end) and the probabilities the model gave at each of its steps."""
+    """The notebooks' greedy loop, batched over images: at every step the padded prefix goes through
+    the whole model and the most likely word is appended, until the end word or max_length words.
+    Pre-padded (pad_sequences' default) the newest word is last; post-padded it is at position
+    len(prefix) - 1, where a model that gives a word per position is read (`preds[0, t]`).
+    Returns each caption's word ids (without start and end) and the probabilities the model gave
+    at each of its steps (a softmax of its logits for a model that gives logits)."""
     length = decoder.max_length
     captions, probabilities = [], []
     for first in range(0, len(features), batch_size):
@@ -64,14 +69,25 @@ def notebook_greedy(model, features: np.ndarray, decoder: NotebookDecoder, vocab
         steps = [[] for _ in batch]
         for _ in range(length):
             padded = np.zeros((len(batch), length), np.float32)
+            positions = []
             for row, prefix in enumerate(prefixes):
                 kept = prefix[-length:]
-                padded[row, length - len(kept):] = kept
+                if decoder.padding == "pre":
+                    padded[row, length - len(kept):] = kept
+                    positions.append(length - 1)
+                else:
+                    padded[row, :len(kept)] = kept
+                    positions.append(len(kept) - 1)
             inputs = [batch, padded] if decoder.feature_input_first else [padded, batch]
-            probs = np.asarray(model(inputs, training=False))
+            out = np.asarray(model(inputs, training=False))
+            if out.ndim == 3:
+                out = out[np.arange(len(batch)), positions]
+            if decoder.scores == "logits":
+                out = np.exp(out - out.max(-1, keepdims=True))
+                out /= out.sum(-1, keepdims=True)
             for row in np.flatnonzero(~done):
-                word = int(probs[row].argmax())
-                steps[row].append(probs[row])
+                word = int(out[row].argmax())
+                steps[row].append(out[row])
                 prefixes[row].append(word)
                 # The notebooks stop at the end word, and at an id their ixtoword lacks (0, padding).
                 done[row] = word in (vocab.end, 0)
@@ -176,11 +192,13 @@ def import_model(args, log=print) -> dict:
     import onnxruntime as ort
 
     from .convert import OPSET, convert, optimize
+    from .keras_files import load_keras_model
+    from .notebook_decoder import DecoderImportError, analyse, decoder_models
     from .writer import tool_versions
 
     model = load_keras_model(args.decoder, args.unsafe_lambda)
     try:
-        decoder = analyse(model)
+        decoder = analyse(model, args.padding)
     except DecoderImportError as exc:
         raise ImportFailure(f"{args.decoder}: {exc}") from None
     max_length = args.max_length or decoder.max_length
@@ -221,11 +239,14 @@ def import_model(args, log=print) -> dict:
     specs = decoder_specs(input_shape(preprocessing), decoder.feature_shape, decoder.vocab_size, state)
     keras_models = {"encoder": encoder, "decoder_init": init_model, "decoder_step": step_model}
     rnns = "/".join(dict.fromkeys(type(layer).__name__ for layer in decoder.recurrent))
+    attention = sum(type(op).__name__ == "MultiHeadAttention" for op in decoder.model.operations)
+    body = (f"{len(decoder.recurrent)} {rnns} layer{'s' if len(decoder.recurrent) > 1 else ''}" if decoder.recurrent
+            else f"{attention} MultiHeadAttention layer{'s' if attention != 1 else ''}, no recurrent layer")
     manifest = {
         "name": args.name or args.out.name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "description": (f"Imported from a Keras notebook model ({'+'.join(decoder.architecture)} decoder, "
-                        f"{len(decoder.recurrent)} {rnns} layer{'s' if len(decoder.recurrent) > 1 else ''}; "
+                        f"{body}; "
                         f"{encoder_info.get('architecture', 'own encoder')}); decoder kind: {decoder.kind}."),
         "graphs": {s.role: graph_entry(s) for s in specs},
         "vocabulary": {"file": "vocab.json", "size": len(vocab.words)},
@@ -284,13 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, help="with --encoder-model: the square input size")
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write, e.g. onnx_models/mine")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
-    parser.add_argument("--start-word", default="startseq")
-    parser.add_argument("--end-word", default="endseq")
+    parser.add_argument("--start-word", help="the caption start word (default: found in the vocabulary, e.g. startseq or <start>)")
+    parser.add_argument("--end-word", help="the caption end word (default: the start word's pair, e.g. endseq or <end>)")
+    parser.add_argument("--padding", choices=("auto", "pre", "post"), default="auto",
+                        help="where the notebook's loop puts the pads: pre (pad_sequences' default) or post (the "
+                             "words first); default auto: post for a model that gives a word per position, else pre")
     parser.add_argument("--max-length", type=int, help="longest caption (default: the model's input length)")
     parser.add_argument("--images", type=Path, help="images to check parity on (default: generated scenes)")
     parser.add_argument("--parity-images", type=int, default=16, help="how many images parity checks (default 16)")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0,
                         help="the server never repeats an n-gram of this size within a caption (default 0: no rule)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's and tf2onnx's own logging")
     parser.add_argument("--unsafe-lambda", action="store_true",
                         help="load Lambda layers (runs code from the model file; only for files you trust)")
     return parser
@@ -312,14 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2
-    try:
-        import_model(args, log=lambda m: print(m, file=sys.stderr))
-    except (ImportFailure, ModelFileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ParityError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with tensorflow_silenced(not args.verbose):
+        from .keras_files import ModelFileError
+
+        try:
+            import_model(args, log=lambda m: print(m, file=sys.stderr))
+        except (ImportFailure, ModelFileError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except ParityError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     print(f"wrote bundle {args.out}", file=sys.stderr)
     return 0
 

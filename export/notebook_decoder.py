@@ -72,6 +72,13 @@ class NotebookDecoder:
     image_only: list[str] = field(default_factory=list)   # layers that depend on the image alone
     recurrent: list = field(default_factory=list)
     reaches: dict = field(default_factory=dict)   # id(tensor) -> indices of the model inputs it depends on
+    padding: str = "pre"          # where the pads go: "pre" (pad_sequences' default) or "post"
+    scores: str = "probabilities"  # what the output is: "probabilities" (a softmax) or "logits"
+
+    @property
+    def sequence_output(self) -> bool:
+        """The output is (batch, length, vocabulary): one next word per position, read where the loop reads."""
+        return len(self.model.outputs[0].shape) == 3
 
     def image_only_tensor(self, tensor) -> bool:
         return self.reaches[id(tensor)] == {self.model.inputs.index(self.features)}
@@ -113,7 +120,10 @@ class NotebookDecoder:
                                  f"{', returns sequences' if getattr(layer, 'return_sequences', False) else ''})"
                                  for layer in self.recurrent],
             "image_layers": self.image_only,
-            "padding": "pre (pad_sequences' default); id 0",
+            "padding": ("pre (pad_sequences' default); id 0" if self.padding == "pre"
+                        else "post (the words first); id 0"),
+            "output": (f"(batch, {self.max_length}, vocabulary), read at the newest word's position"
+                       if self.sequence_output else "(batch, vocabulary)") + f"; {self.scores}",
             "masking": self.masked,
             "max_length": self.max_length,
             "feature_shape": list(self.feature_shape),
@@ -126,9 +136,11 @@ def _units(layer) -> int:
     return int(getattr(inner, "units", getattr(getattr(inner, "cell", None), "units", 0)))
 
 
-def analyse(model) -> NotebookDecoder:
-    """Read a decoder's inputs, recurrent layers and where the image joins; DecoderImportError
-    for a model that is no (image features, word ids) -> next-word softmax model at all."""
+def analyse(model, padding: str = "auto") -> NotebookDecoder:
+    """Read a decoder's inputs, layers and where the image joins; DecoderImportError for a model
+    that is no (image features, word ids) -> next-word model at all. `padding` is "pre", "post" or
+    "auto": post for a model that gives a word per position (the loops that read `preds[0, t]`
+    feed the words first), pre otherwise (pad_sequences' default)."""
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth") or not model.inputs:
         raise DecoderImportError("the model is not a functional or Sequential Keras model, so its layers "
                                  "cannot be read (subclassed models are not supported)")
@@ -136,9 +148,10 @@ def analyse(model) -> NotebookDecoder:
         raise DecoderImportError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                                  "a notebook decoder takes (image features, word ids) and gives next-word "
                                  "probabilities")
-    if len(model.outputs[0].shape) != 2:
-        raise DecoderImportError(f"the output has shape {tuple(model.outputs[0].shape)}; expected "
-                                 "(batch, vocabulary): the next word's probabilities")
+    output_shape = tuple(model.outputs[0].shape)
+    if len(output_shape) not in (2, 3):
+        raise DecoderImportError(f"the output has shape {output_shape}; expected (batch, vocabulary), the next "
+                                 "word's probabilities, or (batch, length, vocabulary), one next word per position")
     reaches = _inputs_reaching(model)
     embedded = [i for i, x in enumerate(model.inputs)
                 if any(isinstance(op, layers.Embedding) and any(i in reaches[id(t)] for t in _node_tensors(node))
@@ -148,17 +161,32 @@ def analyse(model) -> NotebookDecoder:
                                  f"{len(embedded)}")
     words = model.inputs[embedded[0]]
     features = model.inputs[1 - embedded[0]]
+    if len(output_shape) == 3 and output_shape[1] != words.shape[-1]:
+        raise DecoderImportError(f"the output has shape {output_shape}: {output_shape[1]} positions for "
+                                 f"{words.shape[-1]} words; a next word per position needs one per word")
     recurrent = [op for op in model.operations if isinstance(op, RECURRENT)]
-    if not recurrent:
-        raise DecoderImportError("no recurrent layer (LSTM, GRU, SimpleRNN) was found")
     image_index = 1 - embedded[0]
     used = _computing_nodes(model)
     image_only = [op.name + f" ({type(op).__name__})" for op in model.operations
                   if not isinstance(op, layers.InputLayer) and any(id(n) in used for n in op._inbound_nodes)
                   and all(reaches[id(t)] == {image_index} for node in op._inbound_nodes for t in node.outputs)]
+    if padding == "auto":
+        padding = "post" if len(output_shape) == 3 else "pre"
     return NotebookDecoder(model=model, features=features, words=words,
                            architecture=_architecture(model, reaches, image_index, used),
-                           image_only=image_only, recurrent=recurrent, reaches=reaches)
+                           image_only=image_only, recurrent=recurrent, reaches=reaches, padding=padding,
+                           scores=_scores(model))
+
+
+def _scores(model) -> str:
+    """"logits" when the model ends in a layer with no softmax (a Dense left linear, as the
+    Transformer notebooks train with from_logits=True), else "probabilities"."""
+    layer, _ = _history(model.outputs[0])
+    inner = layer.layer if isinstance(layer, layers.TimeDistributed) else layer
+    if isinstance(inner, layers.Softmax) or getattr(getattr(inner, "activation", None), "__name__", "") == "softmax":
+        return "probabilities"
+    linear = getattr(getattr(inner, "activation", None), "__name__", "") == "linear"
+    return "logits" if isinstance(inner, (layers.Dense, layers.EinsumDense)) and linear else "probabilities"
 
 
 def _inputs_reaching(model) -> dict[int, set[int]]:
@@ -523,18 +551,37 @@ def _padding_penalty(vocab_size: int) -> np.ndarray:
 
 
 class WholePrefixStep(layers.Layer):
-    """One step of the notebooks' loop: the word joins the pre-padded prefix (its oldest id drops
-    out, as pad_sequences keeps the last max_length) and the whole model runs on it."""
+    """One step of the notebooks' loop: the word joins the padded prefix and the whole model runs
+    on it. Pre-padded, the oldest id drops out (pad_sequences keeps the last max_length) and the
+    newest position is the last; post-padded, the word goes to the first pad, whose position the
+    output is read at (for a model that gives a word per position)."""
 
-    def __init__(self, model: keras.Model, features_first: bool, vocab_size: int, **kwargs):
+    def __init__(self, model: keras.Model, features_first: bool, vocab_size: int, padding: str = "pre",
+                 scores: str = "probabilities", **kwargs):
         super().__init__(**kwargs)
         self.model, self.features_first, self.vocab_size = model, features_first, vocab_size
+        self.padding, self.scores = padding, scores
 
     def call(self, token, prefix, context):
-        prefix_next = ops.concatenate([prefix[:, 1:], ops.cast(token, prefix.dtype)], axis=1)
+        length = prefix.shape[1]
+        token = ops.cast(token, prefix.dtype)
+        shifted = ops.concatenate([prefix[:, 1:], token], axis=1)
+        if self.padding == "pre":
+            prefix_next, position = shifted, ops.full((ops.shape(prefix)[0], 1), length - 1, "int32")
+        else:
+            # Pads are 0 and no word is (the bundle never predicts 0), so the words so far are the
+            # non-zero ids; a full prefix slides on as a pre-padded one would.
+            count = ops.sum(ops.cast(ops.not_equal(prefix, 0), "int32"), axis=1, keepdims=True)
+            placed = ops.where(ops.equal(ops.arange(length, dtype="int32")[None, :], count), token, prefix)
+            prefix_next = ops.where(count >= length, shifted, placed)
+            position = ops.minimum(count, length - 1)
         words = ops.cast(prefix_next, self.model.inputs[1 if self.features_first else 0].dtype)
-        probs = self.model([context, words] if self.features_first else [words, context])
-        return ops.log(ops.maximum(probs, 1e-30)) + _padding_penalty(self.vocab_size), prefix_next
+        out = self.model([context, words] if self.features_first else [words, context])
+        if len(out.shape) == 3:
+            out = ops.take_along_axis(out, ops.expand_dims(position, -1), axis=1)[:, 0]
+        log_probs = (ops.log_softmax(out, axis=-1) if self.scores == "logits"
+                     else ops.log(ops.maximum(out, 1e-30)))
+        return log_probs + _padding_penalty(self.vocab_size), prefix_next
 
 
 def whole_prefix_models(decoder: NotebookDecoder) -> tuple[keras.Model, keras.Model, list[StateSpec]]:
@@ -546,7 +593,8 @@ def whole_prefix_models(decoder: NotebookDecoder) -> tuple[keras.Model, keras.Mo
     token = keras.Input((1,), dtype="int32", name="token")
     prefix = keras.Input((decoder.max_length,), dtype="int32", name="prefix")
     context = keras.Input(decoder.feature_shape, name="context")
-    step = WholePrefixStep(decoder.model, decoder.feature_input_first, decoder.vocab_size, name="whole_prefix")
+    step = WholePrefixStep(decoder.model, decoder.feature_input_first, decoder.vocab_size, decoder.padding,
+                           decoder.scores, name="whole_prefix")
     specs = [StateSpec("prefix", "int32", (decoder.max_length,), True),
              StateSpec("context", "float32", decoder.feature_shape, False)]
     return init, keras.Model([token, prefix, context], list(step(token, prefix, context))), specs
@@ -606,6 +654,14 @@ def decoder_models(decoder: NotebookDecoder, features: np.ndarray, start: int,
                    log=print) -> tuple[keras.Model, keras.Model, list[StateSpec]]:
     """Stepped graphs where they reproduce the model, else the whole-prefix ones; sets decoder.kind
     and decoder.fallback to say which and why."""
+    reason = ("the model gives a next word per position" if decoder.sequence_output else
+              "post-padded words" if decoder.padding == "post" else
+              None if decoder.recurrent else
+              "no recurrent layer: every position attends to the others (a Transformer)")
+    if reason:
+        decoder.kind, decoder.fallback = "whole_prefix", reason
+        log(f"{reason}: each step runs the whole model on the padded prefix (exact)")
+        return whole_prefix_models(decoder)
     try:
         init, step, specs = stepped_models(decoder)
         worst = verify_stepping(decoder, init, step, features, start)

@@ -46,7 +46,13 @@ class Notebook:
     vocabulary: str       # "wordtoix" (pickled dicts), "tokenizer_json", "tokenizer_pickle", "wordtoix_json"
     kind: str             # the decoding the importer should choose: step or whole_prefix
     options: tuple = ()   # builder switches: gru, simple, stacked, concat, unmasked, explicit_mask,
-                          # normalization, batchnorm, layernorm
+                          # normalization, batchnorm, layernorm; transformer, cross_attention;
+                          # sequence (post-padded words, a next word per position)
+
+    @property
+    def start_end(self) -> tuple[str, str]:
+        """The caption's start and end words as this notebook's vocabulary spells them."""
+        return ("<start>", "<end>") if self.vocabulary == "word_list_json" else ("startseq", "endseq")
 
 
 ZOO = (
@@ -75,6 +81,15 @@ ZOO = (
     Notebook("stacked_lstm_merge", "merge", "keras", "model.keras", "tokenizer_json", "step",
              ("stacked", "normalization", "layernorm")),
     Notebook("stacked_rnn_par_h5", "par-inject", "tf_keras", "model.h5", "wordtoix", "step", ("simple", "stacked")),
+    # Today's notebooks: Transformer decoders (no recurrent layer), a word per position read at the
+    # newest word's position of post-padded words, and TextVectorization's vocabulary as a JSON list.
+    Notebook("transformer_image_token", "image as the first token", "keras", "model.keras", "word_list_json",
+             "whole_prefix", ("transformer",)),
+    Notebook("transformer_cross", "cross-attention, merged head", "keras", "model.keras", "tokenizer_json",
+             "whole_prefix", ("transformer", "cross_attention")),
+    Notebook("sequence_lstm_post", "init-inject", "keras", "model.keras", "wordtoix", "whole_prefix",
+             ("sequence",)),
+    Notebook("merge_lstm_word_list", "merge", "keras", "model.keras", "word_list_json", "step"),
 )
 
 
@@ -85,7 +100,8 @@ INCEPTION_MODELS = ("merge_lstm_h5", "merge_gru_unmasked")
 FILE_FORMATS = {("tf_keras", "model.h5"): "tf.keras (Keras 2) `.h5`", ("keras", "model.h5"): "Keras 3 `.h5`",
                 ("keras", "model.keras"): "Keras 3 `.keras`"}
 VOCABULARY_FORMATS = {"wordtoix": "pickled `wordtoix`/`ixtoword` dicts", "wordtoix_json": "`wordtoix` as JSON",
-                      "tokenizer_json": "`Tokenizer.to_json()`", "tokenizer_pickle": "pickled `Tokenizer`"}
+                      "tokenizer_json": "`Tokenizer.to_json()`", "tokenizer_pickle": "pickled `Tokenizer`",
+                      "word_list_json": "`TextVectorization.get_vocabulary()` as JSON (`<start>`/`<end>`)"}
 OPTION_WORDS = {"gru": "GRU", "simple": "SimpleRNN", "stacked": "two stacked RNNs", "concat": "concatenate merge",
                 "unmasked": "no mask", "explicit_mask": "mask passed to the RNN", "normalization": "Normalization",
                 "batchnorm": "BatchNormalization", "layernorm": "LayerNormalization"}
@@ -96,7 +112,7 @@ def markdown_table() -> str:
     rows = ["| model | where the image goes | what else | file | vocabulary | served as |",
             "| --- | --- | --- | --- | --- | --- |"]
     for spec in ZOO:
-        rnn = "" if {"gru", "simple"} & set(spec.options) else "LSTM, "
+        rnn = "" if {"gru", "simple", "transformer"} & set(spec.options) else "LSTM, "
         rest = rnn + ", ".join(OPTION_WORDS[o] for o in spec.options)
         served = "stepped" if spec.kind == "step" else "whole prefix"
         rows.append(f"| `{spec.name}` | {spec.architecture} | {rest.rstrip(', ')} | "
@@ -159,8 +175,64 @@ def training_pairs(features: np.ndarray, sequences: list[list[int]]):
     return np.array(x_image, np.float32), np.array(x_words, np.float32), np.array(y)
 
 
+def sequence_pairs(features: np.ndarray, sequences: list[list[int]]):
+    """(features, post-padded words, the next word at each position), as a next-word-per-position
+    notebook trains (the targets' padding weighs nothing)."""
+    x_words = np.zeros((len(sequences), MAX_LENGTH), np.float32)
+    y = np.zeros((len(sequences), MAX_LENGTH), np.int64)
+    for row, sequence in enumerate(sequences):
+        words = sequence[:MAX_LENGTH + 1]
+        x_words[row, :len(words) - 1] = words[:-1]
+        y[row, :len(words) - 1] = words[1:]
+    return features.astype(np.float32), x_words, y, (y > 0).astype(np.float32)
+
+
+def transformer_decoder(spec: Notebook, keras, feature_dim: int, vocab_size: int):
+    """A small functional Transformer decoder as today's notebooks write one: causal self-attention
+    over the words, with the image either as the first token (then the newest position is cut out
+    with Cropping1D) or attended to by the words (cross-attention), its head merged with the image."""
+    layers = keras.layers
+    width = 32
+    image = layers.Input(shape=(feature_dim,))
+    words = layers.Input(shape=(MAX_LENGTH,))
+    embedded = layers.Embedding(vocab_size, width)(words)
+    picture = layers.Dense(width, activation="relu")(image)
+    if "cross_attention" in spec.options:
+        attended = layers.MultiHeadAttention(num_heads=2, key_dim=16)(embedded, embedded, use_causal_mask=True)
+        x = layers.LayerNormalization()(layers.add([embedded, attended]))
+        memory = layers.Reshape((1, width))(picture)
+        x = layers.LayerNormalization()(layers.add([x, layers.MultiHeadAttention(num_heads=2, key_dim=16)(x, memory)]))
+        newest = layers.Flatten()(layers.Cropping1D((MAX_LENGTH - 1, 0))(x))
+        head = layers.concatenate([newest, picture])
+    else:
+        x = layers.concatenate([layers.Reshape((1, width))(picture), embedded], axis=1)
+        attended = layers.MultiHeadAttention(num_heads=2, key_dim=16)(x, x, use_causal_mask=True)
+        x = layers.LayerNormalization()(layers.add([x, attended]))
+        x = layers.LayerNormalization()(layers.add([x, layers.Dense(width)(layers.Dense(64, activation="relu")(x))]))
+        head = layers.Flatten()(layers.Cropping1D((MAX_LENGTH, 0))(x))
+    outputs = layers.Dense(vocab_size, activation="softmax")(layers.Dense(UNITS, activation="relu")(head))
+    return keras.Model(inputs=[image, words], outputs=outputs)
+
+
+def sequence_decoder(keras, feature_dim: int, vocab_size: int):
+    """Post-padded words through an LSTM that returns every position, a softmax per position
+    (`TimeDistributed`), the image as the LSTM's initial state: the loop reads `preds[0, t]`."""
+    layers = keras.layers
+    image = layers.Input(shape=(feature_dim,))
+    words = layers.Input(shape=(MAX_LENGTH,))
+    embedded = layers.Embedding(vocab_size, 24, mask_zero=True)(words)
+    initial = [layers.Dense(UNITS, activation="tanh")(image) for _ in range(2)]
+    x = layers.LSTM(UNITS, return_sequences=True)(embedded, initial_state=initial)
+    outputs = layers.TimeDistributed(layers.Dense(vocab_size, activation="softmax"))(x)
+    return keras.Model(inputs=[image, words], outputs=outputs)
+
+
 def decoder(spec: Notebook, keras, feature_dim: int, vocab_size: int, features: np.ndarray):
     """The notebook's decoder, written with `keras` (Keras 3 or tf_keras) as its author would."""
+    if "transformer" in spec.options:
+        return transformer_decoder(spec, keras, feature_dim, vocab_size)
+    if "sequence" in spec.options:
+        return sequence_decoder(keras, feature_dim, vocab_size)
     layers = keras.layers
     opts = set(spec.options)
     rnn = layers.SimpleRNN if "simple" in opts else layers.GRU if "gru" in opts else layers.LSTM
@@ -214,6 +286,12 @@ def vocabulary(spec: Notebook, texts: list[str]) -> tuple[dict, object]:
     """(wordtoix, the object the notebook saves) in the zoo entry's vocabulary format."""
     from keras_preprocessing.text import Tokenizer
 
+    if spec.vocabulary == "word_list_json":   # TextVectorization's: padding, [UNK], then by frequency
+        counts: dict[str, int] = {}
+        for word in (w for t in texts for w in t.split()):
+            counts[word] = counts.get(word, 0) + 1
+        words = ["", "[UNK]"] + sorted(counts, key=lambda w: (-counts[w], w))
+        return {w: i for i, w in enumerate(words) if i > 1}, words
     if spec.vocabulary.startswith("tokenizer"):
         tokenizer = Tokenizer(oov_token="<unk>")
         tokenizer.fit_on_texts(texts)
@@ -227,6 +305,9 @@ def save_vocabulary(spec: Notebook, folder: Path, saved) -> str:
     if spec.vocabulary == "tokenizer_json":
         (folder / "tokenizer.json").write_text(saved.to_json())
         return "tokenizer.json"
+    if spec.vocabulary == "word_list_json":
+        (folder / "vocabulary.json").write_text(json.dumps(saved))
+        return "vocabulary.json"
     if spec.vocabulary == "wordtoix_json":
         (folder / "wordtoix.json").write_text(json.dumps(saved[0]))
         return "wordtoix.json"
@@ -241,13 +322,20 @@ def train(spec: Notebook, out: Path, features: np.ndarray, texts: list[str], see
         import tf_keras as keras
     else:
         import keras
+    start, end = spec.start_end
+    texts = [f"{start} {t} {end}" for t in texts]
     wordtoix, saved = vocabulary(spec, texts)
     sequences = [[wordtoix[w] for w in t.split()] for t in texts]
     keras.utils.set_random_seed(seed)
-    model = decoder(spec, keras, features.shape[1], len(wordtoix) + 1, features)
-    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
-    x_image, x_words, y = training_pairs(features, sequences)
-    model.fit([x_image, x_words], y, epochs=12, batch_size=64, verbose=0)
+    model = decoder(spec, keras, features.shape[1], max(wordtoix.values()) + 1, features)
+    if "sequence" in spec.options:
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+        x_image, x_words, y, weights = sequence_pairs(features, sequences)
+        model.fit([x_image, x_words], y, sample_weight=weights, epochs=60, batch_size=16, verbose=0)
+    else:
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+        x_image, x_words, y = training_pairs(features, sequences)
+        model.fit([x_image, x_words], y, epochs=12, batch_size=64, verbose=0)
     folder = out / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / spec.model_file)
@@ -264,7 +352,6 @@ def main(out: Path, names: list[str] | None = None, inception: bool = False) -> 
     out.mkdir(parents=True, exist_ok=True)
     train_paths, texts = scenes(out, SCENES, 11, "train")
     scenes(out, HELD_OUT, 12, "images")
-    texts = [f"startseq {t} endseq" for t in texts]
     if inception:
         names = list(INCEPTION_MODELS)
         features = build_inception(out, np.stack([load_image(p, keras_preprocessing("tf", 299)) for p in train_paths]))
