@@ -25,6 +25,16 @@ def _rename_outputs(model: onnx.ModelProto, names: list[str]) -> None:
         out.name = renames[out.name]
 
 
+def _rename_inputs(model: onnx.ModelProto, names: list[str]) -> None:
+    """A graph converted from a GraphDef names its inputs "image:0"; give them the spec's names."""
+    graph = model.graph
+    renames = {value.name: new for value, new in zip(graph.input, names)}
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+    for value in graph.input:
+        value.name = renames[value.name]
+
+
 def _set_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:
     """Name the batch axis and write the spec's fixed sizes, which tf2onnx may leave unknown
     (an attention decoder's memory comes out as [batch, ?, A])."""
@@ -107,6 +117,33 @@ def collected_optimizers():
     from tf2onnx import optimizer
 
     return OrderedDict((name, _Collected(factory)) for name, factory in optimizer._get_optimizers().items())
+
+
+def convert_function(function, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto:
+    """Convert a TensorFlow function of the spec's inputs (in order) to ONNX whose inputs and
+    outputs match `spec`: the graphs of a model defined by its notebook's code."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    signature = [tf.TensorSpec([None, *t.shape[1:]], getattr(tf, t.dtype), name=t.name) for t in spec.inputs]
+    # Frozen here rather than by from_function, whose own freezing loses constants that Keras
+    # layers create at call time (EfficientNet's Normalization: "KeyError .../Sub/y:0").
+    frozen = convert_variables_to_constants_v2(tf.function(function).get_concrete_function(*signature),
+                                               lower_control_flow=False, aggressive_inlining=True)
+    model, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs if t.dtype != tf.resource],
+        output_names=[t.name for t in frozen.outputs], opset=opset, custom_op_handlers=CUSTOM_OP_HANDLERS)
+    if len(model.graph.output) != len(spec.outputs):
+        raise RuntimeError(f"{spec.role}: converter produced {len(model.graph.output)} outputs, "
+                           f"spec has {len(spec.outputs)}")
+    _rename_outputs(model, [t.name for t in spec.outputs])
+    _rename_inputs(model, [t.name for t in spec.inputs])
+    _set_shapes(model, spec)
+    model.doc_string = f"{spec.role} of an image-captioning model defined by its notebook's code"
+    onnx.checker.check_model(model)
+    return model
 
 
 # A tail of Dense layers is appended as ONNX nodes when it holds at least this many parameters

@@ -130,13 +130,14 @@ def keras_features(keras_encoder, images: np.ndarray) -> np.ndarray:
 
 def check_import_parity(expected_features: np.ndarray, model, decoder: NotebookDecoder, sessions: dict, graphs: dict,
                         images: np.ndarray, names: list[str], vocab: Vocabulary, encoder_spec: GraphSpec,
-                        log=print) -> dict:
+                        log=print, reference: tuple | None = None, max_length: int | None = None) -> dict:
     """The bundle against the Keras models on `images` (whose Keras encoder features are
-    `expected_features`): features, greedy captions against the notebook loop, and next-word
-    probabilities along each notebook caption."""
+    `expected_features`): features, greedy captions against the notebook loop (or `reference`:
+    captions and step probabilities from another loop), and next-word probabilities along each of
+    those captions."""
     failures = []
-    reference, reference_probs = notebook_greedy(model, expected_features, decoder, vocab)
-    features, served = bundle_greedy(sessions, graphs, images, vocab, decoder.max_length)
+    reference, reference_probs = reference or notebook_greedy(model, expected_features, decoder, vocab)
+    features, served = bundle_greedy(sessions, graphs, images, vocab, max_length or decoder.max_length)
     feature_diff = float(np.abs(features - expected_features).max())
     if not encoder_spec.close(features, expected_features):
         failures.append(f"encoder features differ from Keras': max |diff| {feature_diff:.3e}")

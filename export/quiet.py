@@ -8,6 +8,7 @@ through `sys.stderr`, which is reopened on the real standard error.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -27,11 +28,15 @@ def tensorflow_silenced(enabled: bool = True):
     os.dup2(devnull, 2)
     os.close(devnull)
     original, sys.stderr = sys.stderr, os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8")
+    # TensorFlow's Python logger makes its handler on first use, on whatever sys.stderr is then.
+    tf_logger = logging.getLogger("tensorflow")
+    level, tf_logger.level = tf_logger.level, logging.ERROR
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
+        tf_logger.setLevel(level)
         sys.stderr.flush()
         sys.stderr.close()
         sys.stderr = original
