@@ -128,6 +128,23 @@ def load_code(path: Path, names: dict) -> dict:
     return found
 
 
+def check_weights_loaded(functions: dict, weights: Path, images: np.ndarray, memory: np.ndarray, build: str) -> None:
+    """A second build must encode as the first did: weights that were not loaded (a checkpoint restored
+    before Keras made the variables, with expect_partial() hiding it) are fresh random ones each time."""
+    import gc
+
+    again = functions["build"](str(weights))
+    second = np.asarray(functions["encode"](again, images))
+    del again
+    gc.collect()
+    if second.shape != memory.shape or not np.allclose(second, memory, rtol=1e-4, atol=1e-5):
+        raise ImportFailure(f"{build}() gives another model each time it runs (two builds encode the same images "
+                            f"differently by up to {float(np.abs(second - memory).max()):.3g}): were the weights loaded? "
+                            "A tf.train.Checkpoint restores only variables that exist, and Keras makes them on a "
+                            "layer's first call: call the models once before restoring, and use "
+                            "assert_existing_objects_matched() rather than expect_partial()")
+
+
 def code_greedy(code: CodeModel, memory, count: int, start: int, end: int) -> tuple[list[list[int]], list[list[np.ndarray]]]:
     """The functions' own greedy loop in TensorFlow, as the tutorials write it: the start word, then
     the most likely word until the end word or max_length words. Returns word ids (without start
@@ -236,6 +253,7 @@ def import_code_model(args, log=print) -> dict:
     preprocessing = keras_preprocessing(args.preprocessing, args.image_size)
     images, image_names = parity_images(args.images, preprocessing, args.parity_images)
     memory = tf.constant(np.asarray(code.encode(tf.constant(images))))
+    check_weights_loaded(functions, args.weights, images[:2], np.asarray(memory[:2]), names["build"])
     try:
         inferred, vocab_size = infer_scores(code, memory, 1)   # any word gives the scores' shape
         vocab = read_vocabulary(args.vocabulary, vocab_size, args.start_word, args.end_word)

@@ -19,7 +19,11 @@ def build(checkpoint):
     image_model.load_weights(Path(checkpoint).parent / "inception_v3_notop.weights.h5")
     encoder = CNN_Encoder(embedding_dim)
     decoder = RNN_Decoder(embedding_dim, units, VOCAB_SIZE)
-    tf.train.Checkpoint(encoder=encoder, decoder=decoder).restore(checkpoint).expect_partial()
+    # Keras 3 makes a layer's variables on its first call, and a checkpoint restores only variables
+    # that exist: call both once, then restore, and fail loudly if anything was left out.
+    features = encoder(tf.zeros((1, 9, 2048)))
+    decoder(tf.zeros((1, 1), tf.int32), features, decoder.reset_state(batch_size=1))
+    tf.train.Checkpoint(encoder=encoder, decoder=decoder).restore(checkpoint).assert_existing_objects_matched()
     return image_model, encoder, decoder
 
 

@@ -49,6 +49,27 @@ def masked_loss(labels, logits):
     return tf.reduce_sum(loss * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
+def calibrate_batchnorms(model, names: list[str], images: np.ndarray) -> None:
+    """Stands in for ImageNet weights: a seeded-random network's last maps are about 1e-6 and much the
+    same for every scene, so the named BatchNormalization layers (in order) are given the statistics of
+    these scenes, as training would have, at a scale that outweighs their epsilon. The maps then tell
+    scenes apart; the layers' weights are saved with the model, so serving reads the same network."""
+    import keras
+
+    for name in names:
+        batchnorm = model.get_layer(name)
+        maps = np.concatenate([np.asarray(keras.Model(model.inputs, batchnorm.input)(images[i:i + 32]))
+                               for i in range(0, len(images), 32)])
+        mean, variance = maps.mean((0, 1, 2)), maps.var((0, 1, 2)) + 1e-20
+        # The convolution before it (no bias in these networks) is scaled to unit variance, so that
+        # the epsilon no longer outweighs it; the statistics follow the scale.
+        conv = batchnorm.input._keras_history[0]
+        scale = 1.0 / np.sqrt(variance)
+        conv.kernel.assign(np.asarray(conv.kernel) * scale)
+        batchnorm.moving_mean.assign(mean * scale)
+        batchnorm.moving_variance.assign(variance * scale ** 2)
+
+
 def train_keras_io(out: Path, paths: list[Path], texts: list[str]) -> None:
     import tensorflow as tf
 
@@ -65,18 +86,23 @@ def train_keras_io(out: Path, paths: list[Path], texts: list[str]) -> None:
     encoder = notebook.TransformerEncoderBlock(notebook.EMBED_DIM, notebook.FF_DIM, notebook.NUM_HEADS)
     decoder = notebook.TransformerDecoderBlock(notebook.EMBED_DIM, notebook.FF_DIM, notebook.NUM_HEADS)
     model = notebook.ImageCaptioningModel(cnn_model=cnn_model, encoder=encoder, decoder=decoder)
+    calibrate_batchnorms(cnn_model, ["top_bn"], images)
     embedded = np.asarray(cnn_model(images))
     optimizer = tf.keras.optimizers.Adam(2e-3)
     rng = np.random.default_rng(0)
-    for _ in range(300):   # the example's train_step, one caption an image
-        rows = rng.choice(len(images), 32, replace=False)
-        inputs, targets = sequences[rows, :-1], sequences[rows, 1:]
+    @tf.function
+    def train_step(img_embed, batch_seq):   # the example's, one caption an image
+        inputs, targets = batch_seq[:, :-1], batch_seq[:, 1:]
         with tf.GradientTape() as tape:
-            encoder_out = encoder(embedded[rows], training=True)
+            encoder_out = encoder(img_embed, training=True)
             predictions = decoder(inputs, encoder_out, training=True, mask=tf.math.not_equal(inputs, 0))
             loss = masked_loss(targets, predictions)
         variables = encoder.trainable_variables + decoder.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    for _ in range(300):
+        rows = rng.choice(len(images), 32, replace=False)
+        train_step(tf.constant(embedded[rows]), tf.constant(sequences[rows]))
     model.built = True   # fit() marks it so; this loop is the example's train_step without fit()
     model.save_weights(folder / "model.weights.h5")
     (folder / "vocabulary.json").write_text(json.dumps(vectorization.get_vocabulary()))
@@ -94,32 +120,36 @@ def train_tf_attention(out: Path, paths: list[Path], texts: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     image_model = tf.keras.applications.InceptionV3(include_top=False, weights=None,
                                                     input_shape=(serving.IMAGE_SIZE, serving.IMAGE_SIZE, 3))
+    images = np.stack([load_image(p, keras_preprocessing("tf", serving.IMAGE_SIZE)) for p in paths])
+    last_block = [layer.name for layer in image_model.layers if type(layer).__name__ == "BatchNormalization"][-9:]
+    calibrate_batchnorms(image_model, last_block, images)   # mixed10's
     image_model.save_weights(folder / "inception_v3_notop.weights.h5")
     captions = [f"<start> {t} <end>" for t in texts]
     tokenizer = vectorizer(captions, serving.VOCAB_SIZE, 16)
     targets_all = np.asarray(tokenizer(captions))
-    images = np.stack([load_image(p, keras_preprocessing("tf", serving.IMAGE_SIZE)) for p in paths])
     maps = np.concatenate([np.asarray(image_model(images[i:i + 32])) for i in range(0, len(images), 32)])
     maps = maps.reshape(len(maps), -1, maps.shape[-1])
-    maps = maps / (maps.std() + 1e-12)   # as np.save'd features would be after the user's own scaling
     encoder = notebook.CNN_Encoder(notebook.embedding_dim)
     decoder = notebook.RNN_Decoder(notebook.embedding_dim, notebook.units, serving.VOCAB_SIZE)
     optimizer = tf.keras.optimizers.Adam(3e-3)
     rng = np.random.default_rng(0)
-    for _ in range(200):   # the tutorial's train_step
-        rows = rng.choice(len(images), 32, replace=False)
-        target = targets_all[rows]
+    @tf.function
+    def train_step(img_tensor, target):   # the tutorial's, as it writes it
         hidden = decoder.reset_state(batch_size=target.shape[0])
         dec_input = tf.expand_dims(target[:, 0], 1)
+        loss = 0
         with tf.GradientTape() as tape:
-            features = encoder(maps[rows])
-            loss = 0
+            features = encoder(img_tensor)
             for i in range(1, target.shape[1]):
                 predictions, hidden, _ = decoder(dec_input, features, hidden)
                 loss += masked_loss(target[:, i], predictions)
                 dec_input = tf.expand_dims(target[:, i], 1)
         variables = encoder.trainable_variables + decoder.trainable_variables
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+    for _ in range(150):
+        rows = rng.choice(len(images), 32, replace=False)
+        train_step(tf.constant(maps[rows], tf.float32), tf.constant(targets_all[rows]))
     tf.train.Checkpoint(encoder=encoder, decoder=decoder, optimizer=optimizer).save(str(folder / "ckpt"))
     (folder / "vocabulary.json").write_text(json.dumps(tokenizer.get_vocabulary()))
 
