@@ -166,6 +166,19 @@ def check_import_parity(expected_features: np.ndarray, model, decoder: NotebookD
     return figures
 
 
+def release_memory() -> None:
+    """Collect the garbage and hand freed heap back to the system (glibc keeps it otherwise), so that
+    a big encoder's Keras weights and its ONNX copies are not resident at once."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to hand back this way
+        pass
+
+
 def parity_images(folder: Path | None, preprocessing: dict, count: int) -> tuple[np.ndarray, list[str]]:
     """Preprocessed images from `folder` (its first `count`, sorted), or generated scenes when None."""
     if folder is not None:
@@ -269,10 +282,14 @@ def import_model(args, log=print) -> dict:
             except Exception as exc:  # tf2onnx and the ONNX checker raise many types
                 raise ImportFailure(f"{spec.role}: the converter cannot express it in ONNX ({type(exc).__name__}: "
                                     f"{str(exc).splitlines()[0][:300]})") from None
+            if spec.role == "encoder":   # its features are computed: VGG16's 553 MB go before ONNX's copies come
+                keras_models["encoder"] = encoder = None
+                release_memory()
             optimize(staging / spec.onnx_file, staging / spec.optimized_file)
             log(f"converted {spec.role} in {time.time() - started:.1f}s")
-        parity = {}
+        parity, sessions = {}, None
         for variant, file in (("onnx", lambda s: s.onnx_file), ("optimized", lambda s: s.optimized_file)):
+            sessions = release_memory()   # one variant's sessions at a time
             sessions = {s.role: ort.InferenceSession(str(staging / file(s)), providers=["CPUExecutionProvider"])
                         for s in specs}
             parity[variant] = check_import_parity(features, model, decoder, sessions, manifest["graphs"], images,

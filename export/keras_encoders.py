@@ -8,6 +8,7 @@ vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5, resnet/resnet50_weights_tf_di
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def build_encoder(name: str, weights: Path):
         raise ValueError(f"--encoder-weights {weights}: no such file")
     application = getattr(keras.applications, recipe.application)
     shape = (recipe.image_size, recipe.image_size, 3)
-    model = application(weights=None, include_top=recipe.include_top, input_shape=shape,
-                        pooling=None if recipe.include_top else "avg")
+    with _random_initialisers_off():
+        model = application(weights=None, include_top=recipe.include_top, input_shape=shape,
+                            pooling=None if recipe.include_top else "avg")
     try:
         model.load_weights(str(weights))
     except (ValueError, KeyError, OSError) as exc:
@@ -72,3 +74,25 @@ def build_encoder(name: str, weights: Path):
     if recipe.cut:
         model = keras.Model(model.inputs, model.get_layer(recipe.cut).output, name=f"{name}_{recipe.cut}")
     return model
+
+
+@contextmanager
+def _random_initialisers_off():
+    """Inside, Keras' random initialisers give zeros. Every weight is then read from the file, and
+    drawing them at random first left 800 MB more resident for VGG16 (1.94 GB built, 1.15 GB so)."""
+    import keras
+
+    classes = [c for c in vars(keras.initializers).values()
+               if isinstance(c, type) and issubclass(c, keras.initializers.Initializer) and "__call__" in vars(c)]
+    saved = {c: vars(c)["__call__"] for c in classes}
+
+    def zeros(self, shape, dtype=None):
+        return keras.ops.zeros(shape, dtype=dtype)
+
+    try:
+        for c in classes:
+            c.__call__ = zeros
+        yield
+    finally:
+        for c, call in saved.items():
+            c.__call__ = call

@@ -167,6 +167,8 @@ def read_vocabulary(path: Path, vocab_size: int, start_word: str | None = None,
     if data[:2] == b"PK":
         return _from_list(_saved_layer_words(Path(path)), vocab_size, start_word, end_word,
                           "saved TextVectorization/StringLookup layer")
+    if _word_a_line(path, data):
+        return _from_list(_lines(path, data), vocab_size, start_word, end_word, "word-a-line text file")
     if data.lstrip()[:1] == b"[":
         try:
             document = json.loads(data)
@@ -194,8 +196,6 @@ def read_vocabulary(path: Path, vocab_size: int, start_word: str | None = None,
             raise VocabularyError(f"{path}: JSON, but not a Keras Tokenizer's to_json()") from None
         index = index_word or {v: k for k, v in word_index.items()}
         return _from_index(index, vocab_size, start_word, end_word, config.get("oov_token"), "Tokenizer JSON")
-    if _word_a_line(path, data):
-        return _from_list(_lines(path, data), vocab_size, start_word, end_word, "word-a-line text file")
     loaded = safe_unpickle(data)
     if isinstance(loaded, (list, tuple)) and loaded and all(isinstance(w, str) for w in loaded):
         return _from_list(list(loaded), vocab_size, start_word, end_word, "pickled word list")
@@ -222,7 +222,13 @@ def _word_a_line(path: Path, data: bytes) -> bool:
     a first line that is padding, as a saved get_vocabulary() begins."""
     if Path(path).suffix.lower() == ".txt":
         return True
-    return not data.startswith(b"\x80") and data.split(b"\n", 1)[0].strip() in (b"", PAD_WORD.encode())
+    if data.startswith(b"\x80") or data.split(b"\n", 1)[0].strip() not in (b"", PAD_WORD.encode()):
+        return False
+    try:
+        json.loads(data)   # JSON after a blank line is still JSON
+        return False
+    except ValueError:
+        return True
 
 
 def _lines(path: Path, data: bytes) -> list[str]:
