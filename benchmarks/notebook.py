@@ -3,9 +3,10 @@ decoding kind.
 
 Usage: python -m benchmarks.notebook [--images 12] [--results benchmarks/results]
 
-Builds two merge models over a seeded-random InceptionV3 (training.notebook_zoo --inception): a
-masked LSTM, which the importer steps one word at a time, and an unmasked GRU, which reads its
-padding and so is served whole-prefix (the whole model on the padded prefix at every word).
+Builds three decoders over a seeded-random InceptionV3 (training.notebook_zoo --inception): a masked
+LSTM merge model, which the importer steps one word at a time; an unmasked GRU, which reads its
+padding and so is served whole-prefix (the whole model on the padded prefix at every word); and a
+Transformer decoder (causal self-attention, words attending to the image), served whole-prefix.
 Each is imported with export.from_keras and timed one caption at a time, greedy, on held-out scenes:
 - the notebook: `encoder.predict(image)`, then `model.predict([photo, pad_sequences([seq])])` once
   per word on the whole prefix, exactly as the notebooks write it;
@@ -101,9 +102,10 @@ def measure(models: Path, name: str, entry: dict, bundle_dir: Path, count: int) 
 def markdown(results: dict) -> str:
     """notebook.md from notebook.json."""
     lines = ["# Imported notebook models against the notebooks' own loop\n",
-             f"Machine: {results['machine']}. Merge decoders over a seeded-random InceptionV3, one caption at a "
+             f"Machine: {results['machine']}. Decoders over a seeded-random InceptionV3, one caption at a "
              "time, greedy, medians over held-out scenes. *step*: the importer steps the RNN one word at a time; "
-             "*whole_prefix*: the model reads its padding, so every word re-runs it on the padded prefix.\n",
+             "*whole_prefix*: every word re-runs the whole model on the padded prefix (the GRU reads its "
+             "padding; the Transformer's positions attend to each other).\n",
              "| decoding kind | model | captions identical | words a caption | notebook loop, whole caption | "
              "served, whole caption | speed-up | notebook, decoding only | served, decoding only | speed-up |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

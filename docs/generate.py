@@ -25,7 +25,8 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<
 # results/<name>.md is written from results/<name>.json by <module>.markdown
 RESULT_PAGES = {**{name: f"benchmarks.{name}" for name in ("latency", "http", "layouts", "gpu", "ray_batch",
                                                            "reliability", "notebook", "peers", "request_path",
-                                                           "perf_analyzer", "tracing_cost", "build_time")},
+                                                           "perf_analyzer", "tracing_cost", "build_time",
+                                                           "import_memory")},
                 "quality": "tests.quality.score_http", "learning_curves": "training.curves"}
 
 

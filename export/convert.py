@@ -83,8 +83,10 @@ def convert(keras_model, spec: GraphSpec, opset: int = OPSET) -> onnx.ModelProto
     else:
         converted, converted_spec = keras_model, spec
     signature = [tf.TensorSpec([None, *t.shape[1:]], getattr(tf, t.dtype), name=t.name) for t in spec.inputs]
+    large = converted.count_params() >= COLLECTED_FROM_PARAMETERS
     model, _ = tf2onnx.convert.from_keras(converted, input_signature=signature, opset=opset,
-                                          custom_op_handlers=CUSTOM_OP_HANDLERS, optimizers=collected_optimizers())
+                                          custom_op_handlers=CUSTOM_OP_HANDLERS,
+                                          optimizers=collected_optimizers() if large else None)
     if len(model.graph.output) != len(converted_spec.outputs):
         raise RuntimeError(f"{spec.role}: converter produced {len(model.graph.output)} outputs, "
                            f"spec has {len(converted_spec.outputs)}")
@@ -110,6 +112,11 @@ class _Collected:
     def __call__(self):
         gc.collect()
         return self.factory()
+
+
+# Each collection walks the whole heap (5 s a conversion where TensorFlow and Keras are loaded), so
+# only graphs whose copies would cost more than that are collected: 10 M parameters, 40 MB a copy.
+COLLECTED_FROM_PARAMETERS = 10_000_000
 
 
 def collected_optimizers():

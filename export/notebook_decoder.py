@@ -624,14 +624,23 @@ def keras_decode_steps(init: keras.Model, step: keras.Model, features: np.ndarra
 
 
 def whole_model_steps(decoder: NotebookDecoder, features: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
-    """The same probabilities from the whole model on each pre-padded prefix (the notebook's way)."""
+    """The same probabilities from the whole model on each padded prefix (the notebook's way), read
+    at the newest word's position for a model that gives a word per position."""
     length, out = decoder.max_length, []
     for position in range(prefixes.shape[1]):
         kept = prefixes[:, :position + 1][:, -length:]
         padded = np.zeros((len(prefixes), length), np.float32)
-        padded[:, length - kept.shape[1]:] = kept
+        if decoder.padding == "pre":
+            padded[:, length - kept.shape[1]:] = kept
+        else:
+            padded[:, :kept.shape[1]] = kept
         inputs = [features, padded] if decoder.feature_input_first else [padded, features]
         probs = np.array(decoder.model(inputs, training=False))
+        if probs.ndim == 3:
+            probs = probs[:, kept.shape[1] - 1 if decoder.padding == "post" else -1]
+        if decoder.scores == "logits":
+            probs = np.exp(probs - probs.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
         probs[:, 0] = 0.0   # padding is never a word (the bundle's step gives it no probability)
         out.append(probs)
     return np.stack(out, axis=1)

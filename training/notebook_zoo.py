@@ -83,18 +83,19 @@ ZOO = (
     Notebook("stacked_rnn_par_h5", "par-inject", "tf_keras", "model.h5", "wordtoix", "step", ("simple", "stacked")),
     # Today's notebooks: Transformer decoders (no recurrent layer), a word per position read at the
     # newest word's position of post-padded words, and TextVectorization's vocabulary as a JSON list.
-    Notebook("transformer_image_token", "image as the first token", "keras", "model.keras", "word_list_json",
+    # The image as the first token is Tanti et al.'s pre-inject; words attending to it, par-inject.
+    Notebook("transformer_image_token", "pre-inject", "keras", "model.keras", "word_list_json",
              "whole_prefix", ("transformer",)),
-    Notebook("transformer_cross", "cross-attention, merged head", "keras", "model.keras", "tokenizer_json",
-             "whole_prefix", ("transformer", "cross_attention")),
+    Notebook("transformer_cross", "par-inject", "keras", "model.keras", "tokenizer_json",
+             "whole_prefix", ("transformer", "cross_attention", "merged_head")),
     Notebook("sequence_lstm_post", "init-inject", "keras", "model.keras", "wordtoix", "whole_prefix",
              ("sequence",)),
     Notebook("merge_lstm_word_list", "merge", "keras", "model.keras", "word_list_json", "step"),
 )
 
 
-# With --inception: one model per decoding kind, for benchmarks.notebook.
-INCEPTION_MODELS = ("merge_lstm_h5", "merge_gru_unmasked")
+# With --inception: one model per decoding kind, and a Transformer, for benchmarks.notebook.
+INCEPTION_MODELS = ("merge_lstm_h5", "merge_gru_unmasked", "transformer_cross")
 
 
 FILE_FORMATS = {("tf_keras", "model.h5"): "tf.keras (Keras 2) `.h5`", ("keras", "model.h5"): "Keras 3 `.h5`",
@@ -104,7 +105,10 @@ VOCABULARY_FORMATS = {"wordtoix": "pickled `wordtoix`/`ixtoword` dicts", "wordto
                       "word_list_json": "`TextVectorization.get_vocabulary()` as JSON (`<start>`/`<end>`)"}
 OPTION_WORDS = {"gru": "GRU", "simple": "SimpleRNN", "stacked": "two stacked RNNs", "concat": "concatenate merge",
                 "unmasked": "no mask", "explicit_mask": "mask passed to the RNN", "normalization": "Normalization",
-                "batchnorm": "BatchNormalization", "layernorm": "LayerNormalization"}
+                "batchnorm": "BatchNormalization", "layernorm": "LayerNormalization",
+                "transformer": "Transformer: causal MultiHeadAttention, no RNN",
+                "cross_attention": "words attend to the image", "merged_head": "the image merged into the head",
+                "sequence": "post-padded words, a softmax per position (`TimeDistributed`)"}
 
 
 def markdown_table() -> str:

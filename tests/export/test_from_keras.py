@@ -107,13 +107,14 @@ def test_served_greedy_captions_equal_each_notebook_loop(notebooks, imported):
 
 def test_the_manifest_records_what_the_tool_read(notebooks, imported):
     sources = {"wordtoix": "wordtoix dict", "tokenizer_json": "Tokenizer JSON", "tokenizer_pickle": "Tokenizer pickle",
-               "wordtoix_json": "wordtoix JSON"}
+               "wordtoix_json": "wordtoix JSON", "word_list_json": "word list JSON"}
     for name, entry in zoo(notebooks).items():
         manifest = json.loads((imported[name] / "bundle.json").read_text())
         found = manifest["provenance"]["imported"]
         assert (found["architecture"], found["decoder_kind"]) == (entry["architecture"], entry["kind"]), name
         assert found["vocabulary"] == sources[entry["vocabulary_format"]]
-        assert (found["start_word"], found["end_word"], found["max_length"]) == ("startseq", "endseq", 12)
+        words = ("<start>", "<end>") if entry["vocabulary_format"] == "word_list_json" else ("startseq", "endseq")
+        assert (found["start_word"], found["end_word"], found["max_length"]) == (*words, 12)   # found, not given
         assert manifest["preprocessing"] == found["preprocessing"] and manifest["preprocessing"]["resample"] == "nearest"
         assert manifest["decoder"]["kind"] == entry["kind"] and entry["kind"] in manifest["description"]
         assert ("why_whole_prefix" in found) == (entry["kind"] == "whole_prefix")

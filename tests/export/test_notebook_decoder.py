@@ -27,6 +27,7 @@ def test_every_keras3_zoo_builder_is_read_and_decoded_as_the_zoo_says(spec):
     found = analyse(model)
     init, step, state = decoder_models(found, FEATURES, start=1, log=quiet)
     assert found.architecture == [spec.architecture] and found.kind == spec.kind, found.fallback
+    assert found.padding == ("post" if "sequence" in spec.options else "pre")
     keys = [s.key for s in state]
     if spec.kind == "whole_prefix":
         assert keys == ["prefix", "context"]
@@ -61,12 +62,17 @@ def test_a_model_written_differently_init_and_merge_with_an_rnn_of_a_cell():
 
 @pytest.mark.filterwarnings("ignore:Layer 'conv1d'")
 def test_a_bidirectional_or_convolutional_text_branch_is_served_whole_prefix():
+    # Seeded, with embeddings of unit scale: untrained ones are so small that a convolution reading
+    # the pads moves the probabilities by about STEPPING_ATOL, and the test's order set the outcome.
+    keras.utils.set_random_seed(3)
     for text_layer in (layers.Bidirectional(layers.LSTM(8)),
                        lambda x: layers.LSTM(8)(layers.Conv1D(8, 3, padding="same")(x))):
         image, words = words_and_image()
-        text = text_layer(layers.Embedding(43, 8, mask_zero=True)(words))
+        embedding = layers.Embedding(43, 8, mask_zero=True, embeddings_initializer="random_normal")
+        text = text_layer(embedding(words))
         model = keras.Model([image, words], layers.Dense(43, activation="softmax")(
             layers.add([layers.Dense(text.shape[-1])(image), text])))
+        embedding.set_weights([np.random.default_rng(2).normal(size=(43, 8))])
         found = analyse(model)
         messages = []
         decoder_models(found, FEATURES, start=1, log=messages.append)
@@ -77,14 +83,31 @@ def test_a_bidirectional_or_convolutional_text_branch_is_served_whole_prefix():
     (lambda i, w: keras.Model([i, w], layers.Dense(43, activation="softmax")(layers.Dense(8)(i))),
      "feeding an Embedding"),
     (lambda i, w: keras.Model([i, w], layers.Dense(43, activation="softmax")(
-        layers.add([layers.Dense(8)(i), layers.GlobalAveragePooling1D()(layers.Embedding(43, 8)(w))]))),
-     "no recurrent layer"),
+        layers.add([layers.Dense(8)(i), layers.LSTM(8, return_sequences=True)(layers.Embedding(43, 8)(w))[:, :5]]))),
+     "5 positions for 12 words"),
     (lambda i, w: keras.Model([i, w], [layers.Dense(43)(i), layers.LSTM(43)(layers.Embedding(43, 8)(w))]),
      "2 outputs"),
 ])
 def test_what_is_no_caption_decoder_is_refused_naming_why(build, message):
     with pytest.raises(DecoderImportError, match=message):
         analyse(build(*words_and_image()))
+
+
+def test_a_transformer_with_logits_is_served_whole_prefix_from_its_logits():
+    image, words = words_and_image()
+    embedded = layers.Embedding(43, 16)(words)
+    x = layers.add([embedded, layers.MultiHeadAttention(2, 8)(embedded, embedded, use_causal_mask=True)])
+    x = layers.MultiHeadAttention(2, 8)(x, layers.Reshape((1, 16))(layers.Dense(16)(image)))
+    model = keras.Model([image, words], layers.Dense(43)(x))   # logits for every position
+    found = analyse(model, padding="post")
+    assert (found.padding, found.scores, found.sequence_output, found.recurrent) == ("post", "logits", True, [])
+    messages = []
+    init, step, state = decoder_models(found, FEATURES, start=1, log=messages.append)
+    assert found.kind == "whole_prefix" and "a next word per position" in messages[-1]
+    prefixes = np.random.default_rng(1).integers(1, 43, size=(6, MAX_LENGTH + 3)).astype(np.int32)
+    stepped = keras_decode_steps(init, step, FEATURES, prefixes)[:, :MAX_LENGTH, 1:]
+    want = whole_model_steps(found, FEATURES, prefixes[:, :MAX_LENGTH])[:, :, 1:]
+    assert np.abs(stepped / stepped.sum(-1, keepdims=True) - want / want.sum(-1, keepdims=True)).max() < 1e-5
 
 
 def test_an_exact_gelu_converts_to_onnx():
