@@ -1,15 +1,17 @@
 """A notebook's decoder -> the bundle's decoder_init and decoder_step Keras models.
 
-A notebook decoder takes (image features, pre-padded word ids) and gives the next word's softmax.
-Where it puts the image does not matter here (Tanti et al. 2018: init-inject, pre-inject,
-par-inject, merge; one or several RNN layers): the tool reads what the model computes, not a list
-of layer patterns. Every tensor that depends on the image alone is computed once, in decoder_init;
-the recurrent layers are stepped one word at a time with their own cells and a carried state each;
+A notebook decoder takes (image features, padded word ids) and gives the next word's scores, or
+one next word per position. Where it puts the image does not matter here (Tanti et al. 2018:
+init-inject, pre-inject, par-inject, merge; one or several RNN layers, or none: a Transformer):
+the tool reads what the model computes, not a list of layer patterns. For a pre-padded recurrent
+decoder, every tensor that depends on the image alone is computed once, in decoder_init; the
+recurrent layers are stepped one word at a time with their own cells and a carried state each;
 everything else runs per step, on the newest word's position (pre-padding puts it last). Stepping
 is kept only where it reproduces the whole model on padded prefixes, checked numerically
 (`verify_stepping`): that holds when the Embedding masks the padding, since the RNNs then skip the
-pads. Otherwise the decoder re-runs the whole model on the padded prefix at every step
-(`whole_prefix` kind), which needs nothing of the model but its inputs and output: exact, slower.
+pads. Otherwise (and for Transformers, post-padded words and a word per position) the decoder
+re-runs the whole model on the padded prefix at every step (`whole_prefix` kind), which needs
+nothing of the model but its inputs and output: exact, slower.
 """
 from __future__ import annotations
 
@@ -143,7 +145,7 @@ def analyse(model, padding: str = "auto") -> NotebookDecoder:
     feed the words first), pre otherwise (pad_sequences' default)."""
     if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth") or not model.inputs:
         raise DecoderImportError("the model is not a functional or Sequential Keras model, so its layers "
-                                 "cannot be read (subclassed models are not supported)")
+                                 "cannot be read (import a subclassed model from its code: python -m export.from_code)")
     if len(model.inputs) != 2 or len(model.outputs) != 1:
         raise DecoderImportError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
                                  "a notebook decoder takes (image features, word ids) and gives next-word "

@@ -185,6 +185,19 @@ def test_a_malicious_vocabulary_pickle_runs_nothing(notebooks, tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
+def test_a_refusal_is_one_line_with_nothing_from_tensorflow(notebooks, tmp_path):
+    """As a user runs it: no TF_CPP_MIN_LOG_LEVEL set, TensorFlow's C++ and absl free to log."""
+    args = import_args(notebooks, "merge_gru_concat", tmp_path / "out")
+    args[args.index("--vocabulary") + 1] = str(tmp_path / "missing-words.json")
+    (tmp_path / "missing-words.json").write_text('["", "cat", "dog"]')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    result = subprocess.run([PYTHON, "-m", "export.from_keras", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "none of the known start/end word pairs" in result.stderr
+
+
 def with_decoder(notebooks: Path, decoder: Path, out: Path) -> list[str]:
     args = import_args(notebooks, "merge_gru_concat", out)
     args[args.index("--decoder") + 1] = str(decoder)
