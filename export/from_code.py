@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bundle.format import finish, staged_bundle
-from bundle.preprocess import KERAS_MODES, input_shape, keras_preprocessing
+from bundle.preprocess import KERAS_MODES, RESAMPLE, input_shape, keras_preprocessing
 from bundle.specs import StateSpec, decoder_specs
 
 from .from_keras import ImportFailure, check_import_parity, parity_images
@@ -250,7 +250,7 @@ def import_code_model(args, log=print) -> dict:
     kind = "step" if "step" in functions and "initial_state" in functions else "whole_prefix"
     padding = "post" if args.padding == "auto" else args.padding
     code = CodeModel(model, functions, kind, padding, args.max_length)
-    preprocessing = keras_preprocessing(args.preprocessing, args.image_size)
+    preprocessing = keras_preprocessing(args.preprocessing, args.image_size, args.resample)
     images, image_names = parity_images(args.images, preprocessing, args.parity_images)
     memory = tf.constant(np.asarray(code.encode(tf.constant(images))))
     check_weights_loaded(functions, args.weights, images[:2], np.asarray(memory[:2]), names["build"])
@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preprocessing", choices=KERAS_MODES, required=True,
                         help="the images' preprocess_input mode: tf (InceptionV3), raw (EfficientNet), caffe, torch")
     parser.add_argument("--image-size", type=int, required=True, help="the square size the images are resized to")
+    parser.add_argument("--resample", choices=tuple(RESAMPLE), default="nearest",
+                        help="Pillow's resize filter for uploads (default nearest, as keras.utils.load_img; the "
+                             "tutorials' tf.image.resize is bilinear without antialiasing, which none matches exactly)")
     parser.add_argument("--max-length", type=int, required=True,
                         help="the loop's most words; for next_word, also the length of the padded words it takes")
     parser.add_argument("--padding", choices=("auto", "pre", "post"), default="auto",
