@@ -149,6 +149,25 @@ def test_tf_attention_tutorial_serves_its_own_loops_captions_and_attention(train
         np.testing.assert_allclose(attention, plot[:len(attention)], atol=1e-4)
 
 
+def test_the_api_serves_both_and_the_attention_tutorials_weights(trained, imported):
+    from server.app import create_app
+    from server.config import Config
+
+    image = held_out(trained)[0]
+    engine, pixels = engine_and_pixels(imported["tf_attention"], [image])
+    (want, weights), = served_captions(engine, pixels, attention=True)
+    client = create_app(Config(bundle=imported["tf_attention"], extra_bundles=str(imported["keras_io"]),
+                               warmup=False)).test_client()
+    response = client.post("/api/v1/captions?attention=true", data={"image": (image.open("rb"), image.name)})
+    assert response.status_code == 200, response.json
+    caption = response.json["captions"][0]
+    assert caption["caption"] == want and caption["attention"]["grid"] == [3, 3]
+    np.testing.assert_allclose(caption["attention"]["weights"], weights.attention, atol=1e-4)
+    keras_io, = served_captions(*engine_and_pixels(imported["keras_io"], [image]))
+    response = client.post("/api/v1/captions", data={"image": (image.open("rb"), image.name), "model": "keras_io"})
+    assert response.status_code == 200 and response.json["captions"][0]["caption"] == keras_io[0]
+
+
 def test_beam_search_answers_on_both(trained, imported):
     for bundle in imported.values():
         engine, pixels = engine_and_pixels(bundle, held_out(trained)[:2])
