@@ -197,7 +197,7 @@ def infer_scores(code: CodeModel, memory, start: int) -> tuple[str, int]:
     return ("probabilities" if probabilities else "logits"), scores.shape[1]
 
 
-def graph_functions(code: CodeModel, state_count: int, attention: bool):
+def graph_functions(code: CodeModel, attention: bool):
     """The three graphs as TensorFlow functions of the spec's inputs, in order."""
     import tensorflow as tf
 
@@ -298,7 +298,7 @@ def import_code_model(args, log=print) -> dict:
                                     "vocabulary_file": str(args.vocabulary)}},
     }
     with staged_bundle(args.out) as staging:
-        for spec, function in zip(specs, graph_functions(code, len(state), bool(attention_positions))):
+        for spec, function in zip(specs, graph_functions(code, bool(attention_positions))):
             started = time.time()
             try:
                 onnx.save(convert_function(function, spec, OPSET), staging / spec.onnx_file)
