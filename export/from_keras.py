@@ -287,9 +287,10 @@ def import_model(args, log=print) -> dict:
                 release_memory()
             optimize(staging / spec.onnx_file, staging / spec.optimized_file)
             log(f"converted {spec.role} in {time.time() - started:.1f}s")
-        parity, sessions = {}, None
+        parity = {}
         for variant, file in (("onnx", lambda s: s.onnx_file), ("optimized", lambda s: s.optimized_file)):
-            sessions = release_memory()   # one variant's sessions at a time
+            sessions = None   # one variant's sessions at a time
+            release_memory()
             sessions = {s.role: ort.InferenceSession(str(staging / file(s)), providers=["CPUExecutionProvider"])
                         for s in specs}
             parity[variant] = check_import_parity(features, model, decoder, sessions, manifest["graphs"], images,
