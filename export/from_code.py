@@ -39,10 +39,8 @@ from bundle.format import finish, staged_bundle
 from bundle.preprocess import KERAS_MODES, RESAMPLE, input_shape, keras_preprocessing
 from bundle.specs import StateSpec, decoder_specs
 
-from .from_keras import ImportFailure, check_import_parity, parity_images
+from .from_keras import ImportFailure, check_import_parity, parity_images, run_import
 from .notebook_vocabulary import VocabularyError, read_vocabulary
-from .parity import ParityError
-from .quiet import tensorflow_silenced
 from .writer import graph_entry
 
 FUNCTIONS = ("build", "encode", "next_word", "initial_state", "step")
@@ -95,15 +93,11 @@ class CodeModel:
     def log_probs(self, scores):
         import tensorflow as tf
 
+        from .notebook_decoder import padding_penalty
+
         scores = tf.cast(scores, tf.float32)
         log_probs = tf.nn.log_softmax(scores, -1) if self.scores == "logits" else tf.math.log(tf.maximum(scores, 1e-30))
-        return log_probs + _padding_penalty(int(scores.shape[-1]))
-
-
-def _padding_penalty(vocab_size: int) -> np.ndarray:
-    penalty = np.zeros(vocab_size, np.float32)
-    penalty[0] = -1e9   # id 0 is padding: never a word
-    return penalty
+        return log_probs + padding_penalty(int(scores.shape[-1]))
 
 
 def load_code(path: Path, names: dict) -> dict:
@@ -219,14 +213,9 @@ def graph_functions(code: CodeModel, attention: bool):
         return tf.zeros((tf.shape(memory)[0], code.max_length), tf.int32), tf.identity(memory)
 
     def decoder_step(token, prefix, memory):
-        length = code.max_length
-        shifted = tf.concat([prefix[:, 1:], token], axis=1)
-        if code.padding == "pre":
-            prefix_next = shifted
-        else:   # the word goes to the first pad (pads are 0 and no word is)
-            count = tf.reduce_sum(tf.cast(tf.not_equal(prefix, 0), tf.int32), axis=1, keepdims=True)
-            placed = tf.where(tf.equal(tf.range(length)[None, :], count), token, prefix)
-            prefix_next = tf.where(count >= length, shifted, placed)
+        from .notebook_decoder import next_prefix
+
+        prefix_next, _ = next_prefix(prefix, token, code.padding)   # next_word reads the position itself
         return code.log_probs(code.next_word(memory, prefix_next)), prefix_next
     return encoder, decoder_init, decoder_step
 
@@ -360,17 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_length < 1 or args.parity_images < 1 or args.image_size < 1:
         print("error: --max-length, --parity-images and --image-size must be at least 1", file=sys.stderr)
         return 2
-    with tensorflow_silenced(not args.verbose):
-        try:
-            import_code_model(args, log=lambda m: print(m, file=sys.stderr))
-        except ImportFailure as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except ParityError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    print(f"wrote bundle {args.out}", file=sys.stderr)
-    return 0
+    return run_import(import_code_model, args)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def notebook_greedy(model, features: np.ndarray, decoder: NotebookDecoder, vocab
     len(prefix) - 1, where a model that gives a word per position is read (`preds[0, t]`).
     Returns each caption's word ids (without start and end) and the probabilities the model gave
     at each of its steps (a softmax of its logits for a model that gives logits)."""
+    from .notebook_decoder import next_word_probabilities, pad_prefixes
+
     length = decoder.max_length
     captions, probabilities = [], []
     for first in range(0, len(features), batch_size):
@@ -68,23 +70,9 @@ def notebook_greedy(model, features: np.ndarray, decoder: NotebookDecoder, vocab
         done = np.zeros(len(batch), bool)
         steps = [[] for _ in batch]
         for _ in range(length):
-            padded = np.zeros((len(batch), length), np.float32)
-            positions = []
-            for row, prefix in enumerate(prefixes):
-                kept = prefix[-length:]
-                if decoder.padding == "pre":
-                    padded[row, length - len(kept):] = kept
-                    positions.append(length - 1)
-                else:
-                    padded[row, :len(kept)] = kept
-                    positions.append(len(kept) - 1)
+            padded, positions = pad_prefixes(prefixes, length, decoder.padding)
             inputs = [batch, padded] if decoder.feature_input_first else [padded, batch]
-            out = np.asarray(model(inputs, training=False))
-            if out.ndim == 3:
-                out = out[np.arange(len(batch)), positions]
-            if decoder.scores == "logits":
-                out = np.exp(out - out.max(-1, keepdims=True))
-                out /= out.sum(-1, keepdims=True)
+            out = next_word_probabilities(model(inputs, training=False), positions, decoder.scores)
             for row in np.flatnonzero(~done):
                 word = int(out[row].argmax())
                 steps[row].append(out[row])
@@ -356,11 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    return run_import(import_model, args)
+
+
+def run_import(run, args) -> int:
+    """An import tool's exit status: `run(args, log)` with TensorFlow's logging silenced unless
+    --verbose; 0 written, 1 parity failed, 2 refused, each failure in one line."""
     with tensorflow_silenced(not args.verbose):
         from .keras_files import ModelFileError
 
         try:
-            import_model(args, log=lambda m: print(m, file=sys.stderr))
+            run(args, log=lambda m: print(m, file=sys.stderr))
         except (ImportFailure, ModelFileError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -532,7 +532,7 @@ class NextWordLogProbs(layers.Layer):
             x = ops.matmul(x, self.dense.kernel)
             if self.dense.use_bias:
                 x = x + self.dense.bias
-        return ops.log_softmax(x, axis=-1) + _padding_penalty(self.vocab_size)
+        return ops.log_softmax(x, axis=-1) + padding_penalty(self.vocab_size)
 
 
 class LogOfProbabilities(layers.Layer):
@@ -543,20 +543,62 @@ class LogOfProbabilities(layers.Layer):
         self.vocab_size = vocab_size
 
     def call(self, p):
-        return ops.log(ops.maximum(p, 1e-30)) + _padding_penalty(self.vocab_size)
+        return ops.log(ops.maximum(p, 1e-30)) + padding_penalty(self.vocab_size)
 
 
-def _padding_penalty(vocab_size: int) -> np.ndarray:
+def padding_penalty(vocab_size: int) -> np.ndarray:
+    """Added to log-probabilities: id 0, padding, is never chosen."""
     penalty = np.zeros(vocab_size, np.float32)
     penalty[0] = -1e9
     return penalty
 
 
+def next_prefix(prefix, token, padding: str):
+    """The padded prefix [batch, length] with `token` [batch, 1] added as the notebook's loop adds it,
+    and the newest word's position [batch, 1] (keras.ops, so Keras layers and TensorFlow functions
+    share it). Pre-padded, the oldest id drops out (pad_sequences keeps the last max_length) and the
+    newest word is last; post-padded, the word goes to the first pad, and a full prefix slides on."""
+    length = prefix.shape[1]
+    token = ops.cast(token, prefix.dtype)
+    shifted = ops.concatenate([prefix[:, 1:], token], axis=1)
+    if padding == "pre":
+        return shifted, ops.full((ops.shape(prefix)[0], 1), length - 1, "int32")
+    # Pads are 0 and no word is (the bundle never predicts 0), so the words so far are the non-zero ids.
+    count = ops.sum(ops.cast(ops.not_equal(prefix, 0), "int32"), axis=1, keepdims=True)
+    placed = ops.where(ops.equal(ops.arange(length, dtype="int32")[None, :], count), token, prefix)
+    return ops.where(count >= length, shifted, placed), ops.minimum(count, length - 1)
+
+
+def pad_prefixes(prefixes, length: int, padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Word-id prefixes as the notebook's loop feeds them (each kept to its last `length` ids, the
+    pads before or after them) and each one's newest word's position."""
+    padded = np.zeros((len(prefixes), length), np.float32)
+    positions = np.empty(len(prefixes), int)
+    for row, prefix in enumerate(prefixes):
+        kept = list(prefix)[-length:]
+        if padding == "pre":
+            padded[row, length - len(kept):], positions[row] = kept, length - 1
+        else:
+            padded[row, :len(kept)], positions[row] = kept, len(kept) - 1
+    return padded, positions
+
+
+def next_word_probabilities(out, positions: np.ndarray, scores: str) -> np.ndarray:
+    """A model's output as next-word probabilities (a copy): read at each row's newest position for a
+    model that gives a word per position, a softmax for one that gives logits."""
+    out = np.array(out)
+    if out.ndim == 3:
+        out = out[np.arange(len(out)), positions]
+    if scores == "logits":
+        out = np.exp(out - out.max(-1, keepdims=True))
+        out /= out.sum(-1, keepdims=True)
+    return out
+
+
 class WholePrefixStep(layers.Layer):
-    """One step of the notebooks' loop: the word joins the padded prefix and the whole model runs
-    on it. Pre-padded, the oldest id drops out (pad_sequences keeps the last max_length) and the
-    newest position is the last; post-padded, the word goes to the first pad, whose position the
-    output is read at (for a model that gives a word per position)."""
+    """One step of the notebooks' loop: the word joins the padded prefix (`next_prefix`) and the
+    whole model runs on it, read at the newest word's position for a model that gives a word per
+    position."""
 
     def __init__(self, model: keras.Model, features_first: bool, vocab_size: int, padding: str = "pre",
                  scores: str = "probabilities", **kwargs):
@@ -565,25 +607,14 @@ class WholePrefixStep(layers.Layer):
         self.padding, self.scores = padding, scores
 
     def call(self, token, prefix, context):
-        length = prefix.shape[1]
-        token = ops.cast(token, prefix.dtype)
-        shifted = ops.concatenate([prefix[:, 1:], token], axis=1)
-        if self.padding == "pre":
-            prefix_next, position = shifted, ops.full((ops.shape(prefix)[0], 1), length - 1, "int32")
-        else:
-            # Pads are 0 and no word is (the bundle never predicts 0), so the words so far are the
-            # non-zero ids; a full prefix slides on as a pre-padded one would.
-            count = ops.sum(ops.cast(ops.not_equal(prefix, 0), "int32"), axis=1, keepdims=True)
-            placed = ops.where(ops.equal(ops.arange(length, dtype="int32")[None, :], count), token, prefix)
-            prefix_next = ops.where(count >= length, shifted, placed)
-            position = ops.minimum(count, length - 1)
+        prefix_next, position = next_prefix(prefix, token, self.padding)
         words = ops.cast(prefix_next, self.model.inputs[1 if self.features_first else 0].dtype)
         out = self.model([context, words] if self.features_first else [words, context])
         if len(out.shape) == 3:
             out = ops.take_along_axis(out, ops.expand_dims(position, -1), axis=1)[:, 0]
         log_probs = (ops.log_softmax(out, axis=-1) if self.scores == "logits"
                      else ops.log(ops.maximum(out, 1e-30)))
-        return log_probs + _padding_penalty(self.vocab_size), prefix_next
+        return log_probs + padding_penalty(self.vocab_size), prefix_next
 
 
 def whole_prefix_models(decoder: NotebookDecoder) -> tuple[keras.Model, keras.Model, list[StateSpec]]:
@@ -628,21 +659,11 @@ def keras_decode_steps(init: keras.Model, step: keras.Model, features: np.ndarra
 def whole_model_steps(decoder: NotebookDecoder, features: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
     """The same probabilities from the whole model on each padded prefix (the notebook's way), read
     at the newest word's position for a model that gives a word per position."""
-    length, out = decoder.max_length, []
+    out = []
     for position in range(prefixes.shape[1]):
-        kept = prefixes[:, :position + 1][:, -length:]
-        padded = np.zeros((len(prefixes), length), np.float32)
-        if decoder.padding == "pre":
-            padded[:, length - kept.shape[1]:] = kept
-        else:
-            padded[:, :kept.shape[1]] = kept
+        padded, positions = pad_prefixes(prefixes[:, :position + 1], decoder.max_length, decoder.padding)
         inputs = [features, padded] if decoder.feature_input_first else [padded, features]
-        probs = np.array(decoder.model(inputs, training=False))
-        if probs.ndim == 3:
-            probs = probs[:, kept.shape[1] - 1 if decoder.padding == "post" else -1]
-        if decoder.scores == "logits":
-            probs = np.exp(probs - probs.max(-1, keepdims=True))
-            probs /= probs.sum(-1, keepdims=True)
+        probs = next_word_probabilities(decoder.model(inputs, training=False), positions, decoder.scores)
         probs[:, 0] = 0.0   # padding is never a word (the bundle's step gives it no probability)
         out.append(probs)
     return np.stack(out, axis=1)
