@@ -66,7 +66,7 @@ def api_routes(protocol: bool = False) -> str:
     from server.inference_protocol import is_protocol_path
     from server.openapi import openapi_document
 
-    document = openapi_document(Config(), max_length=20, models=["demo"])
+    document = openapi_document(Config(), max_length=20, models=["demo"], attending=["demo"])
     rows = ["| route | what it does |", "| --- | --- |"]
     for path, operations in document["paths"].items():
         if is_protocol_path(path) != protocol:
@@ -80,15 +80,16 @@ def api_parameters() -> str:
     from server.config import Config
     from server.openapi import openapi_document
 
-    operation = openapi_document(Config(), max_length=20, models=["demo"])["paths"]["/api/v1/captions"]["post"]
+    operation = openapi_document(Config(), max_length=20, models=["demo"], attending=["demo"])["paths"]["/api/v1/captions"]["post"]
     rows = ["| parameter | values | default | meaning |", "| --- | --- | --- | --- |"]
     for parameter in operation["parameters"]:
         schema = parameter["schema"]
         values = ("1 to the model's longest" if parameter["name"] == "max_length"
                   else f"{schema['minimum']} to {schema['maximum']}" if "maximum" in schema
-                  else "a served model's name" if "enum" in schema else schema["type"])
+                  else "a served model's name" if "enum" in schema
+                  else "`true` or `false`" if schema["type"] == "boolean" else schema["type"])
         default = "the model's own" if parameter["name"] == "max_length" else \
-            "the default model" if parameter["name"] == "model" else f"`{schema['default']}`"
+            "the default model" if parameter["name"] == "model" else f"`{json.dumps(schema['default'])}`"
         rows.append(f"| `{parameter['name']}` | {values} | {default} | {schema['description']} |")
     return "\n".join(rows) + "\n"
 

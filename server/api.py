@@ -102,4 +102,4 @@ def prometheus_metrics():
 def openapi():
     state = _state()
     return jsonify(openapi_document(state.config, max(e.max_length for e in state.engines.values()),
-                                    list(state.engines)))
+                                    list(state.engines), [n for n, e in state.engines.items() if e.has_attention]))

@@ -24,9 +24,11 @@ from .errors import RequestError
 from .uploads import ImageError, load_rgb, open_image
 
 PREVIEW_SIZE = (640, 640)
-DIGITS = re.compile(r"^[0-9]+$")
-BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
-DECIMAL = re.compile(r"^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+# The values /openapi.json states, as OpenAPI writes them in a query or a form: anything else is refused
+# (no spaces, no "1" for true), so a client never learns that a value the document forbids happens to work.
+INTEGER = re.compile(r"^-?[0-9]+$")
+BOOLEANS = {"true": True, "false": False}
+DECIMAL = re.compile(r"^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
 MAX_LENGTH_PENALTY = 5.0
 
 
@@ -45,12 +47,12 @@ def parse_options(values, config, max_length_limit: int) -> Options:
     def number(name: str, default, low, high, kind=int):
         # Every value counts (query and form both, or a name repeated): a bad one is refused, not shadowed.
         checked = []
-        for text in (raw.strip() for raw in values.getlist(name)):
-            # int() and float() also take "+3", "1_0", "1e3", "nan" and non-ASCII digits.
-            if not (DIGITS if kind is int else DECIMAL).match(text):
+        for text in values.getlist(name):
+            # int() and float() also take " 3", "+3", "1_0", "nan" and non-ASCII digits.
+            if not (INTEGER if kind is int else DECIMAL).match(text):
                 noun = "an integer" if kind is int else "a decimal number"
                 raise RequestError(422, "invalid_parameter", f"{name} must be {noun}, got {text[:40]!r}")
-            value = kind(text) if len(text) <= 24 else high + 1
+            value = kind(text) if len(text) <= 24 else (low - 1 if text.startswith("-") else high + 1)
             if not low <= value <= high:
                 raise RequestError(422, "invalid_parameter",
                                    f"{name} must be between {low:g} and {high:g}, got {text[:40]}")
@@ -59,7 +61,7 @@ def parse_options(values, config, max_length_limit: int) -> Options:
 
     def flag(name: str) -> bool:
         checked = []
-        for text in (raw.strip().lower() for raw in values.getlist(name)):
+        for text in values.getlist(name):
             if text not in BOOLEANS:
                 raise RequestError(422, "invalid_parameter", f"{name} must be true or false, got {text[:40]!r}")
             checked.append(BOOLEANS[text])

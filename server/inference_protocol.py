@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe v2) over REST, beside the JSON API: what Triton, KServe,
 MLServer and their clients (tritonclient, perf_analyzer) speak.
 
-Every served model takes one input, `image` (BYTES, shape [n] or [n, 1]: one encoded image file
+Every served model takes one input, `image` (BYTES, shape [n] or [n, m]: one encoded image file
 per element), and answers `caption` (BYTES) and `log_prob` (FP32), one per image; a model with an
 attention decoder also answers `attention` (FP32 [n, words, grid positions], zero past each
 caption's end) when the parameter `attention` is true. Images travel
@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass
 from importlib import metadata
@@ -97,9 +98,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     return document, binary
 
 
-def _object(value, what: str) -> dict:
-    if value is None:
-        return {}
+def _object(container: dict, key: str, what: str) -> dict:
+    """container[key], a JSON object; {} when absent (null is not absent: the protocol's objects are never null)."""
+    value = container.get(key, {})
     if not isinstance(value, dict):
         raise bad_request(f"{what} must be a JSON object")
     return value
@@ -111,10 +112,9 @@ def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]
         raise bad_request(f"input '{INPUT}' must have datatype BYTES (one encoded image file per element), "
                           f"got {str(tensor.get('datatype'))[:20]!r}")
     shape = tensor.get("shape")
-    if (not isinstance(shape, list) or len(shape) not in (1, 2) or
-            not all(type(d) is int and d >= 0 for d in shape) or (len(shape) == 2 and shape[1] != 1)):
-        raise bad_request(f"input '{INPUT}' must have shape [n] or [n, 1] (n images), got {str(shape)[:40]}")
-    size = _object(tensor.get("parameters"), f"input '{INPUT}' parameters").get("binary_data_size")
+    if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad_request(f"input '{INPUT}' must have shape [n] or [n, m] (n or n x m images), got {str(shape)[:40]}")
+    size = _object(tensor, "parameters", f"input '{INPUT}' parameters").get("binary_data_size")
     if size is not None:
         if type(size) is not int or not 0 <= size <= len(binary) - offset:
             raise bad_request(f"input '{INPUT}': binary_data_size {str(size)[:20]} is not within the "
@@ -135,7 +135,7 @@ def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]
             except (binascii.Error, ValueError):
                 raise bad_request(f"input '{INPUT}': element {index + 1} is not base64 text (in JSON, an image "
                                   "file is sent base64-encoded)") from None
-    if len(images) != shape[0]:
+    if len(images) != math.prod(shape):
         raise bad_request(f"input '{INPUT}' has shape {shape} but {len(images)} elements")
     return images, offset
 
@@ -150,37 +150,33 @@ def _options(parameters: dict) -> MultiDict:
         if not isinstance(parameters[ATTENTION], bool):
             raise RequestError(422, "invalid_parameter", f"{ATTENTION} must be true or false")
         options.add(ATTENTION, str(parameters[ATTENTION]).lower())
-    for name in OPTIONS:
-        value = parameters.get(name)
-        if value is None:
-            continue
+    for name in (n for n in OPTIONS if n in parameters):
+        value = parameters[name]
         # Numbers become the text /api/v1/captions validates; a float for an integer option is refused there.
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RequestError(422, "invalid_parameter", f"{name} must be a number, got {json.dumps(value)[:40]}")
-        options.add(name, value if isinstance(value, str) else repr(value))
+        options.add(name, repr(value))
     return options
 
 
 def _requested_outputs(document: dict, binary_default: bool, attention: bool) -> list[tuple[str, bool]]:
     available = [*OUTPUTS, *([ATTENTION] if attention else [])]
-    wanted = document.get("outputs")
-    if wanted is None:
-        return [(name, binary_default) for name in available]
+    wanted = document.get("outputs", [])
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise bad_request("'outputs' must be a list of objects with a 'name'")
     chosen = []
     for output in wanted:
         name = output.get("name")
         if name == ATTENTION and not attention:
-            raise bad_request(f"output '{ATTENTION}' comes with the parameter {ATTENTION}: true")
+            raise bad_request(f"output '{ATTENTION}' was asked for with the parameter {ATTENTION}: false")
         if name not in available or name in (n for n, _ in chosen):
             raise bad_request(f"output {str(name)[:40]!r} is unknown or repeated; the outputs are "
                               f"{', '.join(available)}")
-        binary = _object(output.get("parameters"), f"output '{name}' parameters").get("binary_data", binary_default)
+        binary = _object(output, "parameters", f"output '{name}' parameters").get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise bad_request(f"output '{name}': binary_data must be true or false")
         chosen.append((name, binary))
-    return chosen
+    return chosen or [(name, binary_default) for name in available]  # none named: all, as Triton answers
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -197,13 +193,17 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if used != len(binary):
         raise bad_request(f"{len(binary) - used} bytes of binary data belong to no input")
     request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in document and not isinstance(request_id, str):
         raise bad_request("'id' must be a string")
-    parameters = _object(document.get("parameters"), "'parameters'")
+    parameters = _object(document, "parameters", "'parameters'")
     binary_default = parameters.get(BINARY_OUTPUT, False)
     if not isinstance(binary_default, bool):
         raise bad_request(f"{BINARY_OUTPUT} must be true or false")
     options = _options(parameters)
+    wanted = document.get("outputs")
+    if ATTENTION not in options and isinstance(wanted, list) and any(
+            isinstance(o, dict) and o.get("name") == ATTENTION for o in wanted):
+        options.add(ATTENTION, "true")  # asking for the output asks for it to be computed, as Triton's outputs do
     return InferRequest(request_id, images, options,
                         _requested_outputs(document, binary_default, options.get(ATTENTION) == "true"))
 

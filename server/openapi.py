@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .captioning import MAX_LENGTH_PENALTY
-from .inference_protocol import HEADER_LENGTH, OUTPUTS
+from .inference_protocol import HEADER_LENGTH, OPTIONS, OUTPUTS
 
 
 def _error(description: str) -> dict:
@@ -11,8 +11,21 @@ def _error(description: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def openapi_document(config, max_length: int, models: list[str]) -> dict:
-    """OpenAPI 3.0 document for this server; `models` are the served model names, default first."""
+def attention_option(models: list[str], attending: list[str]) -> dict:
+    """The `attention` switch as the served models take it: false only, when none of them attends."""
+    meaning = ("also return, for each word, the weights of the image grid the decoder looked at (models with an "
+               "attention decoder; 422 otherwise)")
+    if not attending:
+        return {"type": "boolean", "enum": [False], "default": False,
+                "description": meaning + "; no served model has one, so only false"}
+    if set(attending) != set(models):
+        meaning += f"; served with one: {', '.join(attending)}"
+    return {"type": "boolean", "default": False, "description": meaning}
+
+
+def openapi_document(config, max_length: int, models: list[str], attending: list[str]) -> dict:
+    """OpenAPI 3.0 document for this server; `models` are the served model names, default first,
+    `attending` those whose decoder can answer attention weights."""
     image_formats = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
     options = {
         "beam_size": {"type": "integer", "minimum": 1, "maximum": config.max_beam_size,
@@ -22,9 +35,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
         "length_penalty": {"type": "number", "minimum": 0, "maximum": MAX_LENGTH_PENALTY,
                            "default": config.length_penalty,
                            "description": "beam hypotheses are ranked by log_prob / length ** length_penalty"},
-        "attention": {"type": "boolean", "default": False,
-                      "description": "also return, for each word, the weights of the image grid the decoder "
-                                     "looked at (models with an attention decoder; 422 otherwise)"},
+        "attention": attention_option(models, attending),
         "model": {"type": "string", "enum": models, "default": models[0],
                   "description": "which served model captions (GET /api/v1/models lists them)"},
         "timeout_ms": {"type": "integer", "minimum": 1, "maximum": int(config.request_timeout_s * 1000),
@@ -98,7 +109,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "summary": "Prometheus metrics of every worker", "operationId": "getMetrics",
                 "responses": {"200": {"description": "Prometheus text exposition format",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            **protocol_paths(config, {k: v for k, v in options.items() if k not in ("model", "attention")}, models),
+            **protocol_paths(config, models),
             "/openapi.json": {"get": {
                 "summary": "This document", "operationId": "getOpenApi",
                 "responses": {"200": {"description": "OpenAPI 3 document",
@@ -130,7 +141,7 @@ def openapi_document(config, max_length: int, models: list[str]) -> dict:
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
-            **protocol_schemas({k: v for k, v in options.items() if k not in ("model", "attention")}),
+            **protocol_schemas(config, {k: v for k, v in options.items() if k != "model"}, bool(attending)),
         }},
     }
 
@@ -145,23 +156,25 @@ def _json(schema: str, description: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
-def protocol_paths(config, options: dict, models: list[str]) -> dict:
+def protocol_paths(config, models: list[str]) -> dict:
     """The Open Inference Protocol's routes (server/inference_protocol.py)."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": models}}
     version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "enum": ["1"]}}
     unknown = _protocol_error("No such model or version")
     empty = {"description": "Yes (no body)"}
     not_ready = {"description": "Not ready: starting, draining or saturated (no body)"}
+    # The binary tensor data extension (JSON, then raw bytes, split by a header) is described in words only:
+    # no JSON Schema can say where its JSON ends, so a document listing it would have fuzzers send bodies
+    # that no server could read.
     infer = {"post": {
         "summary": "Caption images (Open Inference Protocol)",
-        "description": f"Input `image`: BYTES, one encoded image file per element. Parameters: "
-                       f"{', '.join(options)}, attention. Outputs: {', '.join(OUTPUTS)} (and attention).",
-        "requestBody": {"required": True, "description": f"JSON; or (the binary tensor data extension) the JSON "
-                                                         f"request, then the binary data, with the header "
-                                                         f"{HEADER_LENGTH} giving the JSON part's length",
-                        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary", "minLength": 1}}}},
+        "description": f"Input `image`: BYTES, one encoded image file per element (base64 text in JSON). "
+                       f"Parameters: {', '.join(OPTIONS)}, attention. Outputs: {', '.join(OUTPUTS)} (and "
+                       f"attention). Also takes the binary tensor data extension: the JSON request, then the "
+                       f"binary data, with the header {HEADER_LENGTH} giving the JSON part's length "
+                       f"(any Content-Type).",
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}},
         "responses": {
             "200": {"description": "One caption and log-probability per image, in input order",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
@@ -185,12 +198,8 @@ def protocol_paths(config, options: dict, models: list[str]) -> dict:
                             "responses": {"200": _json("ModelConfig", "Triton's model configuration"),
                                           "404": unknown}}}
 
-    header = {"name": HEADER_LENGTH, "in": "header", "required": False,
-              "schema": {"type": "integer", "minimum": 0}, "description": "with binary data: the JSON part's length"}
-
     def with_parameters(route: dict, parameters: list) -> dict:
-        return {method: {**operation, "parameters": parameters + ([header] if method == "post" else [])}
-                for method, operation in route.items()}
+        return {method: {**operation, "parameters": parameters} for method, operation in route.items()}
 
     paths = {
         "/v2": {"get": {"summary": "Server metadata (Open Inference Protocol)",
@@ -206,8 +215,10 @@ def protocol_paths(config, options: dict, models: list[str]) -> dict:
     return paths
 
 
-def protocol_schemas(options: dict) -> dict:
-    """The Open Inference Protocol's JSON objects, for this server's one input and two outputs."""
+def protocol_schemas(config, options: dict, attending: bool) -> dict:
+    """The Open Inference Protocol's JSON objects, for this server's one input and its outputs;
+    `options`: the decoding options of /api/v1/captions, `attending`: whether any served model attends."""
+    outputs = [*OUTPUTS, *(["attention"] if attending else [])]
     tensor_metadata = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
         "name": {"type": "string"}, "datatype": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}}}}
@@ -216,24 +227,31 @@ def protocol_schemas(options: dict) -> dict:
         "shape": {"type": "array", "items": {"type": "integer"}},
         "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}},
         "data": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "number"}]}}}}
+    # A shape cannot be tied to its data's length in JSON Schema; both are held to 1..max_images so
+    # that a generated request often agrees with itself (the handler answers 400 where they differ,
+    # 413 where the product passes max_images).
+    images = {"type": "integer", "minimum": 1, "maximum": config.max_images}
     return {
         "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
             "id": {"type": "string"},
             "parameters": {"type": "object", "additionalProperties": False, "properties": {
-                **{k: v for k, v in options.items() if k != "model"},
-                "attention": {"type": "boolean", "default": False,
-                              "description": "also answer the output `attention` (models with an attention decoder)"},
+                **options,
                 "binary_data_output": {"type": "boolean", "default": False}}},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {
                 "type": "object", "required": ["name", "datatype", "shape", "data"], "properties": {
                     "name": {"type": "string", "enum": ["image"]},
                     "datatype": {"type": "string", "enum": ["BYTES"]},
-                    "shape": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "integer", "minimum": 1}},
-                    "data": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"},
+                    "shape": {"type": "array", "minItems": 1, "maxItems": 2, "items": images,
+                              "description": "[n] or [n, m]: as many images as the product"},
+                    "data": {"type": "array", "minItems": 1, "maxItems": config.max_images,
+                             "items": {"type": "string", "format": "byte", "minLength": 4},
                              "description": "each image file, base64-encoded"}}}},
-            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-                "name": {"type": "string", "enum": [*OUTPUTS, "attention"]},
-                "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
+            "outputs": {"type": "array", "uniqueItems": True, "items": {
+                "type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string", "enum": outputs},
+                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}},
+                        "description": "the outputs to answer, each once (all when absent); asking for "
+                                       "`attention` asks for the parameter attention unless it says false"},
         }},
         "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},

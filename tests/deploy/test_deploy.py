@@ -87,7 +87,7 @@ def test_non_root_user_and_ports_agree():
 def test_the_ingress_publishes_only_the_public_routes():
     paths = {(p["path"], p["pathType"]) for p in MANIFESTS["ingress"]["spec"]["rules"][0]["http"]["paths"]}
     assert paths == {("/api/v1/captions", "Exact"), ("/", "Exact"), ("/static/", "Prefix")}
-    internal = set(openapi_document(Config(), 12, ["demo"])["paths"]) - {"/api/v1/captions"}
+    internal = set(openapi_document(Config(), 12, ["demo"], ["demo"])["paths"]) - {"/api/v1/captions"}
     assert internal >= {"/metrics", "/openapi.json", "/api/v1/model", "/api/v1/models", "/readyz"}
     for route in internal:
         assert not any(route == path or (kind == "Prefix" and route.startswith(path)) for path, kind in paths), route
@@ -105,7 +105,7 @@ def test_pods_get_no_service_link_variables_and_would_start_with_them():
 
 
 def test_probes_use_the_health_routes_and_shutdown_outlasts_gunicorn():
-    paths = openapi_document(Config(), 12, ["demo"])["paths"]
+    paths = openapi_document(Config(), 12, ["demo"], ["demo"])["paths"]
     probes = {kind: container()[kind]["httpGet"]["path"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes == {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     assert set(probes.values()) <= set(paths)
@@ -237,7 +237,7 @@ def test_the_kserve_predictor_runs_the_deployments_pod_on_the_protocols_health_r
         assert predictor[key] == pod[key], key
     env = {e["name"]: e["value"] for e in server["env"]}
     assert [p["containerPort"] for p in server["ports"]] == [int(env["PORT"])]
-    paths = openapi_document(Config(), 12, ["demo"])["paths"]
+    paths = openapi_document(Config(), 12, ["demo"], ["demo"])["paths"]
     probes = {kind: server[kind]["httpGet"]["path"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes == {"startupProbe": "/v2/health/ready", "readinessProbe": "/v2/health/ready",
                       "livenessProbe": "/v2/health/live"}

@@ -124,11 +124,34 @@ def test_multipart_without_a_boundary_is_named(app):
     assert "boundary" in response.json["error"]["message"]
 
 
-@pytest.mark.parametrize("value", ["+3", "1_0", "\u0663", " 3 3", "3.0", "99999999999999999999999"])
+@pytest.mark.parametrize("value", ["+3", "1_0", "\u0663", " 3 3", " 3", "3 ", "3.0", "99999999999999999999999"])
 def test_integer_parameters_are_plain_ascii_digits(app, value):
     response = app.test_client().post("/api/v1/captions", query_string={"beam_size": value},
                                       data={"image": (io.BytesIO(png()), "a.png")})
     assert response.status_code == 422 and response.json["error"]["code"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize("where", ["query", "form"])
+@pytest.mark.parametrize("value", ["0", "1", "True", "FALSE", " false", "yes"])
+def test_booleans_are_true_or_false_as_the_document_writes_them(app, value, where):
+    image = {"image": (io.BytesIO(png()), "a.png")}
+    if where == "query":
+        response = app.test_client().post("/api/v1/captions", query_string={"attention": value}, data=image)
+    else:
+        response = app.test_client().post("/api/v1/captions", data={**image, "attention": value})
+    assert response.status_code == 422
+    assert response.json["error"]["message"] == f"attention must be true or false, got {value!r}"
+    assert app.test_client().post("/api/v1/captions?attention=false",
+                                  data={"image": (io.BytesIO(png()), "a.png")}).status_code == 200
+
+
+@pytest.mark.parametrize("name, value, limits", [("length_penalty", "-1", "0 and 5"), ("beam_size", "-2", "1 and 10"),
+                                                 ("beam_size", "-99999999999999999999999", "1 and 10")])
+def test_a_negative_number_is_named_out_of_range(app, name, value, limits):
+    response = app.test_client().post("/api/v1/captions", query_string={name: value},
+                                      data={"image": (io.BytesIO(png()), "a.png")})
+    assert response.status_code == 422
+    assert response.json["error"]["message"] == f"{name} must be between {limits}, got {value}"
 
 
 def test_metrics_content_type_has_one_charset(app):

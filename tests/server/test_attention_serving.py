@@ -127,8 +127,13 @@ def test_the_inference_protocol_answers_attention_when_asked(attention_server, a
         assert np.allclose(rows[:len(words)].sum(1), 1.0, atol=1e-3) and not rows[len(words):].any()
     plain = client.infer(name, [tensor])
     assert plain.as_numpy("attention") is None
-    with pytest.raises(InferenceServerException, match="parameter attention: true"):
-        client.infer(name, [tensor], outputs=[triton.InferRequestedOutput("attention")])
+    # Asking for the output asks for the weights; asking for it while saying attention: false is refused.
+    only = client.infer(name, [tensor], outputs=[triton.InferRequestedOutput("attention")])
+    assert np.array_equal(only.as_numpy("attention"), client.infer(name, [tensor], parameters={"attention": True})
+                          .as_numpy("attention")) and only.as_numpy("caption") is None
+    with pytest.raises(InferenceServerException, match="parameter attention: false"):
+        client.infer(name, [tensor], parameters={"attention": False},
+                     outputs=[triton.InferRequestedOutput("attention")])
 
 
 def test_the_inference_protocol_refuses_attention_for_a_pooled_model(server, bundle_dir, shapes_dataset):

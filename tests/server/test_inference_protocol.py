@@ -52,6 +52,11 @@ def test_json_and_binary_requests_parse_to_the_same_images_and_options():
     assert as_json.outputs == [("caption", False), ("log_prob", False)]
 
 
+def test_an_empty_outputs_list_answers_every_output_as_an_absent_one_does():
+    body = b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], "outputs": []}'
+    assert parse_infer_request(body, None).outputs == [("caption", False), ("log_prob", False)]
+
+
 @pytest.mark.parametrize("body, header, status, says", [
     (b"not json", None, 400, "not a JSON inference request"),
     (b"[]", None, 400, "JSON object"),
@@ -67,6 +72,19 @@ def test_json_and_binary_requests_parse_to_the_same_images_and_options():
      b'"parameters": {"beam_size": true}}', None, 422, "must be a number"),
     (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], '
      b'"outputs": [{"name": "tokens"}]}', None, 400, "output 'tokens'"),
+    # null is not absent, and a number is not its text: what the document forbids is refused.
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], '
+     b'"parameters": null}', None, 400, "'parameters' must be a JSON object"),
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], '
+     b'"parameters": {"timeout_ms": null}}', None, 422, "timeout_ms must be a number, got null"),
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], '
+     b'"parameters": {"beam_size": "3"}}', None, 422, "beam_size must be a number, got \"3\""),
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], "id": null}',
+     None, 400, "'id' must be a string"),
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], "outputs": null}',
+     None, 400, "'outputs' must be a list"),
+    (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aA=="]}], '
+     b'"outputs": [{"name": "caption", "parameters": null}]}', None, 400, "output 'caption' parameters"),
     (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 9}}]}xx',
      "json part", 400, "binary_data_size 9"),
     (b'{"inputs": []}', "999", 400, "not a length"),
