@@ -8,17 +8,34 @@ Usage: python -m benchmarks.floor [--bundle onnx_models/demo]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How hard the peaks are measured: FULL for figures; QUICK (the scripts' --quick) to check in
+    seconds that a script runs every step, as the tests do, with figures not worth keeping."""
+    sgemm_size: int = 2048
+    sgemm_repeats: int = 10
+    openvino_matmul_size: int = 4096
+
+    def sgemm_peak(self) -> float:
+        return sgemm_peak_gflops(self.sgemm_size, self.sgemm_repeats)
+
+
+FULL, QUICK = Effort(), Effort(sgemm_size=1024, sgemm_repeats=2, openvino_matmul_size=1024)
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -63,23 +80,9 @@ def sgemm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     fresh process without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: some machines set them to dodge
     old OpenBLAS bugs, and they pin a current OpenBLAS to slower kernels (about half the rate)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    code = f"from benchmarks.floor import _sgemm_rate; print(_sgemm_rate({size}, {repeats}))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[1],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.sgemm", str(size), str(repeats)], env=env, cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
-
-
-def _sgemm_rate(size: int, repeats: int) -> float:
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    a @ b  # warm-up: thread pool start, page faults
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e9
 
 
 def matmul_model(size: int, int8: bool) -> bytes:
@@ -151,26 +154,32 @@ def precision_floors(encoder_flops: float, size: int = 4096) -> dict:
     return floors
 
 
-def encoder_floor(bundle: Path, precisions: bool = False) -> dict:
+@functools.lru_cache(maxsize=None)
+def encoder_flops(bundle: Path) -> dict[str, float]:
+    """count_flops of the bundle's encoder, counted once per process (the benchmarks ask per layout)."""
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    return count_flops(bundle / manifest["graphs"]["encoder"]["file"])
+
+
+def encoder_floor(bundle: Path, precisions: bool = False, effort: Effort = FULL) -> dict:
     """FLOPs, sgemm peak and the floor in ms for the bundle's encoder; with `precisions`, also
     the floor per precision through OpenVINO (`precision_floors`)."""
-    manifest = json.loads((bundle / "bundle.json").read_text())
-    flops = count_flops(bundle / manifest["graphs"]["encoder"]["file"])
-    peak = sgemm_peak_gflops()
+    flops = encoder_flops(bundle)
+    peak = effort.sgemm_peak()
     total = sum(flops.values())
     floor = {"encoder_gflop": round(total / 1e9, 3), "by_op_gflop": {k: round(v / 1e9, 3) for k, v in flops.items()},
              "sgemm_peak_gflops": round(peak, 1), "floor_ms": round(total / (peak * 1e9) * 1e3, 2)}
     if precisions:
-        floor["precisions"] = precision_floors(total)
+        floor["precisions"] = precision_floors(total, effort.openvino_matmul_size)
     return floor
 
 
-def machine() -> str:
+def machine(effort: Effort = FULL) -> str:
     """The processor and its speed, as the benchmarks' results state them."""
     flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
     features = ", ".join(sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")))
     return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy sgemm peak {sgemm_peak_gflops():.0f} GFLOP/s, {features or 'no AVX2'}")
+            f"numpy sgemm peak {effort.sgemm_peak():.0f} GFLOP/s, {features or 'no AVX2'}")
 
 
 def main(argv=None) -> int:

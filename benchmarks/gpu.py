@@ -88,7 +88,7 @@ def measure(bundles: dict[str, Path], images: np.ndarray, provider: str, runs: i
             results["caption"][key] = {
                 "greedy": timed(lambda: engine.caption(one, beam_size=1), runs),
                 "beam3": timed(lambda: engine.caption(one, beam_size=3), runs),
-                "greedy_batch8": timed(lambda: engine.caption(images[:8], beam_size=1), max(10, runs // 4)),
+                "greedy_batch8": timed(lambda: engine.caption(images[:8], beam_size=1), max(min(10, runs), runs // 4)),
             }
             got = captions(engine, images)
             same = sum(a == b for a, b in zip(got, reference))
@@ -130,9 +130,16 @@ def main(argv=None) -> int:
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="training run with held-out images")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--batches", default="1,8,32", help="encoder batch sizes, comma-separated")
     parser.add_argument("--provider", choices=sorted(ORT_PROVIDER), default="cuda")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for gpu.json and gpu.md")
     args = parser.parse_args(argv)
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        parser.error(f"--batches: positive integers separated by commas, got {args.batches!r}")
     if ORT_PROVIDER[args.provider] not in ort.get_available_providers():
         print(f"error: this onnxruntime has no {ORT_PROVIDER[args.provider]} (install onnxruntime-gpu; see docs/performance.md)",
               file=sys.stderr)
@@ -148,7 +155,7 @@ def main(argv=None) -> int:
                        for h in heldout])
     results = {"device": device_name(args.provider), "provider": ORT_PROVIDER[args.provider],
                "onnxruntime": ort.__version__, "images": len(images),
-               **measure({"fp32": args.bundle, "fp16": args.fp16}, images, args.provider, args.runs, (1, 8, 32))}
+               **measure({"fp32": args.bundle, "fp16": args.fp16}, images, args.provider, args.runs, batches)}
     write_results(results, args.results)
     print((args.results / "gpu.md").read_text())
     return 0

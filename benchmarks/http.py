@@ -18,7 +18,7 @@ from PIL import Image
 
 from bundle.format import load_bundle
 
-from .floor import encoder_floor, machine, sgemm_peak_gflops
+from .floor import FULL, QUICK, Effort, encoder_floor, machine
 from harness.load import LoadResult, run_load
 from harness.server_process import GunicornServer
 
@@ -42,13 +42,14 @@ def scene_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def paired_load(url: str, request, concurrency: int, seconds: float, encoder_gflop: float) -> dict:
+def paired_load(url: str, request, concurrency: int, seconds: float, encoder_gflop: float,
+                effort: Effort = FULL) -> dict:
     """One point measured in PAIRED_CHUNKS chunks, each right after a fresh sgemm peak, so that each
     chunk's ratio to the floor compares two things measured at the same moment (these machines'
     speed drifts by up to 2x within minutes); the point's ratios are the chunks' medians."""
     merged, chunks = LoadResult(0.0), []
     for _ in range(PAIRED_CHUNKS):
-        floor_ms = encoder_gflop / sgemm_peak_gflops() * 1e3
+        floor_ms = encoder_gflop / effort.sgemm_peak() * 1e3
         chunk = run_load(url, request, concurrency, seconds / PAIRED_CHUNKS)
         point = chunk.summary()
         chunks.append({"floor_ms": round(floor_ms, 2), "p50_ms": point["p50_ms"],
@@ -62,14 +63,14 @@ def paired_load(url: str, request, concurrency: int, seconds: float, encoder_gfl
 
 
 def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple = CONCURRENCY,
-                   encoder_gflop: float | None = None) -> list[dict]:
+                   encoder_gflop: float | None = None, effort: Effort = FULL) -> list[dict]:
     """Every concurrency's point; with `encoder_gflop`, those in PAIRED also against floors taken as they run."""
     server = GunicornServer({"CAPTION_BUNDLE": str(bundle), **env})
     try:
         server.wait_ready()
         url, request = server.url + "/api/v1/captions", [({"files": {"image": scene_jpeg()}}, 200)]
-        run_load(url, request, 2, 2)  # warm every worker
-        return [{"concurrency": c, **(paired_load(url, request, c, seconds, encoder_gflop)
+        run_load(url, request, 2, min(2.0, seconds))  # warm every worker
+        return [{"concurrency": c, **(paired_load(url, request, c, seconds, encoder_gflop, effort)
                                       if encoder_gflop and c in PAIRED else run_load(url, request, c, seconds).summary())}
                 for c in concurrency]
     finally:
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
                         help="the bundle's int8 variant (python -m export.int8); measured when it exists")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for http.json and http.md")
+    parser.add_argument("--quick", action="store_true", help="every step with quick peaks (to check that it runs)")
     args = parser.parse_args(argv)
+    effort = QUICK if args.quick else FULL
     bf16_here = openvino_bf16_available()
     floors = {}
 
@@ -101,12 +104,12 @@ def main(argv=None) -> int:
         # OpenVINO's own matmul peaks (10 s or so) only where a layout runs on OpenVINO: the others
         # are judged against the fp32 floor alone.
         openvino_layout = env.get("CAPTION_PROVIDERS", "").startswith("openvino")
-        floors[name] = encoder_floor(args.bundle, precisions=bf16_here and openvino_layout)
-        return measure_layout(bundle, env, args.seconds, encoder_gflop=floors[name]["encoder_gflop"])
+        floors[name] = encoder_floor(args.bundle, precisions=bf16_here and openvino_layout, effort=effort)
+        return measure_layout(bundle, env, args.seconds, encoder_gflop=floors[name]["encoder_gflop"], effort=effort)
 
     on_openvino = {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}
     layouts = {name: measured(name, args.bundle, env) for name, env in LAYOUTS}
-    results = {"machine": machine(),
+    results = {"machine": machine(effort), "quick": args.quick,
                "seconds_per_point": args.seconds, "layouts": layouts}
     if bf16_here:
         bf16 = {f"{name}, OpenVINO bf16 encoder": measured(f"{name}, OpenVINO bf16 encoder", args.bundle,

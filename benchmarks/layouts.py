@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .floor import encoder_floor, machine
+from .floor import FULL, QUICK, encoder_floor, machine
 from .http import measure_layout
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,10 +49,12 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", type=Path, default=Path("onnx_models/demo"))
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for layouts.json and layouts.md")
+    parser.add_argument("--quick", action="store_true", help="every step with quick peaks (to check that it runs)")
     args = parser.parse_args(argv)
-    floor = encoder_floor(args.bundle)
+    effort = QUICK if args.quick else FULL
+    floor = encoder_floor(args.bundle, effort=effort)
     floor_ms = floor["floor_ms"]
-    results = {"machine": machine(),
+    results = {"machine": machine(effort), "quick": args.quick,
                "floor": floor, "seconds_per_point": args.seconds, "layouts": {}}
     for name, env in LAYOUTS:
         results["layouts"][name] = {"env": env, "points": measure_layout(args.bundle, env, args.seconds, CONCURRENCY)}

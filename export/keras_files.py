@@ -44,7 +44,12 @@ class Keras2Concatenate(layers.Concatenate):
             else:
                 m = ops.expand_dims(m, -1) if len(m.shape) < len(x.shape) else m
                 masks.append(ops.logical_or(m, ops.zeros_like(x, dtype="bool")))
-        return ops.all(ops.concatenate(masks, axis=self.axis), axis=-1)
+        # Not ops.concatenate: while a model is built that is an operation auto-named "concatenate", the
+        # name of this very layer in a process that has made no other, and Keras 3 refuses the model.
+        joined = masks[0]
+        for m in masks[1:]:
+            joined = ops.append(joined, m, axis=self.axis)
+        return ops.all(joined, axis=-1)
 
 
 def _keras2_recurrent(base):

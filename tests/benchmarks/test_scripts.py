@@ -8,7 +8,7 @@ from tests.conftest import run_cli
 
 def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     run_cli("benchmarks.http", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--seconds", "0.3",
-            "--results", str(tmp_path))
+            "--quick", "--results", str(tmp_path))
     http = json.loads((tmp_path / "http.json").read_text())
     openvino, openvino_int8 = http.get("openvino_layouts", []), http.get("openvino_int8_layouts", [])
     assert (len(openvino), len(openvino_int8)) == ((2, 1) if openvino_bf16_available() else (0, 0))  # where bf16 is
@@ -71,7 +71,7 @@ def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_
     import onnxruntime as ort
 
     args = ["--bundle", str(bundle_dir), "--fp16", str(fp16_bundle_dir), "--run", str(trained_run),
-            "--images", "8", "--runs", "3", "--results", str(tmp_path)]
+            "--images", "8", "--runs", "1", "--batches", "1,8", "--results", str(tmp_path)]
     if "CUDAExecutionProvider" not in ort.get_available_providers():  # CI's machines; a GPU machine runs it below too
         refused = run_cli("benchmarks.gpu", *args, check=False)
         assert refused.returncode == 2 and "no CUDAExecutionProvider" in refused.stderr
@@ -83,7 +83,7 @@ def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_
 
 
 def test_layout_study_measures_every_layout(bundle_dir, tmp_path):
-    run_cli("benchmarks.layouts", "--bundle", str(bundle_dir), "--seconds", "0.3", "--results", str(tmp_path))
+    run_cli("benchmarks.layouts", "--bundle", str(bundle_dir), "--seconds", "0.3", "--quick", "--results", str(tmp_path))
     study = json.loads((tmp_path / "layouts.json").read_text())
     from benchmarks.layouts import LAYOUTS
     assert list(study["layouts"]) == [name for name, _ in LAYOUTS]
