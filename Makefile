@@ -7,7 +7,7 @@ DEMO_IMAGES ?= 1500
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: perf-analyzer serve test test-fast quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
+.PHONY: perf-analyzer serve test test-fast test-budget quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,12 @@ test: $(VENV)/.installed-dev browser $(PERF_ANALYZER)
 # The unit tests that need no trained model and no server (tests/README.md says which are slow).
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not slow"
+
+# The suite and the fast tier against their time budgets on the slow machines (15 and 2 minutes at an
+# sgemm peak of 200 GFLOP/s; tests/budget.py scales what they take here by this machine's peak).
+test-budget: $(VENV)/.installed-dev browser $(PERF_ANALYZER)
+	$(PY) -m tests.budget
+	$(PY) -m tests.budget --fast
 
 # The speed suite on the demo bundle (about 17 minutes): component latency against Keras, HTTP
 # layouts x concurrency (fp32, the int8 variant, and both on OpenVINO where the processor has bf16),

@@ -24,7 +24,7 @@ from bundle.preprocess import to_model_input
 from server.engine import CaptionEngine, EngineOptions
 from server.uploads import decode_image
 
-from .floor import encoder_floor, machine
+from .floor import FULL, QUICK, encoder_floor, machine
 from .http import openvino_bf16_available
 
 RESULTS = Path(__file__).parent / "results"
@@ -116,7 +116,9 @@ def main(argv=None) -> int:
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="the training run the bundle came from")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for latency.json and latency.md")
+    parser.add_argument("--quick", action="store_true", help="every step with quick peaks (to check that it runs)")
     args = parser.parse_args(argv)
+    effort = QUICK if args.quick else FULL
     bundle = load_bundle(args.bundle)
     engine = CaptionEngine(bundle)
     small, large = jpeg(640, 480), jpeg(4000, 3000)
@@ -124,10 +126,10 @@ def main(argv=None) -> int:
                                              engine.preprocessing)
     image = preprocess(small)[None]
     results = {
-        "machine": machine(),
-        "floor": encoder_floor(args.bundle),
+        "machine": machine(effort),
+        "floor": encoder_floor(args.bundle, effort=effort),
         "preprocess": {"jpeg_640x480": timed(lambda: preprocess(small), args.runs),
-                       "jpeg_12mp": timed(lambda: preprocess(large), max(10, args.runs // 5))},
+                       "jpeg_12mp": timed(lambda: preprocess(large), max(min(10, args.runs), args.runs // 5))},
         "onnxruntime_fp32": onnx_latencies(engine, image, args.runs),
     }
     on_openvino = EngineOptions(providers=("openvino", "cpu"), strict_providers=True)
