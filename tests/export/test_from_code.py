@@ -6,6 +6,8 @@ where it looked; loading code without --trust-code is refused."""
 import os
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +43,10 @@ def imported(trained, tmp_path_factory) -> dict[str, Path]:
     from export import from_code
 
     root = tmp_path_factory.mktemp("onnx_models")
-    for name, args in ARGS.items():
-        args = [a.format(out=trained) for a in args]
-        assert from_code.main([*args, "--trust-code", "--parity-images", "6", "--out", str(root / name)]) == 0, name
+    commands = [[*(a.format(out=trained) for a in args), "--trust-code", "--parity-images", "6", "--out", str(root / name)]
+                for name, args in ARGS.items()]
+    with ProcessPoolExecutor(len(commands), mp_context=get_context("spawn")) as pool:  # one import per core
+        assert dict(zip(ARGS, pool.map(from_code.main, commands))) == dict.fromkeys(ARGS, 0)
     return {name: root / name for name in ARGS}
 
 

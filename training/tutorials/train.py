@@ -13,6 +13,8 @@ import json
 import os
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -158,8 +160,11 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     paths, texts = scenes(out, SCENES, 21, "train")
     scenes(out, HELD_OUT, 22, "images")
-    train_keras_io(out, paths, texts)
-    train_tf_attention(out, paths, texts)
+    # One process each (spawned: TensorFlow does not survive fork): on two cores both train in about the
+    # time of the longer, since much of a small model's step is one core's Python.
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        for done in [pool.submit(train, out, paths, texts) for train in (train_keras_io, train_tf_attention)]:
+            done.result()
 
 
 if __name__ == "__main__":
