@@ -80,8 +80,8 @@ def sgemm_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
     fresh process without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: some machines set them to dodge
     old OpenBLAS bugs, and they pin a current OpenBLAS to slower kernels (about half the rate)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.sgemm", str(size), str(repeats)], env=env, cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "benchmarks.sgemm", str(size), str(repeats)], env=env,
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True).stdout
     return float(out.strip().splitlines()[-1])
 
 

@@ -80,7 +80,8 @@ def api_parameters() -> str:
     from server.config import Config
     from server.openapi import openapi_document
 
-    operation = openapi_document(Config(), max_length=20, models=["demo"], attending=["demo"])["paths"]["/api/v1/captions"]["post"]
+    document = openapi_document(Config(), max_length=20, models=["demo"], attending=["demo"])
+    operation = document["paths"]["/api/v1/captions"]["post"]
     rows = ["| parameter | values | default | meaning |", "| --- | --- | --- | --- |"]
     for parameter in operation["parameters"]:
         schema = parameter["schema"]

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     slow = scaled_to_slow_machine(took, peak)
     limit = LIMITS_S[tier]
     print(f"budget: the {tier} took {took / 60:.1f} min here (sgemm peak {peak:.0f} GFLOP/s), about "
-          f"{slow / 60:.1f} min on a {SLOW_MACHINE_GFLOPS:.0f} GFLOP/s machine; the limit there is {limit / 60:.0f} min")
+          f"{slow / 60:.1f} min on a {SLOW_MACHINE_GFLOPS:.0f} GFLOP/s machine; the limit there is "
+          f"{limit / 60:.0f} min")
     if code != 0:
         return code
     if slow > limit:

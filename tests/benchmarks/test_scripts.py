@@ -83,7 +83,8 @@ def test_gpu_benchmark_runs_its_steps_and_refuses_without_cuda(bundle_dir, fp16_
 
 
 def test_layout_study_measures_every_layout(bundle_dir, tmp_path):
-    run_cli("benchmarks.layouts", "--bundle", str(bundle_dir), "--seconds", "0.3", "--quick", "--results", str(tmp_path))
+    run_cli("benchmarks.layouts", "--bundle", str(bundle_dir), "--seconds", "0.3", "--quick",
+            "--results", str(tmp_path))
     study = json.loads((tmp_path / "layouts.json").read_text())
     from benchmarks.layouts import LAYOUTS
     assert list(study["layouts"]) == [name for name, _ in LAYOUTS]

@@ -43,8 +43,8 @@ def imported(trained, tmp_path_factory) -> dict[str, Path]:
     from export import from_code
 
     root = tmp_path_factory.mktemp("onnx_models")
-    commands = [[*(a.format(out=trained) for a in args), "--trust-code", "--parity-images", "6", "--out", str(root / name)]
-                for name, args in ARGS.items()]
+    commands = [[*(a.format(out=trained) for a in args), "--trust-code", "--parity-images", "6",
+                 "--out", str(root / name)] for name, args in ARGS.items()]
     with ProcessPoolExecutor(len(commands), mp_context=get_context("spawn")) as pool:  # one import per core
         assert dict(zip(ARGS, pool.map(from_code.main, commands))) == dict.fromkeys(ARGS, 0)
     return {name: root / name for name in ARGS}

@@ -146,7 +146,8 @@ def test_a_keras2_concatenate_over_masks_loads_in_a_process_that_made_no_other_m
     # Its mask was once joined by an operation Keras auto-names "concatenate", the layer's own name in a
     # fresh process: the import then failed unless an earlier model in the process had taken the name.
     path = notebooks / zoo(notebooks)["stacked_rnn_par_h5"]["decoder"]
-    code = f"from pathlib import Path; from export.keras_files import load_keras_model as load; load(Path({str(path)!r}))"
+    code = ("from pathlib import Path; from export.keras_files import load_keras_model; "
+            f"load_keras_model(Path({str(path)!r}))")
     result = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, **QUIET_TF})
     assert result.returncode == 0, result.stderr[-2000:]
