@@ -159,24 +159,27 @@ def _options(parameters: dict) -> MultiDict:
     return options
 
 
-def _requested_outputs(document: dict, binary_default: bool, attention: bool) -> list[tuple[str, bool]]:
-    available = [*OUTPUTS, *([ATTENTION] if attention else [])]
+def _requested_outputs(document: dict, binary_default: bool, attention: bool | None) -> list[tuple[str, bool]]:
+    """The outputs to answer, each with whether it is binary. `attention`: the parameter (None when
+    absent); naming the output asks for it unless the parameter says false, as Triton's outputs do."""
+    nameable = [*OUTPUTS, ATTENTION]
     wanted = document.get("outputs", [])
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise bad_request("'outputs' must be a list of objects with a 'name'")
     chosen = []
     for output in wanted:
         name = output.get("name")
-        if name == ATTENTION and not attention:
+        if name == ATTENTION and attention is False:
             raise bad_request(f"output '{ATTENTION}' was asked for with the parameter {ATTENTION}: false")
-        if name not in available or name in (n for n, _ in chosen):
+        if name not in nameable or name in (n for n, _ in chosen):
             raise bad_request(f"output {str(name)[:40]!r} is unknown or repeated; the outputs are "
-                              f"{', '.join(available)}")
+                              f"{', '.join(nameable)}")
         binary = _object(output, "parameters", f"output '{name}' parameters").get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise bad_request(f"output '{name}': binary_data must be true or false")
         chosen.append((name, binary))
-    return chosen or [(name, binary_default) for name in available]  # none named: all, as Triton answers
+    # None named: all, as Triton answers.
+    return chosen or [(name, binary_default) for name in [*OUTPUTS, *([ATTENTION] if attention else [])]]
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -200,12 +203,10 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(binary_default, bool):
         raise bad_request(f"{BINARY_OUTPUT} must be true or false")
     options = _options(parameters)
-    wanted = document.get("outputs")
-    if ATTENTION not in options and isinstance(wanted, list) and any(
-            isinstance(o, dict) and o.get("name") == ATTENTION for o in wanted):
-        options.add(ATTENTION, "true")  # asking for the output asks for it to be computed, as Triton's outputs do
-    return InferRequest(request_id, images, options,
-                        _requested_outputs(document, binary_default, options.get(ATTENTION) == "true"))
+    outputs = _requested_outputs(document, binary_default, parameters.get(ATTENTION))
+    if ATTENTION not in options and any(name == ATTENTION for name, _ in outputs):
+        options.add(ATTENTION, "true")
+    return InferRequest(request_id, images, options, outputs)
 
 
 def attention_tensor(weights: list, positions: int) -> np.ndarray:
