@@ -43,6 +43,8 @@ timeout = _int(settings.TIMEOUT)
 graceful_timeout = 30
 keepalive = 5
 wsgi_app = "server.wsgi:application"
+# The master's pid, for the reload and drain signals: `pgrep -f` would match make's shell too.
+pidfile = settings.PIDFILE.value() or None
 # Several servers may run on one machine (tests, blue/green); none needs gunicornc.
 control_socket_disable = True
 # The app logs one access line per request itself (with its request id and duration), so
@@ -50,6 +52,8 @@ control_socket_disable = True
 accesslog = None
 errorlog = "-"
 loglevel = settings.LOG_LEVEL.value()
+if loglevel not in settings.LOG_LEVELS:
+    sys.exit(f"error: LOG_LEVEL={loglevel!r}: expected {', '.join(settings.LOG_LEVELS[:-1])} or {settings.LOG_LEVELS[-1]}")
 try:
     _format = log_format()
 except ValueError as exc:

@@ -3,10 +3,11 @@
 PATHs are files, folders (searched recursively) or glob patterns; --list names a file of paths.
 One row per image goes to --out (JSON lines, or CSV when the file ends in .csv; standard output
 by default); a file that cannot be captioned gets a row with its reason instead of a caption.
-With --out, a second run skips the images already in the file, so a large folder can be
-captioned in several goes. With --ray, a pool of Ray actors captions the images into sharded
+With --out, a second run skips the images already captioned in the file and tries the ones
+that failed again (their error rows are replaced), so a large folder can be captioned in several
+goes. With --ray, a pool of Ray actors captions the images into sharded
 files in the --out folder (batch/ray_job.py); PATHs may then also be pyarrow URIs.
-Exit status: 0 when every image was captioned, 1 when some were skipped (or a Ray job failed
+Exit status: 0 when every image has a caption at the end, 1 when some were skipped (or a Ray job failed
 part-way), 2 for bad arguments.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from .image_files import UsageError, find_images, read_list_file
 from .ray_job import MAX_SHARD_SIZE
 
-CSV_FIELDS = ("path", "caption", "log_prob", "error")
+CSV_FIELDS = ("path", "caption", "tokens", "log_prob", "error")  # tokens joined by spaces
 
 
 def drop_partial_last_line(out: Path) -> None:
@@ -35,27 +36,51 @@ def drop_partial_last_line(out: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def already_done(out: Path | None, fmt: str) -> set[str]:
-    """Paths with a row in an earlier run's output file."""
+def earlier_rows(out: Path | None, fmt: str) -> list[dict]:
+    """The rows an earlier run wrote to `out`; none when there is no such file."""
     if out is None or not out.exists():
-        return set()
+        return []
     drop_partial_last_line(out)
     try:
         with open(out, newline="") as f:
-            if fmt == "csv":
-                return {row["path"] for row in csv.DictReader(f)}
-            return {json.loads(line)["path"] for line in f if line.strip()}
-    except (ValueError, KeyError, TypeError, csv.Error):
+            if fmt == "jsonl":
+                rows = [json.loads(line) for line in f if line.strip()]
+                if not all(isinstance(row, dict) and "path" in row for row in rows):
+                    raise ValueError
+                return rows
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (ValueError, csv.Error):
         raise UsageError(f"{out} exists and is not {fmt} output of this command; choose another --out") from None
+    if rows and tuple(reader.fieldnames or ()) != CSV_FIELDS:
+        raise UsageError(f"{out} has the columns {','.join(reader.fieldnames or ())}, not {','.join(CSV_FIELDS)} "
+                         "(an older version wrote it); choose another --out")
+    return rows
+
+
+def failed(row: dict) -> bool:
+    return bool(row.get("error"))  # CSV rows have the column, empty when captioned
+
+
+def rewrite_without(out: Path, fmt: str, rows: list[dict], retried: set[str]) -> None:
+    """Rewrite `out` without the error rows of the images tried again (atomically: a crash
+    leaves the old file)."""
+    temporary = out.with_name(out.name + ".tmp")
+    writer = RowWriter(temporary, fmt, new=True)
+    try:
+        writer.write([row for row in rows if not (failed(row) and row["path"] in retried)])
+    finally:
+        writer.close()
+    temporary.replace(out)
 
 
 class RowWriter:
     """Appends result rows as JSON lines or CSV, flushed per batch so an interruption loses little."""
 
-    def __init__(self, out: Path | None, fmt: str):
+    def __init__(self, out: Path | None, fmt: str, new: bool = False):
         self.fmt = fmt
-        new = out is None or not out.exists() or out.stat().st_size == 0
-        self.file = open(out, "a", newline="") if out is not None else sys.stdout
+        new = new or out is None or not out.exists() or out.stat().st_size == 0
+        self.file = open(out, "w" if new else "a", newline="") if out is not None else sys.stdout
         self.csv = csv.DictWriter(self.file, CSV_FIELDS) if fmt == "csv" else None
         if self.csv and new:
             self.csv.writeheader()
@@ -63,7 +88,9 @@ class RowWriter:
     def write(self, rows: list[dict]) -> None:
         for row in rows:
             if self.csv:
-                self.csv.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+                tokens = row.get("tokens", "")  # a list, or already joined in a row read back from a file
+                self.csv.writerow({**{k: row.get(k, "") for k in CSV_FIELDS},
+                                   "tokens": tokens if isinstance(tokens, str) else " ".join(tokens)})
             else:
                 self.file.write(json.dumps(row) + "\n")
         self.file.flush()
@@ -124,7 +151,8 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if args.attention and fmt != "jsonl":
-        raise UsageError("--attention writes JSON lines (each word's weights are a list): drop --format csv")
+        raise UsageError("--attention writes JSON lines (each word's weights are a list): "
+                         + ("drop --format csv" if args.format == "csv" else f"write them to a .jsonl file, not {out}"))
     if not args.paths and args.list_file is None:
         raise UsageError("name images: PATHs, --list FILE, or both")
     paths = (find_images(args.paths) if args.paths else []) + (read_list_file(args.list_file) if args.list_file else [])
@@ -137,8 +165,10 @@ def run(args) -> int:
         beam_size = config.default_beam_size if args.beam_size is None else args.beam_size
         if not 1 <= beam_size <= config.max_beam_size:
             raise UsageError(f"--beam-size must be between 1 and {config.max_beam_size}")
-        done = already_done(out, fmt)
+        earlier = earlier_rows(out, fmt)
+        done = {row["path"] for row in earlier if not failed(row)}
         todo = [p for p in paths if p not in done]
+        retried = {row["path"] for row in earlier if failed(row)} & set(todo)
         from .files import caption_files
         from server.engine import CaptionEngine
 
@@ -149,9 +179,12 @@ def run(args) -> int:
         raise UsageError(f"--attention: model {engine.bundle.name!r} has no attention weights to write (its decoder "
                          "reads the pooled image, or its bundle was exported without them)")
 
-    if done:
+    if earlier:
+        again = f" ({len(retried)} of them failed before and are tried again)" if retried else ""
         print(f"caption: {len(paths) - len(todo)} of {len(paths)} images already in {out}; "
-              f"captioning the other {len(todo)}", file=sys.stderr)
+              f"captioning the other {len(todo)}{again}", file=sys.stderr)
+    if retried:
+        rewrite_without(out, fmt, earlier, retried)
     writer = RowWriter(out, fmt)
     skipped = captioned = 0
     started = time.perf_counter()

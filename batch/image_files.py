@@ -9,8 +9,10 @@ from __future__ import annotations
 import fnmatch
 import functools
 import glob
+import re
 from pathlib import Path
 
+COMMENT = re.compile(r"(?:^|\s)#")  # a list file's comment: a '#' at the start of a line or after a space
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -114,7 +116,8 @@ def find_images(paths: list[str]) -> list[str]:
 
 
 def read_list_file(location: str) -> list[str]:
-    """Image paths or URIs from a list file, one per line; blank lines and #-comments are skipped.
+    """Image paths or URIs from a list file, one per line; blank lines and comments (from a `#` that
+    starts the line or follows a space) are skipped, so `photo#2.jpg` stays a path.
 
     Entries are taken as they are, unchecked: one that cannot be read becomes an error row.
     """
@@ -122,4 +125,5 @@ def read_list_file(location: str) -> list[str]:
         text = read_bytes(location).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{location}: cannot read the list file ({exc})") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    entries = (COMMENT.split(line, maxsplit=1)[0].strip() for line in text.splitlines())
+    return [entry for entry in entries if entry]

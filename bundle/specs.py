@@ -55,9 +55,10 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     atol: float = PARITY_ATOL   # accepted |ONNX - Keras| <= atol + rtol * |Keras| (numpy.allclose)
     rtol: float = 1e-4
-    # The encoder's features are on whatever scale its last layer leaves: about 1e-4 for a random
-    # InceptionV3, a few units for a learned part that standardises the trunk's maps. Its atol is
-    # then a share of the largest feature when that is above 1 (never looser than atol itself).
+    # The encoder's features are on whatever scale its last layer leaves: a few thousandths for a
+    # random InceptionV3, a few units for a learned part that standardises the trunk's maps. Its
+    # atol is then per unit of the largest feature, on either scale (a fixed 1e-4 would be 25x
+    # looser than the docs say on features of 4e-3).
     atol_per_unit_of_largest: bool = False
 
     def close(self, got: np.ndarray, want: np.ndarray) -> bool:
@@ -66,7 +67,7 @@ class GraphSpec:
 
     def effective_atol(self, want: np.ndarray) -> float:
         largest = float(np.max(np.abs(want))) if self.atol_per_unit_of_largest and np.size(want) else 0.0
-        return self.atol * max(1.0, largest)
+        return self.atol * largest if largest > 0 else self.atol
 
     @property
     def onnx_file(self) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,6 +80,38 @@ class GunicornServer:
             self.process.kill()
             self.process.wait()
         self.log.close()
+
+
+class MakeServe(GunicornServer):
+    """`make serve` as a user runs it (make's shell, then gunicorn), on a given bundle, with the
+    master's pid in `<folder>/caption-server.pid`: for the docs' signal commands, run in `folder`."""
+
+    def __init__(self, bundle: Path, folder: Path, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pidfile = folder / "caption-server.pid"
+        self.log_path = folder / "make-serve.log"
+        self.log = open(self.log_path, "w")
+        venv = Path(sys.executable).parents[1]
+        # -o: take the installation and the bundle as they are (make would rebuild a bundle older
+        # than the demo's config, or reinstall after a requirements edit).
+        self.process = subprocess.Popen(
+            ["make", "--no-print-directory", "-o", f"{venv}/.installed-dev", "-o", f"{bundle}/bundle.json", "serve",
+             f"VENV={venv}", f"DEMO_BUNDLE={bundle}/bundle.json", f"PORT={self.port}", f"PIDFILE={self.pidfile}"],
+            cwd=ROOT, env={**os.environ, "CAPTION_BUNDLE": str(bundle), **(env or {})},
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def master(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def workers(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.master())], capture_output=True, text=True).stdout
+        return sorted(int(p) for p in out.split())
+
+    def stop(self) -> None:
+        if self.process.poll() is None and self.pidfile.exists():
+            os.kill(self.master(), signal.SIGTERM)
+        super().stop()
 
 
 def rss_kb(pid: int) -> int:

@@ -50,6 +50,9 @@ def read_uploads(limit: int) -> list[bytes]:
         return [f.read() for f in files]
     if content_type.startswith(RAW_BODY_TYPES):
         return [read_raw_body(limit)]
+    if not content_type and not request.content_length and "chunked" not in request.headers.get("Transfer-Encoding", ""):
+        raise RequestError(400, "missing_image", "no image: send multipart/form-data with a field 'image', "
+                                                 "or the image as the body with an image/* Content-Type")
     raise RequestError(415, "unsupported_media_type",
                        "send multipart/form-data with a field 'image', or an image body with an image/* content type")
 

@@ -8,7 +8,7 @@ import io
 import logging
 import threading
 
-from flask import Flask, Request, jsonify, request
+from flask import Flask, Request, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from bundle.format import OPENVINO_BF16_PARITY, load_bundles
@@ -137,6 +137,7 @@ def create_app(config: Config | None = None) -> Flask:
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
     """The error shape of the JSON API, {"error": {"code", "message"}}; under /v2, the Open
     Inference Protocol's, {"error": message}."""
+    g.error_code = code  # for the request's one access line
     body = {"error": message} if is_protocol_path(request.path) else {"error": {"code": code, "message": message}}
     response = jsonify(body)
     response.status_code = status

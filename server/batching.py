@@ -37,9 +37,22 @@ def off_event_loop(fn):
         from gevent import get_hub, monkey
     except ImportError:
         return fn()
-    if monkey.is_module_patched("threading"):
-        return get_hub().threadpool.apply(fn)
-    return fn()
+    if not monkey.is_module_patched("threading"):
+        return fn()
+    # The exception comes back as a value: raised in the pool's thread, gevent's hub would print
+    # its traceback to stderr as well, so every refused upload (a RequestError) wrote one.
+    value, error = get_hub().threadpool.apply(_outcome, (fn,))
+    if error is not None:
+        raise error
+    return value
+
+
+def _outcome(fn):
+    """`fn()`'s (value, None), or (None, the exception it raised)."""
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001  (re-raised by the caller, in its own thread)
+        return None, exc
 
 
 @dataclass

@@ -83,9 +83,13 @@ def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None
         REQUESTS.labels(route, request.method, str(response.status_code)).inc()
         REQUEST_SECONDS.labels(route).observe(seconds)
         response.headers["X-Request-ID"] = g.get("request_id", "-")
-        access_log.info("%s %s %d", request.method, route, response.status_code,
+        # A refused request's one line: its error code says why, and no traceback goes with it.
+        error_code = g.get("error_code")
+        access_log.info("%s %s %d%s", request.method, route, response.status_code,
+                        f" {error_code}" if error_code else "",
                         extra={"method": request.method, "route": route, "status": response.status_code,
-                               "duration_ms": round(seconds * 1e3, 3), "bytes_in": request.content_length or 0})
+                               "duration_ms": round(seconds * 1e3, 3), "bytes_in": request.content_length or 0,
+                               **({"error_code": error_code} if error_code else {})})
         tracing.request_finished(g.pop("trace", None), response.status_code)
         return response
 

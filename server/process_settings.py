@@ -24,9 +24,12 @@ WORKER_CONNECTIONS = ProcessSetting("GUNICORN_WORKER_CONNECTIONS", "1000",
                                     "open connections per worker (`gevent` worker class, so slow clients cost a "
                                     "greenlet, not a thread)")
 TIMEOUT = ProcessSetting("GUNICORN_TIMEOUT", "60", "seconds before a silent worker is killed and replaced")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_LEVEL = ProcessSetting("LOG_LEVEL", "info", "`debug`, `info`, `warning` or `error`")
 LOG_FORMAT = ProcessSetting("LOG_FORMAT", "json", "`json` (one object per line, with request ids) or `text`")
+PIDFILE = ProcessSetting("PIDFILE", "", "a file for the master's process id, for `kill -HUP` (reload) and `-TERM` (drain and "
+                                      "stop); `make serve` sets `caption-server.pid`")
 METRICS_DIR = ProcessSetting("PROMETHEUS_MULTIPROC_DIR", "",
                              "where the workers share their metrics (default: a new temporary folder, removed at exit)")
 
-PROCESS_SETTINGS = (HOST, PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS, TIMEOUT, LOG_LEVEL, LOG_FORMAT, METRICS_DIR)
+PROCESS_SETTINGS = (HOST, PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS, TIMEOUT, LOG_LEVEL, LOG_FORMAT, PIDFILE, METRICS_DIR)

@@ -19,6 +19,15 @@ SUPPORTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP"
                      "TIFF": "TIFF", "GIF": "GIF"}
 
 
+# The first bytes of each supported format but BMP (whose two, "BM", begin ordinary text too): a
+# file that has them and still cannot be opened is a broken image (422), not another format (415).
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+
+
+def _has_image_signature(data: bytes) -> bool:
+    return data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 class ImageError(RequestError):
     """An upload that cannot be captioned."""
 
@@ -32,7 +41,7 @@ def open_image(data: bytes, max_pixels: int, preprocessing: dict | None = None) 
     decoding will make.
     """
     if not data:
-        raise ImageError(400, "empty_image", "the uploaded file is empty")
+        raise ImageError(400, "empty_image", "the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,8 +49,10 @@ def open_image(data: bytes, max_pixels: int, preprocessing: dict | None = None) 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(413, "image_too_large", f"the image has more than {max_pixels:,} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        if _has_image_signature(data):
+            raise ImageError(422, "invalid_image", "the image data is truncated or corrupt") from None
         raise ImageError(415, "unsupported_media_type",
-                         "the upload is not an image in a supported format "
+                         "the file is not an image in a supported format "
                          f"({', '.join(sorted(set(SUPPORTED_FORMATS.values())))})") from None
     if image.format not in SUPPORTED_FORMATS:
         raise ImageError(415, "unsupported_media_type",

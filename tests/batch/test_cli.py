@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.doc_commands import shell_lines
 from harness.server_process import ROOT
 
 CAPTION = Path(sys.executable).parent / "caption"  # the console entry point `make install` puts in the venv
@@ -53,21 +54,48 @@ def test_folder_to_jsonl_matches_keras_and_reports_bad_files(bundle_dir, image_f
     assert "Traceback" not in result.stderr
 
 
-def test_resumes_where_an_earlier_run_stopped(bundle_dir, image_folder, tmp_path):
-    root, expected = image_folder
-    out = tmp_path / "captions.jsonl"
-    first = caption(f"{root}/*.jpg", "--bundle", bundle_dir, "--out", out, "--quiet")  # a glob: the top folder only
-    assert first.returncode == 1
-    done_first = rows_by_path(out)
-    assert len(done_first) == 4  # scene0, scene2, scene4 and broken.jpg
-    with open(out, "a") as f:
+def test_the_documented_resume_skips_what_is_done_and_retries_what_failed(bundle_dir, image_folder, tmp_path):
+    """docs/deploying.md's two commands, run as written: the second skips what is done, tries
+    again what failed (replacing its error row) and exits 0 only when every image has a caption."""
+    first_command, again_command = shell_lines("deploying.md", ".venv/bin/caption photos/")
+    shared, expected = image_folder
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    photos, more = tmp_path / "photos", tmp_path / "more"
+    shutil.copytree(shared, photos, ignore=shutil.ignore_patterns("nested"))  # scene0, 2, 4, broken.jpg
+    more.mkdir()
+    (photos / "scene4.jpg").rename(more / "scene4.jpg")
+    captions = {Path(p).name: c for p, c in expected.items()}
+
+    def run(command):
+        return subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CAPTION_BUNDLE": str(bundle_dir)})
+
+    def rows():
+        out = tmp_path / "captions.jsonl"
+        lines = out.read_text().splitlines()
+        found = {Path(r["path"]).name: r for r in map(json.loads, lines)}
+        assert len(found) == len(lines), "one row per image"
+        return found
+
+    first = run(first_command)
+    assert first.returncode == 1, first.stderr  # broken.jpg
+    assert {name: r.get("caption") for name, r in rows().items()} == {
+        "scene0.jpg": captions["scene0.jpg"], "scene2.jpg": captions["scene2.jpg"],
+        "scene4.jpg": captions["scene4.jpg"], "broken.jpg": None}
+    with open(tmp_path / "captions.jsonl", "a") as f:
         f.write('{"path": "half a li')  # as if killed mid-write
-    second = caption(root, "--bundle", bundle_dir, "--out", out, "--quiet")
-    assert second.returncode == 0, second.stderr
-    assert "4 of 7 images already in" in second.stderr
-    rows = rows_by_path(out)
-    assert len(rows) == 7
-    assert {p: r["caption"] for p, r in rows.items() if "caption" in r} == expected
+    shutil.copytree(shared / "nested", photos / "nested")  # more photos since
+
+    again = run(again_command)
+    assert again.returncode == 1, again.stderr  # broken.jpg is still broken
+    assert "2 of 6 images already in" in again.stderr and "1 of them failed before" in again.stderr
+    assert {name: r.get("caption") for name, r in rows().items()} == {**captions, "broken.jpg": None}
+
+    shutil.copy(photos / "scene0.jpg", photos / "broken.jpg")  # mended
+    mended = run(again_command)
+    assert mended.returncode == 0, mended.stderr
+    assert "5 of 6 images already in" in mended.stderr
+    assert {name: r.get("caption") for name, r in rows().items()} == {**captions, "broken.jpg": captions["scene0.jpg"]}
 
 
 def test_csv_output_and_explicit_files(bundle_dir, image_folder, tmp_path):
@@ -79,6 +107,8 @@ def test_csv_output_and_explicit_files(bundle_dir, image_folder, tmp_path):
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["caption"] for r in rows] == [expected[p] for p in files]
+    assert list(rows[0]) == ["path", "caption", "tokens", "log_prob", "error"]  # as docs/deploying.md lists them
+    assert all(r["tokens"] and r["caption"].startswith(r["tokens"].split()[0]) for r in rows)
     assert all(float(r["log_prob"]) < 0 and r["error"] == "" for r in rows)
 
 
@@ -88,7 +118,8 @@ def test_csv_output_and_explicit_files(bundle_dir, image_folder, tmp_path):
     (["{folder}", "--batch-size", "0"], "--batch-size"),
     (["{folder}", "--beam-size", "99"], "--beam-size"),
     (["{folder}", "--attention"], "no attention weights"),          # the test bundle's decoder is pooled
-    (["{folder}", "--attention", "--format", "csv"], "JSON lines"),
+    (["{folder}", "--attention", "--format", "csv"], "drop --format csv"),
+    (["{folder}", "--attention", "--out", "att.csv"], "write them to a .jsonl file, not att.csv"),
 ])
 def test_bad_arguments_exit_2_with_one_line(bundle_dir, image_folder, args, reason):
     root, _ = image_folder

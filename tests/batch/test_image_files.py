@@ -36,8 +36,9 @@ def test_uris_are_listed_through_pyarrow(tree):
 
 def test_list_files_skip_blanks_and_comments_and_keep_entries_unchecked(tree):
     listing = tree / "list.txt"
-    listing.write_text("# my photos\na/one.jpg\n\n  missing.jpg  \nfile:///x/y.png\n")
-    expected = ["a/one.jpg", "missing.jpg", "file:///x/y.png"]
+    listing.write_text("# my photos\na/one.jpg\n\n  missing.jpg  \nfile:///x/y.png\n"
+                       "b.png  # a comment after the path\nphoto#2.jpg\n\t# indented comment\n")
+    expected = ["a/one.jpg", "missing.jpg", "file:///x/y.png", "b.png", "photo#2.jpg"]
     assert read_list_file(str(listing)) == expected
     assert read_list_file(f"file://{listing}") == expected
     with pytest.raises(UsageError, match="cannot read the list file"):

@@ -56,14 +56,15 @@ def test_the_server_loads_and_captions_with_it(fp16_bundle_dir, bundle_dir, shap
     assert all(h[0].tokens for h in variant.caption(images).hypotheses)
 
 
-def test_a_variant_that_loses_quality_is_not_written(bundle_dir, trained_run, tmp_path, monkeypatch):
-    # A 6-epoch model's own quality is too low to lose reliably, so the scores are set: float32's
-    # first, then the variant's, two points lower.
-    scores = iter([0.5, 0.48])
-    monkeypatch.setattr(variant, "quality", lambda captions, heldout, scenes: ("objects_right_all", next(scores)))
-    with pytest.raises(fp16.VariantError, match="loses quality: held-out objects_right_all 0.48 against float32's 0.5"):
-        fp16.make_variant(bundle_dir, trained_run, tmp_path / "v", "v", 16, MAX_QUALITY_LOSS, ["CPUExecutionProvider"],
-                          log=lambda m: None)
+def test_a_variant_that_loses_quality_is_not_written(bundle_dir, judged_by_its_own_captions, tmp_path):
+    """The gate itself, with nothing patched: an encoder broken on purpose captions otherwise,
+    loses held-out quality, and is refused with nothing written."""
+    from .conftest import broken_on_purpose
+
+    with pytest.raises(variant.VariantError, match=r"fp16 loses quality: held-out cider_d \S+ against float32's") as info:
+        variant.make_variant(broken_on_purpose(fp16.FP16), bundle_dir, judged_by_its_own_captions, tmp_path / "v", "v",
+                             16, MAX_QUALITY_LOSS, ["CPUExecutionProvider"], log=lambda m: None)
+    print(info.value)
     assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
 
 

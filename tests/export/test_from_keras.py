@@ -103,8 +103,101 @@ def test_served_greedy_captions_equal_each_notebook_loop(notebooks, imported):
                                   data={"model": name, "beam_size": "3"}, timeout=30)
             assert beams.status_code == 200 and beams.json()["captions"][0]["tokens"], name
         assert "bundle merge_gru_unmasked: decoder kind whole_prefix" in server.output()  # the log says it is slower
+        # The tool's loop against one written as the notebooks write it, on the Keras 3 models
+        # with a next-word output that a pre-padded prefix feeds (most notebooks' own form).
+        classic = [n for n, e in zoo(notebooks).items() if e["decoder"].endswith(".keras")
+                   and "sequence" not in e["options"] and "transformer" not in e["options"]]
+        assert len(classic) >= 6
+        for name in classic:
+            want = as_the_notebooks_write_it(notebooks, name, imported[name], images[:4])
+            served = [requests.post(server.url + "/api/v1/captions", files={"image": path.read_bytes()},
+                                    data={"model": name}, timeout=30).json()["captions"][0]["caption"]
+                      for path in images[:4]]
+            assert served == want, name
     finally:
         server.stop()
+
+
+def as_the_notebooks_write_it(notebooks: Path, name: str, bundle: Path, images: list[Path]) -> list[str]:
+    """The classic notebooks' greedySearch, written here apart from the tool: "startseq", then for
+    each of max_length steps the word ids so far, pre-padded with zeros (pad_sequences' default,
+    which keeps the newest max_length ids), the argmax of the model's output, and a stop at the
+    end word or at an id their ixtoword lacks (padding)."""
+    import keras
+
+    from bundle.preprocess import keras_preprocessing, load_image
+
+    model = keras.models.load_model(notebooks / zoo(notebooks)[name]["decoder"], compile=False)
+    encoder = keras.models.load_model(notebooks / "encoder.keras", compile=False)
+    vocab = json.loads((bundle / "vocab.json").read_text())
+    ixtoword = dict(enumerate(vocab["words"]))
+    del ixtoword[0]
+    wordtoix = {word: ix for ix, word in ixtoword.items()}
+    start, end = (vocab["words"][vocab["special_tokens"][k]] for k in ("start", "end"))
+    lengths = [i.shape[1] for i in model.inputs if len(i.shape) == 2]
+    captions = []
+    for path in images:
+        photo = np.asarray(encoder(load_image(path, keras_preprocessing("tf", 64))[None]))
+        photo_first = model.inputs[0].shape[1:] == photo.shape[1:]
+        max_length = next(n for n in lengths if (n,) != photo.shape[1:])
+        in_text = start
+        for _ in range(max_length):
+            sequence = [wordtoix[w] for w in in_text.split() if w in wordtoix][-max_length:]
+            padded = np.array([[0] * (max_length - len(sequence)) + sequence])
+            yhat = int(np.argmax(model([photo, padded] if photo_first else [padded, photo], training=False)))
+            if yhat not in ixtoword:
+                break
+            in_text += " " + ixtoword[yhat]
+            if ixtoword[yhat] == end:
+                break
+        words = in_text.split()[1:]
+        captions.append(" ".join(words[:-1] if words and words[-1] == end else words))
+    return captions
+
+
+def test_the_import_refuses_a_decoder_whose_onnx_differs(notebooks, imported):
+    """The import's parity gate, given the bundle's own graphs with the step's output bias moved by
+    a little noise (the kind of slip a converter makes), refuses: the probabilities no longer match."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from bundle.preprocess import keras_preprocessing, load_image
+    from bundle.specs import GraphSpec
+    from export.from_keras import ParityError, check_import_parity, keras_features
+    from export.keras_files import load_keras_model
+    from export.notebook_decoder import analyse
+    from export.notebook_vocabulary import read_vocabulary
+
+    name = "merge_lstm_word_list"
+    bundle, entry = imported[name], zoo(notebooks)[name]
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    model = load_keras_model(notebooks / entry["decoder"])
+    decoder = analyse(model)
+    vocab = read_vocabulary(notebooks / entry["vocabulary"], decoder.vocab_size)
+    images_paths = sorted((notebooks / "images").glob("*.jpg"))[:4]
+    images = np.stack([load_image(p, keras_preprocessing("tf", 64)) for p in images_paths])
+    import keras
+
+    features = keras_features(keras.models.load_model(notebooks / "encoder.keras", compile=False), images)
+
+    def sessions(step: bytes):
+        graphs = {role: (bundle / graph["file"]).read_bytes() for role, graph in manifest["graphs"].items()}
+        return {role: ort.InferenceSession(step if role == "decoder_step" else data, providers=["CPUExecutionProvider"])
+                for role, data in graphs.items()}
+
+    step = onnx.load(bundle / manifest["graphs"]["decoder_step"]["file"])
+    encoder_spec = GraphSpec("encoder", (), (), atol_per_unit_of_largest=True)
+    names = [p.name for p in images_paths]
+    check_import_parity(features, model, decoder, sessions(step.SerializeToString()), manifest["graphs"], images,
+                        names, vocab, encoder_spec, log=lambda m: None)  # as imported: passes
+    bias = max((t for t in step.graph.initializer if len(t.dims) == 1 and t.dims[0] == decoder.vocab_size),
+               key=lambda t: t.name)
+    moved = numpy_helper.to_array(bias) + np.random.default_rng(0).normal(0, 0.05, bias.dims).astype(np.float32)
+    bias.CopyFrom(numpy_helper.from_array(moved, bias.name))
+    with pytest.raises(ParityError, match="next-word probabilities differ"):
+        check_import_parity(features, model, decoder, sessions(step.SerializeToString()), manifest["graphs"], images,
+                            names, vocab, encoder_spec, log=lambda m: None)
 
 
 def test_the_manifest_records_what_the_tool_read(notebooks, imported):

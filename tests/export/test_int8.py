@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
-from bundle.format import load_bundle
+from bundle.format import MAX_QUALITY_LOSS, load_bundle
 from server.config import Config
 from server.engine import CaptionEngine
 from tests.conftest import run_cli
@@ -48,9 +49,23 @@ def test_the_server_captions_with_it(int8_bundle_dir, bundle_dir, shapes_dataset
     paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:4]
     images = np.stack([load_image(p, variant.preprocessing) for p in paths])
     want, got = source.encode(images), variant.encode(images)
-    # Quantisation moves the features by a fraction of how much they vary across images.
-    assert 0 < np.abs(got - want).mean() < want.std(0).mean()
+    # Quantisation moves the features by a fraction of how much they vary across images (0.13 of
+    # it measured on the held-out scenes: int8_vs_fp32's mean_abs_feature_diff / feature_spread).
+    assert 0 < np.abs(got - want).mean() < 0.4 * want.std(0).mean()
     assert all(h[0].tokens for h in variant.caption(images).hypotheses)
+
+
+def test_a_variant_that_loses_quality_is_not_written(bundle_dir, judged_by_its_own_captions, tmp_path):
+    """The gate itself, with nothing patched: a quantised encoder broken on purpose is refused."""
+    import export.int8 as int8
+    import export.variant as variant
+
+    from .conftest import broken_on_purpose
+
+    with pytest.raises(variant.VariantError, match=r"int8 loses quality: held-out cider_d \S+ against float32's"):
+        variant.make_variant(broken_on_purpose(int8.INT8), bundle_dir, judged_by_its_own_captions, tmp_path / "v", "v",
+                             8, MAX_QUALITY_LOSS, ["CPUExecutionProvider"], calibration_images=8, log=lambda m: None)
+    assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
 
 
 def test_refuses_what_it_cannot_do_in_one_line(int8_bundle_dir, bundle_dir, trained_run, tmp_path):

@@ -117,6 +117,14 @@ def test_a_body_refused_unread_is_discarded_in_large_pieces(app):
     assert body.tell() == 550_000 and len(body.reads) <= 3
 
 
+def test_a_post_with_nothing_in_it_is_400_no_image(app):
+    """No body and no Content-Type is "no image" (400), as the docs' table says, not a wrong type."""
+    response = app.test_client().post("/api/v1/captions")
+    assert response.status_code == 400 and response.json["error"]["code"] == "missing_image"
+    wrong_type = app.test_client().post("/api/v1/captions", data=b"x", headers={"Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+
+
 def test_multipart_without_a_boundary_is_named(app):
     response = app.test_client().post("/api/v1/captions", data=b"--x\r\n",
                                       headers={"Content-Type": "multipart/form-data"})

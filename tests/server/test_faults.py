@@ -37,14 +37,15 @@ def test_soak_mixing_good_and_bad_requests(own_server, scene):
     assert result["workers_after"] == result["workers_before"]
     # No leak: a worker's memory may settle once (onnxruntime's arena meeting a new batch shape),
     # at any moment of the soak, but does not keep growing.
-    assert result["quarters_with_growth_over_3_percent"] <= 2 and result["rss_growth_whole_soak"] < 0.5
-    assert result["p99_ms"] < 10_000
+    # Bounds a few times what benchmarks/results/reliability.json measured (growth 5.7 %, p99 1.8 s).
+    assert result["quarters_with_growth_over_3_percent"] <= 2 and result["rss_growth_whole_soak"] < 0.2
+    assert result["p99_ms"] < 6000
 
 
 def test_slow_clients_do_not_freeze_the_server(own_server, scene):
     result = slow_clients(own_server, scene, connections=100)
     assert result["healthz_status"] == 200 and result["caption_status"] == 200
-    assert result["healthz_ms"] < 2000 and result["caption_ms"] < 5000
+    assert result["healthz_ms"] < 250 and result["caption_ms"] < 1000  # measured: 3.7 and 41 ms
 
 
 def test_kill_9_of_a_worker_under_load(own_server, scene):
@@ -52,8 +53,8 @@ def test_kill_9_of_a_worker_under_load(own_server, scene):
     print("kill -9:", result)
     assert result["failed_during"] <= 4  # at most the requests in flight on the killed worker
     assert result["during"]["requests"] > result["failed_during"] * 5  # the other worker kept serving
-    assert result["respawn_s"] < 5 and result["ready_s"] < 20
-    assert result["longest_request_ms"] < 30_000
+    assert result["respawn_s"] < 2 and result["ready_s"] < 10  # measured: 0.25 and 3.5 s
+    assert result["longest_request_ms"] < 5000                 # measured: 0.48 s
     assert result["after"]["requests"] > 0
     assert result["after"]["server_errors_5xx"] == result["after"]["connection_errors"] == 0
 

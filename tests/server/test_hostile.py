@@ -129,6 +129,7 @@ def test_headers_and_banner(server):
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),         # a space in a header name
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),  # a header over 8190 bytes
     (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431),
+    (b"GET /healthz?q=" + b"a" * 4100 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),  # docs/api.md's table has it
 ])
 def test_errors_gunicorn_answers_itself_are_json_with_a_request_id(server, request_bytes, status):
     host, port = server.url.split("//")[1].split(":")

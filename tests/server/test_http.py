@@ -1,7 +1,10 @@
 """The real gunicorn server, every route, with good and bad requests."""
+import html
 import json
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,26 @@ def test_several_images_keep_upload_order_and_beam_five(server, heldout):
     assert len(captions) == 4
     for c in captions:
         assert c["log_prob"] <= 0 and c["caption"] == " ".join(c["tokens"])
+
+
+def test_beam_size_over_http_is_the_engines_beam_search(server, bundle_dir, heldout):
+    """beam_size=5 answers what the engine's beam 5 answers in-process, and on some held-out
+    scenes that is not the greedy caption: a server that ignored beam_size would fail here."""
+    from batch.files import caption_files
+    from bundle.format import load_bundle
+    from server.config import Config
+    from server.engine import CaptionEngine
+
+    config = Config()
+    engine = CaptionEngine(load_bundle(bundle_dir), config.engine_options())
+    paths = [item["image"] for item in heldout[:24]]
+    [rows] = caption_files(engine, paths, config.max_pixels, 5, config.length_penalty, batch_size=len(paths))
+    differ = [(path, row) for path, row, item in zip(paths, rows, heldout) if row["caption"] != item["keras_greedy"]][:8]
+    assert differ, "beam 5 equals greedy on every scene: nothing here could tell them apart"
+    files = [("image", (f"{i}.jpg", image_bytes(Path(path)), "image/jpeg")) for i, (path, _) in enumerate(differ)]
+    served = requests.post(server.url + "/api/v1/captions", files=files, data={"beam_size": "5"}).json()["captions"]
+    assert [c["caption"] for c in served] == [row["caption"] for _, row in differ]
+    assert [c["log_prob"] for c in served] == pytest.approx([row["log_prob"] for _, row in differ], abs=1e-3)
 
 
 def test_raw_body_and_query_parameters(server, heldout):
@@ -115,12 +138,13 @@ def test_web_form_and_result_page(server, heldout):
     assert page.status_code == 200 and 'type="file"' in page.text and 'name="beam_size"' in page.text
     for header in ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options"):
         assert header in page.headers
-    item = heldout[0]
+    counts = Counter(item["keras_greedy"] for item in heldout)
+    item = next(item for item in heldout if counts[item["keras_greedy"]] == 1)  # no other scene has its caption
     result = requests.post(server.url + "/", files={"image": ("scene.jpg", image_bytes(Path(item["image"])))},
-                           data={"beam_size": "3"})
+                           data={"beam_size": "1"})
     assert result.status_code == 200
-    assert "data:image/jpeg;base64," in result.text and "beam width 3" in result.text
-    assert 'id="caption"' in result.text
+    assert "data:image/jpeg;base64," in result.text and "beam width 1" in result.text
+    assert re.search(r'id="caption"[^>]*>\s*' + re.escape(html.escape(item["keras_greedy"])) + r"\s*<", result.text)
     bad = requests.post(server.url + "/", files={"image": ("<script>x</script>.png", b"not an image")})
     assert bad.status_code == 415
     assert 'role="alert"' in bad.text and "not an image in a supported format" in bad.text

@@ -1,8 +1,7 @@
 """Several models in one server, chosen per request, and a new bundle going live without downtime."""
 import json
-import os
 import shutil
-import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.server_process import GunicornServer
+from harness.doc_commands import shell_lines
+from harness.server_process import GunicornServer, MakeServe
 
 
 def renamed_copy(bundle_dir: Path, target: Path, name: str, **manifest_changes) -> Path:
@@ -70,14 +70,17 @@ def test_two_bundles_with_one_name_stop_start_up(bundle_dir, tmp_path):
         srv.stop()
 
 
-def test_new_bundle_goes_live_on_reload_without_failed_requests(bundle_dir, trained_run, tmp_path):
-    """The documented roll-out: CAPTION_BUNDLE is a symlink; point it at the new bundle, send SIGHUP."""
-    v1 = renamed_copy(bundle_dir, tmp_path / "v1", "model-v1")
-    v2 = renamed_copy(bundle_dir, tmp_path / "v2", "model-v2")
-    live = tmp_path / "live"
-    live.symlink_to(v1)
-    srv = GunicornServer({"CAPTION_BUNDLE": str(live), "WEB_CONCURRENCY": "2"})
-    srv.wait_ready()
+def test_the_documented_reload_and_drain_on_a_make_serve_server(bundle_dir, trained_run, tmp_path):
+    """docs/operating.md's roll-out, run as written against `make serve`: swap the symlink and send
+    the master SIGHUP; every request is answered 200 and the answers switch to the new model.
+    Then its drain: what is in flight is answered and the server stops."""
+    swap, reload = shell_lines("operating.md", "live.next")[0], shell_lines("operating.md", "kill -HUP")[0]
+    drain = shell_lines("operating.md", "kill -TERM")[0]
+    models = tmp_path / "onnx_models"
+    renamed_copy(bundle_dir, models / "demo-v1", "model-v1")
+    renamed_copy(bundle_dir, models / "demo-v2", "model-v2")
+    (models / "live").symlink_to("demo-v1")
+    srv = MakeServe(models / "live", tmp_path, {"WEB_CONCURRENCY": "2"})
     image = Path(json.loads((trained_run / "heldout.json").read_text())[0]["image"]).read_bytes()
     answers, stop = [], threading.Event()
 
@@ -89,21 +92,21 @@ def test_new_bundle_goes_live_on_reload_without_failed_requests(bundle_dir, trai
             except requests.RequestException as exc:
                 answers.append((type(exc).__name__, None))
 
+    def run(command):
+        return subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
     threads = [threading.Thread(target=load) for _ in range(3)]
     try:
+        srv.wait_ready()
         for t in threads:
             t.start()
         time.sleep(1.5)
         old_workers = srv.workers()
-        next_link = tmp_path / "live.next"
-        next_link.symlink_to(v2)
-        os.replace(next_link, live)  # atomic swap
-        os.kill(srv.process.pid, signal.SIGHUP)
+        assert run(swap).returncode == 0 and run(reload).returncode == 0
         deadline = time.time() + 60
         while time.time() < deadline and not (answers and answers[-1][1] == "model-v2"):
             time.sleep(0.2)
         time.sleep(1.0)
-    finally:
         stop.set()
         for t in threads:
             t.join()
@@ -111,9 +114,29 @@ def test_new_bundle_goes_live_on_reload_without_failed_requests(bundle_dir, trai
         until = time.time() + 35
         while set(old_workers) & set(srv.workers()) and time.time() < until:
             time.sleep(0.2)
-        workers_after = srv.workers()
+        assert srv.process.poll() is None, "make serve died: " + srv.output()[-500:]  # make's shell took no HUP
+        assert not set(old_workers) & set(srv.workers())  # every worker was replaced
+        names = [name for _, name in answers]
+        assert "model-v1" in names and names[-1] == "model-v2", names[-5:]
+        assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
+
+        srv.wait_ready()  # a TERM that reaches a worker still booting is lost: drain once all are up
+        in_flight = {}
+
+        def slow_request():  # 16 images, beam 5: still running when the signal comes
+            files = [("image", ("s.jpg", image, "image/jpeg"))] * 16
+            in_flight["response"] = requests.post(srv.url + "/api/v1/captions?beam_size=5", files=files, timeout=60)
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        time.sleep(0.3)
+        assert run(drain).returncode == 0
+        thread.join()
+        assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["captions"]) == 16
+        assert srv.process.wait(40) == 0  # gunicorn stopped, and make with it
+    finally:
+        stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join()
         srv.stop()
-    names = [name for _, name in answers]
-    assert "model-v1" in names and names[-1] == "model-v2", names[-5:]
-    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
-    assert not set(old_workers) & set(workers_after)  # every worker was replaced

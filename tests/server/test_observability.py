@@ -23,8 +23,16 @@ def test_metrics_add_up_over_workers(server, trained_run):
     image = Path(json.loads((trained_run / "heldout.json").read_text())[0]["image"]).read_bytes()
     before = requests.get(server.url + "/metrics").text
     route = "/api/v1/captions"
-    for _ in range(12):  # new connections, so both workers answer some
-        assert requests.post(server.url + route, files={"image": image}).status_code == 200
+    sent, pids = 0, set()
+    while sent < 12 or len(pids) < 2:  # new connections, until both workers have answered some
+        assert sent < 60, f"one worker answered all {sent} requests"
+        request_id = f"metrics-{sent}"
+        assert requests.post(server.url + route, files={"image": image},
+                             headers={"X-Request-ID": request_id}).status_code == 200
+        sent += 1
+        wait_for_line(server, f'"request_id": "{request_id}"', settle_s=0)
+        pids |= {entry["pid"] for entry in map(json.loads, server.output().splitlines())
+                 if entry.get("request_id") == request_id}
     assert requests.post(server.url + route, data=b"not an image", headers={"Content-Type": "image/png"}).status_code == 415
     requests.get(server.url + "/no/such/page")
 
@@ -33,7 +41,7 @@ def test_metrics_add_up_over_workers(server, trained_run):
     assert response.headers["Content-Type"].startswith("text/plain")
     after = response.text
     ok = dict(route=route, method="POST", status="200")
-    assert metric(after, "caption_http_requests_total", **ok) - metric(before, "caption_http_requests_total", **ok) == 12
+    assert metric(after, "caption_http_requests_total", **ok) - metric(before, "caption_http_requests_total", **ok) == sent
     assert metric(after, "caption_http_requests_total", route=route, status="415") >= 1
     # Raw paths never become labels: unknown pages share one.
     assert metric(after, "caption_http_requests_total", route="unmatched", status="404") >= 1
@@ -41,8 +49,8 @@ def test_metrics_add_up_over_workers(server, trained_run):
     for stage in ("preprocess", "encode", "decode", "total"):
         gained = (metric(after, "caption_stage_seconds_count", stage=stage)
                   - metric(before, "caption_stage_seconds_count", stage=stage))
-        assert gained == 12, stage
-    assert metric(after, "caption_http_request_seconds_count", route=route) >= 13
+        assert gained == sent, stage
+    assert metric(after, "caption_http_request_seconds_count", route=route) >= sent + 1
     # Two live workers, each serving the same model; /metrics itself is in flight while it is scraped.
     assert len([line for line in after.splitlines() if line.startswith("caption_model_info{")]) == 2
     assert metric(after, "caption_http_requests_in_flight") == 1
@@ -92,3 +100,45 @@ def test_what_c_libraries_print_stays_inside_the_json_log(server):
     assert any("not yet in table" in e["message"] and e["level"] == "warning" for e in wrapped), lines[-5:]
     non_json = [line for line in lines if line.strip() and not line.startswith("{")]
     assert not non_json, non_json[:5]
+
+
+def test_a_refused_upload_logs_one_line_with_its_pid_and_request_id(server):
+    """Client mistakes are info lines, one per request, saying why; never a traceback (gevent's
+    hub printed one for every exception raised in its native threads)."""
+    refusals = {"refused-415": (b"not an image at all", 415), "refused-400": (b"", 400),
+                "refused-422": (_truncated_jpeg(), 422)}
+    for request_id, (body, status) in refusals.items():
+        response = requests.post(server.url + "/api/v1/captions", files={"image": ("x.jpg", body)},
+                                 headers={"X-Request-ID": request_id})
+        assert response.status_code == status, (request_id, response.text)
+    wait_for_line(server, '"request_id": "refused-422"')
+    lines = server.output().splitlines()
+    assert not [line for line in lines if "Traceback" in line or "RequestError" in line], lines[-12:]
+    for request_id, (_, status) in refusals.items():
+        mine = [entry for entry in map(json.loads, lines) if entry.get("request_id") == request_id]
+        assert len(mine) == 1, mine
+        entry = mine[0]
+        assert entry["level"] == "info" and isinstance(entry["pid"], int) and entry["status"] == status
+        assert entry["error_code"] and entry["error_code"] in entry["message"]
+
+
+def _truncated_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 50).convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def wait_for_line(server, text: str, timeout_s: float = 10.0, settle_s: float = 0.3) -> None:
+    """Until the server's log has a line with `text` (workers' lines reach it through a relay), and
+    `settle_s` more for what the same request logged after it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while text not in server.output():
+        assert time.monotonic() < deadline, f"no log line with {text!r}"
+        time.sleep(0.05)
+    time.sleep(settle_s)

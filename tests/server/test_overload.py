@@ -39,8 +39,8 @@ def test_overload_gets_200_or_503_with_retry_after_within_the_deadline(overloade
     assert set(patient["statuses"]) <= {"200", "503"}, patient["statuses"]
     assert patient["statuses"].get("200", 0) > 0 and patient["statuses"].get("503", 0) > 0
     assert patient["shed_503_without_retry_after"] == 0 and patient["connection_errors"] == 0
-    # The deadline plus one batch, with room for a slow machine that also runs the 48 clients.
-    assert max(patient["max_200_ms"], patient["max_503_ms"]) < DEFAULTS.request_timeout_s * 1000 + 5000
+    # Within the deadline plus one batch (measured: 2.1 s at most, benchmarks/results/reliability.json).
+    assert max(patient["max_200_ms"], patient["max_503_ms"]) < DEFAULTS.request_timeout_s * 1000 + 2000
 
 
 def test_health_checks_are_answered_under_overload(overloaded):

@@ -70,7 +70,7 @@ def test_animated_gif_uses_the_first_frame():
 
 @pytest.mark.parametrize("data, status, code", [
     (b"", 400, "empty_image"),
-    (b"GIF89a but not really", 415, "unsupported_media_type"),
+    (b"GIF89a but not really", 422, "invalid_image"),  # a GIF's signature: a broken GIF, not another format
     (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", 415, "unsupported_media_type"),
     (b"hello, I am text", 415, "unsupported_media_type"),
 ])
@@ -86,11 +86,16 @@ def test_unsupported_pillow_format_is_415():
     assert info.value.status == 415 and "PPM" in info.value.message
 
 
-def test_truncated_jpeg_is_422():
-    data = encode(Image.effect_noise((256, 256), 50).convert("RGB"), "JPEG")
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "GIF"])
+@pytest.mark.parametrize("keep", [12, 300, 0.5])
+def test_a_truncated_image_is_422_wherever_it_is_cut(fmt, keep):
+    """Cut inside its header or its pixels, an image is a broken image (it was 415 when the header
+    was cut, as if it were another format)."""
+    data = encode(Image.effect_noise((256, 256), 50).convert("RGB"), fmt)
+    cut = data[: int(len(data) * keep) if isinstance(keep, float) else keep]
     with pytest.raises(ImageError) as info:
-        decode_image(data[: len(data) // 2], LIMIT)
-    assert info.value.status == 422
+        decode_image(cut, LIMIT)
+    assert (info.value.status, info.value.code) == (422, "invalid_image")
 
 
 def test_pixel_limit_is_checked_before_decoding():
