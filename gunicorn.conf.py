@@ -48,8 +48,9 @@ pidfile = settings.PIDFILE.value() or None
 # Several servers may run on one machine (tests, blue/green); none needs gunicornc.
 control_socket_disable = True
 # The app logs one access line per request itself (with its request id and duration), so
-# gunicorn's own access log stays off.
+# gunicorn's own access log stays off (its logger would build each line anyway, and drop it).
 accesslog = None
+logger_class = "server.gunicorn_logging.AppAccessLogger"
 errorlog = "-"
 loglevel = settings.LOG_LEVEL.value()
 if loglevel not in settings.LOG_LEVELS:

@@ -1,5 +1,6 @@
 """Reliability figures against the real server: overload (bounded queue, deadlines, abandoned
-work), a request of huge images, a soak mixing good and bad requests, kill -9 of a worker under
+work; photos, small images, and small images from clients that ignore Retry-After), a request of
+huge images, a soak mixing good and bad requests, kill -9 of a worker under
 load, slow clients, and start-up with broken bundles.
 
 Usage: python -m benchmarks.reliability [--bundle onnx_models/demo] [--soak-seconds 120]
@@ -40,23 +41,36 @@ def soak_memory(s: dict) -> str:
             f"{100 * s['rss_growth_whole_soak']:.1f} % ({trace}) |")
 
 
+def overload_rows(name: str, o: dict, images: str) -> list[str]:
+    """An overload's two rows: its answers, and /healthz meanwhile."""
+    p = o["patient"]
+    waiting = ("each waiting out a 503's Retry-After" if o.get("honour_retry_after", True)
+               else "each sending again as soon as it is answered, Retry-After ignored")
+    return [
+        f"| {name}: {o['clients']} clients x {o['images_per_request']}-image requests ({images}) for "
+        f"{o['seconds']} s, {waiting} | "
+        f"{p['requests']} answers: {p['statuses']}; {p['shed_503_without_retry_after']} 503 without Retry-After, "
+        f"{p['connection_errors']} lost; slowest 200 in {p['max_200_ms']} ms, slowest 503 in {p['max_503_ms']} ms; "
+        f"p50 {p['p50_ms']} ms |",
+        f"| {name}: /healthz every 50 ms meanwhile | {o['healthz']['checks']} checks, {o['healthz']['failed']} failed; "
+        f"p50 {o['healthz']['p50_ms']} ms, p99 {o['healthz']['p99_ms']} ms, max {o['healthz']['max_ms']} ms |",
+    ]
+
+
 def markdown(results: dict) -> str:
     """reliability.md from reliability.json."""
     s, k, w = results["soak"], results["kill_worker"], results["slow_clients"]
     o, h = results["overload"], results["huge_images"]
-    p, i = o["patient"], o["impatient"]
+    i = o["impatient"]
     lines = [
         "# Reliability", "", f"Machine: {results['machine']}. Written by `python -m benchmarks.reliability`.", "",
         f"Overload and huge images: the default server (1 worker, default settings: {results['defaults']}). "
         f"The rest: {results['workers']} workers.", "",
         "| check | result |", "| --- | --- |",
-        f"| overload: {o['clients']} clients x {o['images_per_request']}-image requests (640x480 JPEGs) for "
-        f"{o['seconds']} s, each waiting out a 503's Retry-After | "
-        f"{p['requests']} answers: {p['statuses']}; {p['shed_503_without_retry_after']} 503 without Retry-After, "
-        f"{p['connection_errors']} lost; slowest 200 in {p['max_200_ms']} ms, slowest 503 in {p['max_503_ms']} ms; "
-        f"p50 {p['p50_ms']} ms |",
-        f"| overload: /healthz every 50 ms meanwhile | {o['healthz']['checks']} checks, {o['healthz']['failed']} failed; "
-        f"p50 {o['healthz']['p50_ms']} ms, p99 {o['healthz']['p99_ms']} ms, max {o['healthz']['max_ms']} ms |",
+        *overload_rows("overload", o, "640x480 JPEGs"),
+        *(overload_rows("overload, small images", results["overload_small"], "299x299 JPEGs")
+          if "overload_small" in results else []),
+        *(overload_rows("flood", results["flood"], "299x299 JPEGs") if "flood" in results else []),
         f"| overload: the same clients hanging up after {i['timeout_s']} s | {i['requests']} requests "
         f"({i['statuses']}; 0 = the client gave up); {i['images_computed']:g} images computed, "
         f"{i['dropped_because_client_left']:g} requests dropped because their client had left; after the last "
@@ -104,6 +118,12 @@ def main(argv=None) -> int:
         photo = io.BytesIO()
         Image.effect_noise((640, 480), 40).convert("RGB").save(photo, "JPEG")
         results["overload"] = overload(server, photo.getvalue(), seconds=args.overload_seconds)
+        small = io.BytesIO()
+        Image.effect_noise((299, 299), 40).convert("RGB").save(small, "JPEG")
+        results["overload_small"] = overload(server, small.getvalue(), seconds=args.overload_seconds,
+                                             abandon_after_s=None)
+        results["flood"] = overload(server, small.getvalue(), seconds=args.overload_seconds, abandon_after_s=None,
+                                    honour_retry_after=False)
         results["huge_images"] = huge_images(server)
     finally:
         server.stop()

@@ -63,7 +63,7 @@ def config_reference() -> str:
 def api_routes(protocol: bool = False) -> str:
     """The routes of the OpenAPI document: the JSON API's, or (`protocol`) the Open Inference Protocol's."""
     from server.config import Config
-    from server.inference_protocol import is_protocol_path
+    from server.answers import is_protocol_path
     from server.openapi import openapi_document
 
     document = openapi_document(Config(), max_length=20, models=["demo"], attending=["demo"])

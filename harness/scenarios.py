@@ -69,15 +69,23 @@ def metric(server: GunicornServer, name: str, **labels) -> float:
 
 
 def overload(server: GunicornServer, scene: bytes, clients: int = 48, images: int = 4, seconds: float = 15,
-             abandon_after_s: float = 0.8) -> dict:
+             abandon_after_s: float | None = 0.8, honour_retry_after: bool = True) -> dict:
     """`clients` clients sending `images`-image requests as fast as they are answered (after a
-    503, once its Retry-After has passed), first patient (30 s timeout), then impatient (they
-    hang up after `abandon_after_s`); /healthz is timed throughout. After the impatient clients
-    leave, how much work the server still did."""
+    503, once its Retry-After has passed, or at once when not `honour_retry_after`), first patient
+    (30 s timeout), then impatient (they hang up after `abandon_after_s`; None: no such phase);
+    /healthz is timed while the patient ones run. After the impatient clients leave, how much work
+    the server still did."""
     url = server.url + "/api/v1/captions"
     load = [({"files": [("image", ("scene.jpg", scene, "image/jpeg"))] * images}, 200)]
     with HealthProbe(server.url) as health:
-        patient = run_load(url, load, clients, seconds, timeout_s=30, honour_retry_after=True)
+        patient = run_load(url, load, clients, seconds, timeout_s=30, honour_retry_after=honour_retry_after)
+    result = {"clients": clients, "images_per_request": images, "seconds": seconds,
+              "honour_retry_after": honour_retry_after,
+              "patient": {**patient.summary(), "statuses": dict(Counter(map(str, patient.statuses))),
+                          "max_200_ms": patient.latency_max_ms(200), "max_503_ms": patient.latency_max_ms(503)},
+              "healthz": health.summary()}
+    if abandon_after_s is None:
+        return result
     computed = metric(server, "caption_batch_images_sum")
     gone_before = metric(server, "caption_requests_shed_total", reason="client_gone")
     impatient = run_load(url, load, clients, seconds, timeout_s=abandon_after_s, honour_retry_after=True)
@@ -90,10 +98,7 @@ def overload(server: GunicornServer, scene: bytes, clients: int = 48, images: in
         if now != last:
             last, last_change = now, time.monotonic()
     return {
-        "clients": clients, "images_per_request": images, "seconds": seconds,
-        "patient": {**patient.summary(), "statuses": dict(Counter(map(str, patient.statuses))),
-                    "max_200_ms": patient.latency_max_ms(200), "max_503_ms": patient.latency_max_ms(503)},
-        "healthz": health.summary(),
+        **result,
         "impatient": {**impatient.summary(), "timeout_s": abandon_after_s,
                       "statuses": dict(Counter(map(str, impatient.statuses))),
                       "images_computed": at_leave - computed,

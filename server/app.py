@@ -15,24 +15,14 @@ from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 
 from .config import Config
 from .engine import CaptionEngine
+from .answers import SECURITY_HEADERS, discard_unread_body, error_body
 from .errors import RequestError
-from .inference_protocol import is_protocol_path
 from .multipart import FastFormDataParser
 from .openvino_encoder import OpenVINOEncoder
 from .registry import ModelRegistry, Readiness
+from .shedding import ShedWhenFull
 
 log = logging.getLogger(__name__)
-
-DISCARD_PIECE = 1 << 20
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-                               "form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
-
 
 class InMemoryRequest(Request):
     """Werkzeug spools large multipart files to temporary files; uploads stay in memory here
@@ -94,6 +84,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(v2)
     app.register_blueprint(web)
+    app.wsgi_app = ShedWhenFull(app.wsgi_app, registry, config.max_upload_bytes)
 
     @app.errorhandler(RequestError)
     def request_error(exc: RequestError):
@@ -113,16 +104,8 @@ def create_app(config: Config | None = None) -> Flask:
         return error_response(500, "internal_error", "the server failed to caption this request")
 
     @app.after_request
-    def discard_unread_body(response):
-        """Read what the route left of a body (a request refused before its upload was read) in
-        large pieces. gunicorn discards it 1 KB at a time, copying the rest of the body each time:
-        1-6 ms of the event loop per 550 KB body (0.2-0.5 ms here); under overload those refusals
-        held /healthz for up to 300 ms."""
-        length = request.content_length
-        if length and length <= config.max_upload_bytes:
-            body = request.environ["wsgi.input"]
-            while body.read(DISCARD_PIECE):
-                pass
+    def discard_the_rest_of_the_body(response):
+        discard_unread_body(request.environ, request.content_length, config.max_upload_bytes)
         return response
 
     @app.after_request
@@ -135,11 +118,9 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    """The error shape of the JSON API, {"error": {"code", "message"}}; under /v2, the Open
-    Inference Protocol's, {"error": message}."""
+    """An error answer in the shape of the request's API (errors.error_body)."""
     g.error_code = code  # for the request's one access line
-    body = {"error": message} if is_protocol_path(request.path) else {"error": {"code": code, "message": message}}
-    response = jsonify(body)
+    response = jsonify(error_body(request.path, code, message))
     response.status_code = status
     response.headers.update(headers or {})
     return response

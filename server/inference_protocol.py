@@ -272,10 +272,6 @@ def _positions(model) -> int:
     return grid[0] * grid[1] if grid else 0
 
 
-def is_protocol_path(path: str) -> bool:
-    return path == "/v2" or path.startswith("/v2/")
-
-
 def _registry():
     return current_app.extensions["captions"]
 

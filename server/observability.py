@@ -60,6 +60,24 @@ def metrics_response() -> Response:
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
+def request_id_of(incoming: str) -> str:
+    """The caller's X-Request-ID when it is plain, else a new one."""
+    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def answered(method: str, route: str, status: int, started: float, request_id: str, error_code: str | None,
+             bytes_in: int | None) -> None:
+    """Count and time one answered request and write its access line: a refused request's one
+    line, whose error code says why (no traceback goes with it)."""
+    seconds = time.perf_counter() - started
+    REQUESTS.labels(route, method, str(status)).inc()
+    REQUEST_SECONDS.labels(route).observe(seconds)
+    access_log.info("%s %s %d%s", method, route, status, f" {error_code}" if error_code else "",
+                    extra={"request_id": request_id, "method": method, "route": route, "status": status,
+                           "duration_ms": round(seconds * 1e3, 3), "bytes_in": bytes_in or 0,
+                           **({"error_code": error_code} if error_code else {})})
+
+
 def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None:
     """Publish the served models (name, created, providers); give every request an id, count
     and time it, and log one access line for it."""
@@ -68,8 +86,7 @@ def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None
 
     @app.before_request
     def start_request():
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id_of(request.headers.get("X-Request-ID", ""))
         g.started = time.perf_counter()
         IN_FLIGHT.inc()
         g.in_flight = True
@@ -78,18 +95,10 @@ def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None
 
     @app.after_request
     def finish_request(response):
-        seconds = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule else "unmatched"  # never the raw path: bounded labels
-        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(route).observe(seconds)
         response.headers["X-Request-ID"] = g.get("request_id", "-")
-        # A refused request's one line: its error code says why, and no traceback goes with it.
-        error_code = g.get("error_code")
-        access_log.info("%s %s %d%s", request.method, route, response.status_code,
-                        f" {error_code}" if error_code else "",
-                        extra={"method": request.method, "route": route, "status": response.status_code,
-                               "duration_ms": round(seconds * 1e3, 3), "bytes_in": request.content_length or 0,
-                               **({"error_code": error_code} if error_code else {})})
+        answered(request.method, route, response.status_code, g.get("started", time.perf_counter()),
+                 g.get("request_id", "-"), g.get("error_code"), request.content_length)
         tracing.request_finished(g.pop("trace", None), response.status_code)
         return response
 

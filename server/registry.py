@@ -51,11 +51,20 @@ class ModelRegistry:
         chosen = [self.model(name) for name in values.getlist("model")]
         return chosen[0] if chosen else self.model(None)
 
+    @property
+    def all_saturated(self) -> bool:
+        return all(model.batcher.saturated for model in self.models.values())
+
+    def overloaded(self):
+        """The 503 for a request no queue has room for (counted as shed)."""
+        return self.models[self.default].batcher.overloaded()
+
     def refuse_when_full(self) -> None:
         """Before a request's body is even read: when every model's queue is full, answer 503 at
-        once, so that clients retrying under overload cost no parsing."""
-        if all(model.batcher.saturated for model in self.models.values()):
-            raise self.models[self.default].batcher.overloaded()
+        once, so that clients retrying under overload cost no parsing. (server/shedding.py answers
+        most such requests before they reach Flask; this catches those that arrive meanwhile.)"""
+        if self.all_saturated:
+            raise self.overloaded()
 
     @property
     def any_saturated(self) -> bool:
