@@ -64,16 +64,6 @@ def run_with(trained_run, folder, name, change):
     return folder
 
 
-def test_export_fails_loudly_when_captions_differ(trained_run, tmp_path):
-    broken = run_with(trained_run, tmp_path / "run", "heldout.json",
-                      lambda heldout: heldout[0].update(keras_greedy="not what keras said"))
-    result = run_cli("export", "--run", str(broken), "--out", str(tmp_path / "bundle"), "--parity-images", "4",
-                     check=False)
-    assert result.returncode == 1
-    assert "export parity failed" in result.stderr and "greedy caption differs" in result.stderr
-    assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle.partial").exists()
-
-
 def test_export_refuses_an_unfinished_run(tmp_path):
     result = run_cli("export", "--run", str(tmp_path), "--out", str(tmp_path / "b"), check=False)
     assert result.returncode == 2
@@ -90,17 +80,24 @@ def test_training_cli_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode == 2 and "dropout=1.5" in result.stderr
 
 
-def test_a_bundle_whose_preprocessing_differs_from_trainings_is_caught_at_export(trained_run, tmp_path):
-    """The run says BGR where training fed RGB (the mistake of a "caffe" bundle for a "tf" model)."""
+def test_export_fails_loudly_naming_each_parity_failure(trained_run, tmp_path):
+    """One export with two mistakes, each named: a held-out caption Keras did not say, and a run
+    that says BGR where training fed RGB (the mistake of a "caffe" bundle for a "tf" model).
+    Nothing is written."""
     run = json.loads((trained_run / "run.json").read_text())
     assert run["preprocessing"]["channels"] == "RGB"
-    broken = run_with(trained_run, tmp_path / "run", "run.json",
-                      lambda r: r["preprocessing"].update(channels="BGR"))
-    result = run_cli("export", "--run", str(broken), "--out", str(tmp_path / "bundle"), "--parity-images", "8",
+    folder = tmp_path / "run"
+    run_with(trained_run, folder, "heldout.json", lambda heldout: heldout[0].update(keras_greedy="not what keras said"))
+    (folder / "run.json").unlink()
+    run["preprocessing"]["channels"] = "BGR"
+    (folder / "run.json").write_text(json.dumps(run))
+    result = run_cli("export", "--run", str(folder), "--out", str(tmp_path / "bundle"), "--parity-images", "8",
                      check=False)
     assert result.returncode == 1
+    assert "export parity failed" in result.stderr
+    assert "greedy caption differs" in result.stderr and "keras 'not what keras said'" in result.stderr
     assert "the served preprocessing" in result.stderr and "not the one the model was trained with" in result.stderr
-    assert not (tmp_path / "bundle").exists()
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle.partial").exists()
 
 
 def test_export_checks_the_served_preprocessing_against_trainings_features(bundle_dir):
