@@ -57,7 +57,7 @@ class GraphSpec:
     rtol: float = 1e-4
     # The encoder's features are on whatever scale its last layer leaves: a few thousandths for a
     # random InceptionV3, a few units for a learned part that standardises the trunk's maps. Its
-    # atol is then per unit of the largest feature, on either scale (a fixed 1e-4 would be 25x
+    # atol is then per unit of the largest feature, on either scale (a fixed 1e-4 would be 250x
     # looser than the docs say on features of 4e-3).
     atol_per_unit_of_largest: bool = False
 
