@@ -33,6 +33,22 @@ def png(size, colour) -> bytes:
     return buffer.getvalue()
 
 
+class SlowRequest:
+    """A caption request of 16 images at beam 5, sent from a thread: still in flight a moment later,
+    when a test signals the server."""
+
+    def __init__(self, url: str, image: bytes):
+        files = [("image", ("s.jpg", image, "image/jpeg"))] * 16
+        self.answer: list[requests.Response] = []
+        self.thread = threading.Thread(target=lambda: self.answer.append(
+            requests.post(url + "/api/v1/captions?beam_size=5", files=files, timeout=60)))
+        self.thread.start()
+
+    def response(self) -> requests.Response:
+        self.thread.join()
+        return self.answer[0]
+
+
 class HealthProbe:
     """Times GET /healthz every `period` seconds while the `with` block runs, from a process of
     its own: in the load generator's process it would wait for the GIL behind the client threads

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from harness.doc_commands import shell_lines
+from harness.scenarios import SlowRequest
 from harness.server_process import GunicornServer, MakeServe
 
 
@@ -121,18 +122,11 @@ def test_the_documented_reload_and_drain_on_a_make_serve_server(bundle_dir, trai
         assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:5]
 
         srv.wait_ready()  # a TERM that reaches a worker still booting is lost: drain once all are up
-        in_flight = {}
-
-        def slow_request():  # 16 images, beam 5: still running when the signal comes
-            files = [("image", ("s.jpg", image, "image/jpeg"))] * 16
-            in_flight["response"] = requests.post(srv.url + "/api/v1/captions?beam_size=5", files=files, timeout=60)
-
-        thread = threading.Thread(target=slow_request)
-        thread.start()
+        in_flight = SlowRequest(srv.url, image)
         time.sleep(0.3)
         assert run(drain).returncode == 0
-        thread.join()
-        assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["captions"]) == 16
+        answer = in_flight.response()
+        assert answer.status_code == 200 and len(answer.json()["captions"]) == 16
         assert srv.process.wait(40) == 0  # gunicorn stopped, and make with it
     finally:
         stop.set()

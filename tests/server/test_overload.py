@@ -2,14 +2,13 @@
 settings, through the scenarios (harness.scenarios) that `python -m benchmarks.reliability` reports."""
 import os
 import signal
-import threading
 import time
 
 import pytest
 import requests
 from PIL import Image
 
-from harness.scenarios import huge_images, overload
+from harness.scenarios import SlowRequest, huge_images, overload
 from harness.server_process import GunicornServer
 from server.config import Config
 
@@ -76,14 +75,7 @@ def test_sigterm_drains_the_worker(bundle_dir):
         scene = encode(Image.effect_noise((299, 299), 40).convert("RGB"), "JPEG")
         kept_alive = requests.Session()
         assert kept_alive.get(server.url + "/readyz").status_code == 200
-        in_flight = {}
-
-        def slow_request():  # 16 images, beam 5: still running when the signal comes
-            files = [("image", ("s.jpg", scene, "image/jpeg"))] * 16
-            in_flight["response"] = requests.post(server.url + "/api/v1/captions?beam_size=5", files=files, timeout=60)
-
-        thread = threading.Thread(target=slow_request)
-        thread.start()
+        in_flight = SlowRequest(server.url, scene)
         time.sleep(0.3)
         os.kill(worker, signal.SIGTERM)
         time.sleep(0.2)
@@ -94,8 +86,8 @@ def test_sigterm_drains_the_worker(bundle_dir):
         # depends on when gunicorn's thread sees the signal: a full suite on a loaded machine saw the second.
         last = kept_alive.post(server.url + "/api/v1/captions", files={"image": scene})
         assert last.status_code == 200 and len(last.json()["captions"]) == 1
-        thread.join()
-        assert in_flight["response"].status_code == 200 and len(in_flight["response"].json()["captions"]) == 16
+        answer = in_flight.response()
+        assert answer.status_code == 200 and len(answer.json()["captions"]) == 16
         kept_alive.close()  # the client is done: an idle kept-alive connection holds a worker for its keep-alive time
         deadline = time.monotonic() + 30
         while worker in server.workers() and time.monotonic() < deadline:
