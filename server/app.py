@@ -13,9 +13,9 @@ from werkzeug.exceptions import HTTPException
 
 from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 
+from .answers import SECURITY_HEADERS, discard_unread_body, error_body
 from .config import Config
 from .engine import CaptionEngine
-from .answers import SECURITY_HEADERS, discard_unread_body, error_body
 from .errors import RequestError
 from .multipart import FastFormDataParser
 from .openvino_encoder import OpenVINOEncoder
@@ -23,6 +23,7 @@ from .registry import ModelRegistry, Readiness
 from .shedding import ShedWhenFull
 
 log = logging.getLogger(__name__)
+
 
 class InMemoryRequest(Request):
     """Werkzeug spools large multipart files to temporary files; uploads stay in memory here
@@ -118,7 +119,7 @@ def create_app(config: Config | None = None) -> Flask:
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    """An error answer in the shape of the request's API (errors.error_body)."""
+    """An error answer in the shape of the request's API (answers.error_body)."""
     g.error_code = code  # for the request's one access line
     response = jsonify(error_body(request.path, code, message))
     response.status_code = status

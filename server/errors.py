@@ -14,4 +14,3 @@ class RequestError(Exception):
 def unavailable(code: str, message: str, retry_after_s: float) -> RequestError:
     """A 503 that tells the client when to come back (whole seconds, at least one)."""
     return RequestError(503, code, message, {"Retry-After": str(max(1, int(-(-retry_after_s // 1))))})
-

@@ -62,7 +62,8 @@ class ModelRegistry:
     def refuse_when_full(self) -> None:
         """Before a request's body is even read: when every model's queue is full, answer 503 at
         once, so that clients retrying under overload cost no parsing. (server/shedding.py answers
-        most such requests before they reach Flask; this catches those that arrive meanwhile.)"""
+        the API's before they reach Flask; this is for the form's, and for a request that was on its
+        way through Flask when the queue filled.)"""
         if self.all_saturated:
             raise self.overloaded()
 
