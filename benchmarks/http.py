@@ -105,7 +105,9 @@ def main(argv=None) -> int:
         # are judged against the fp32 floor alone.
         openvino_layout = env.get("CAPTION_PROVIDERS", "").startswith("openvino")
         floors[name] = encoder_floor(args.bundle, precisions=bf16_here and openvino_layout, effort=effort)
-        return measure_layout(bundle, env, args.seconds, encoder_gflop=floors[name]["encoder_gflop"], effort=effort)
+        # --quick: the paired levels only; the others run the same code at other concurrencies.
+        return measure_layout(bundle, env, args.seconds, PAIRED if args.quick else CONCURRENCY,
+                              encoder_gflop=floors[name]["encoder_gflop"], effort=effort)
 
     on_openvino = {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}
     layouts = {name: measured(name, args.bundle, env) for name, env in LAYOUTS}

@@ -14,7 +14,7 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     assert (len(openvino), len(openvino_int8)) == ((2, 1) if openvino_bf16_available() else (0, 0))  # where bf16 is
     assert len(http["layouts"]) == 4 + len(openvino) + len(openvino_int8) and len(http["int8_layouts"]) == 2
     for points in http["layouts"].values():
-        assert [p["concurrency"] for p in points] == [1, 2, 4, 8, 16]
+        assert [p["concurrency"] for p in points] == [1, 8]  # --quick: the levels the targets name
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
         assert all(0 < p["client_cpu_ms_per_request"] < p["p50_ms"] for p in points)
     assert http["floor"]["floor_ms"] > 0
