@@ -4,9 +4,16 @@ import pytest
 from tests import budget
 
 
+def test_the_scaling_reproduces_the_measured_pair():
+    """Issue 35's suite: 20.1 min at an sgemm peak of 445 GFLOP/s, 24.1 min at 200."""
+    assert budget.scaled_to_slow_machine(20.1 * 60, 445) / 60 == pytest.approx(24.1, abs=0.1)
+    assert budget.scaled_to_slow_machine(600, 200) == 600
+    assert budget.scaled_to_slow_machine(600, 100) < 600  # a slower machine than the slow kind
+
+
 @pytest.mark.parametrize("seconds_here, peak, fast, code", [
-    (400, 400, False, 0),   # 13.3 min on the slow machine: within 15
-    (500, 400, False, 1),   # 16.7 min
+    (700, 445, False, 0),   # 14.0 min on the slow machine: within 15
+    (800, 445, False, 1),   # 16.0 min
     (100, 200, True, 0),    # the fast tier: 1.7 min of 2
     (130, 200, True, 1),
 ])
@@ -19,7 +26,7 @@ def test_the_budget_scales_by_the_sgemm_peak_and_fails_past_the_limit(monkeypatc
     monkeypatch.setattr(budget.time, "monotonic", lambda: next(clock))
     assert budget.main(["--fast"] if fast else []) == code
     assert (["-m", "not slow"] == calls[0][4:6]) == fast
-    assert f"about {seconds_here * peak / 200 / 60:.1f} min" in capsys.readouterr().out
+    assert f"about {budget.scaled_to_slow_machine(seconds_here, peak) / 60:.1f} min" in capsys.readouterr().out
 
 
 def test_a_failing_suite_fails_the_budget_with_its_own_code(monkeypatch):
