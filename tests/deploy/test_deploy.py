@@ -4,6 +4,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.server_process import ROOT
@@ -245,3 +246,20 @@ def test_the_kserve_predictor_runs_the_deployments_pod_on_the_protocols_health_r
     autoscaler = MANIFESTS["autoscaler"]["spec"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (autoscaler["minReplicas"], autoscaler["maxReplicas"])
     assert predictor["scaleTarget"] == autoscaler["metrics"][0]["resource"]["target"]["averageUtilization"]
+
+
+@pytest.mark.parametrize("env, line", [
+    ({"LOG_LEVEL": "verbose"}, "error: LOG_LEVEL='verbose': expected debug, info, warning or error"),
+    ({"GUNICORN_TIMEOUT": "soon"}, "error: GUNICORN_TIMEOUT='soon': expected an integer >= 1"),
+])
+def test_bad_process_settings_stop_gunicorn_with_one_line_naming_them(env, line):
+    """gunicorn reads its settings before any worker starts: a bad one is named, not a logging
+    config error (LOG_LEVEL=verbose said "Unable to configure logger 'gunicorn.error'")."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "PORT": "0", **env})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [line]
