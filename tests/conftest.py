@@ -44,31 +44,38 @@ def shapes_dataset(tmp_path_factory) -> Path:
 
 class BackgroundCli:
     """`python -m <args>` started now and awaited later: two trainings that each leave a core idle
-    much of the time run side by side."""
+    much of the time run side by side. Its output goes to `log` (a pipe nobody reads could fill
+    and stall it)."""
 
-    def __init__(self, *args: str):
-        self.args = args
-        self.process = subprocess.Popen([PYTHON, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True, env={**os.environ, **QUIET_TF})
+    def __init__(self, log: Path, *args: str):
+        self.args, self.log = args, log
+        with open(log, "w") as out:
+            self.process = subprocess.Popen([PYTHON, "-m", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **QUIET_TF})
 
     def wait(self) -> None:
-        _, stderr = self.process.communicate(timeout=600)
-        if self.process.returncode != 0:
-            raise AssertionError(f"python -m {' '.join(self.args)} failed ({self.process.returncode}):\n{stderr[-3000:]}")
+        if self.process.wait(timeout=600) != 0:
+            raise AssertionError(f"python -m {' '.join(self.args)} failed ({self.process.returncode}):\n"
+                                 f"{self.log.read_text()[-3000:]}")
 
 
-def attention_training(shapes_dataset: Path, out: Path) -> BackgroundCli:
-    return BackgroundCli("training.train", "--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
-                         "--cache-dir", str(out.parent / "cache"), "--attention", "--units", "48", "--embedding-dim",
-                         "24", "--learned-encoder", "--feature-norm", "none", "--adapter-channels", "16",
-                         "--cell-loss-weight", "1", "--epochs", "4", "--batch-size", "16", "--dropout", "0.1", "--quiet")
+_attention: list[tuple[Path, BackgroundCli]] = []
 
 
-_started: dict[str, tuple[Path, BackgroundCli]] = {}
+def attention_training(shapes_dataset: Path, tmp_path_factory) -> tuple[Path, BackgroundCli]:
+    """The attention run's folder and its training, started by the first call."""
+    if not _attention:
+        out = tmp_path_factory.mktemp("runs") / "tiny-attention"
+        _attention.append((out, BackgroundCli(
+            out.parent / "training.log", "training.train", "--dataset", "shapes", "--data", str(shapes_dataset),
+            "--out", str(out), "--cache-dir", str(out.parent / "cache"), "--attention", "--units", "48",
+            "--embedding-dim", "24", "--learned-encoder", "--feature-norm", "none", "--adapter-channels", "16",
+            "--cell-loss-weight", "1", "--epochs", "4", "--batch-size", "16", "--dropout", "0.1", "--quiet")))
+    return _attention[0]
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for _, training in _started.values():  # a session stopped early leaves no training behind
+    for _, training in _attention:  # a session stopped early leaves no training behind
         if training.process.poll() is None:
             training.process.kill()
 
@@ -77,9 +84,8 @@ def pytest_sessionfinish(session, exitstatus):
 def trained_run(shapes_dataset, tmp_path_factory, request) -> Path:
     """A small decoder trained for a few epochs: enough for non-trivial captions. When the session
     also needs the attention run, that one trains meanwhile."""
-    if "attention_run" not in _started and any("attention_run" in item.fixturenames for item in request.session.items):
-        out = tmp_path_factory.mktemp("runs") / "tiny-attention"
-        _started["attention_run"] = out, attention_training(shapes_dataset, out)
+    if any("attention_run" in item.fixturenames for item in request.session.items):
+        attention_training(shapes_dataset, tmp_path_factory)
     out = tmp_path_factory.mktemp("runs") / "tiny"
     run_cli("training.train", "--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
             "--cache-dir", str(out.parent / "cache"), "--units", "64", "--embedding-dim", "32",
@@ -99,10 +105,7 @@ def bundle_dir(trained_run, tmp_path_factory) -> Path:
 def attention_run(shapes_dataset, tmp_path_factory) -> Path:
     """A small attention decoder over a learned encoder part (as the demo), trained briefly (or
     already training beside trained_run)."""
-    if "attention_run" not in _started:
-        out = tmp_path_factory.mktemp("runs") / "tiny-attention"
-        _started["attention_run"] = out, attention_training(shapes_dataset, out)
-    out, training = _started["attention_run"]
+    out, training = attention_training(shapes_dataset, tmp_path_factory)
     training.wait()
     return out
 
