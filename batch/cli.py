@@ -170,9 +170,9 @@ def run(args) -> int:
         todo = [p for p in paths if p not in done]
         retried = {row["path"] for row in earlier if failed(row)} & set(todo)
         from .files import caption_files
-        from server.engine import CaptionEngine
+        from server.path_choice import engine_for
 
-        engine = CaptionEngine(load_bundle(config.bundle, config.verify_checksums), config.engine_options())
+        engine = engine_for(load_bundle(config.bundle, config.verify_checksums), config)
     except (BundleError, ConfigError, ProviderError, OSError) as exc:
         raise UsageError(str(exc)) from None
     if args.attention and not engine.has_attention:

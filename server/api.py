@@ -70,7 +70,10 @@ def captions():
 
 
 def model_summary(engine) -> dict:
-    return {**engine.bundle.summary(), "providers": engine.active_providers}
+    summary = {**engine.bundle.summary(), "providers": engine.active_providers}
+    if engine.choice is not None:
+        summary["execution_path"] = engine.choice.summary()
+    return summary
 
 
 @api.get("/api/v1/model")

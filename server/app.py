@@ -15,7 +15,7 @@ from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 
 from .answers import SECURITY_HEADERS, discard_unread_body, error_body
 from .config import Config
-from .engine import CaptionEngine
+from .path_choice import engine_for
 from .errors import RequestError
 from .multipart import FastFormDataParser
 from .openvino_encoder import OpenVINOEncoder
@@ -39,7 +39,7 @@ class InMemoryRequest(Request):
 def create_app(config: Config | None = None) -> Flask:
     """Build the app: load and check the bundle, start the warm-up, register the routes."""
     config = config or Config.from_env()
-    engines = {name: CaptionEngine(bundle, config.engine_options())
+    engines = {name: engine_for(bundle, config)
                for name, bundle in load_bundles(config.bundle_paths, config.verify_checksums).items()}
     for name, engine in engines.items():
         # The variant tools refuse a variant that loses quality; one written with the gate opened
@@ -80,7 +80,7 @@ def create_app(config: Config | None = None) -> Flask:
     from .web import web
     # Here, in each worker after gunicorn's fork, so that the export thread runs where spans are made.
     tracing.start()
-    observability.install(app, [(name, e.bundle.manifest.get("created"), e.active_providers)
+    observability.install(app, [(name, e.bundle.manifest.get("created"), e.active_providers, e.choice.path.name)
                                 for name, e in engines.items()])
     app.register_blueprint(api)
     app.register_blueprint(v2)

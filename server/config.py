@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from bundle.decoding import DEFAULT_LENGTH_PENALTY
@@ -46,9 +46,14 @@ class Config:
 
     bundle: Path = setting(Path("onnx_models/demo"), "model bundle folder: the default model")
     extra_bundles: str = setting("", "more bundle folders to serve, comma-separated; requests choose with `model`")
-    providers: str = setting("cpu", "execution providers in order of preference: `tensorrt`, `cuda`, `cpu` (needs "
-                             "`onnxruntime-gpu`); or `openvino` first: the encoder on OpenVINO "
-                             "(`make install-openvino`), the decoder on `cpu`")
+    providers: str = setting("auto", "`auto`: the server measures the paths this machine and the bundle's quality "
+                             "gates allow and runs the encoder on the fastest (server/path_choice.py). Or execution "
+                             "providers in order of preference: `tensorrt`, `cuda`, `cpu` (needs `onnxruntime-gpu`); "
+                             "or `openvino` first: the encoder on OpenVINO (`make install-openvino`), the decoder on "
+                             "`cpu`")
+    path_cache_dir: str = setting("~/.cache/caption-server", "with `CAPTION_PROVIDERS=auto`: where the measured "
+                                  "choice is kept, per machine, bundle and library versions, so later starts and the "
+                                  "other workers take it at once; empty: measure at every start")
     openvino_precision: str = setting("bf16", "with `openvino`: the encoder's precision, `bf16` (on processors with "
                                       "AVX512_BF16 or AMX; elsewhere it falls back to onnxruntime with a warning, or "
                                       "refuses under `CAPTION_STRICT_PROVIDERS=1`) or `f32`")
@@ -94,15 +99,18 @@ class Config:
     def __post_init__(self):
         self.bundle = Path(self.bundle)
         problems = []
-        requested = self.provider_list
+        requested = [] if self.auto_path else self.provider_list
         unknown = [p for p in requested if p not in PROVIDER_NAMES]
-        if unknown or not requested:
-            problems.append(f"providers={self.providers!r} (choose from {', '.join(PROVIDER_NAMES)})")
+        if unknown or not (requested or self.auto_path):
+            problems.append(f"providers={self.providers!r} (auto, or a list of {', '.join(PROVIDER_NAMES)})")
         if "openvino" in requested and requested[0] != "openvino":
             problems.append(f"providers={self.providers!r}: openvino runs the encoder only, so it comes first "
                             "(e.g. openvino,cpu)")
         if self.openvino_precision not in OPENVINO_PRECISIONS:
             problems.append(f"openvino_precision={self.openvino_precision!r} (choose from {', '.join(OPENVINO_PRECISIONS)})")
+        if self.path_cache_dir and not _writable_folder(os.path.expanduser(self.path_cache_dir)):
+            problems.append(f"path_cache_dir={self.path_cache_dir!r} is not a folder this process can create or write "
+                            "to (empty: measure at every start)")
         if self.openvino_cache_dir and not _writable_folder(self.openvino_cache_dir):
             problems.append(f"openvino_cache_dir={self.openvino_cache_dir!r} is not a folder this process can "
                             "create or write to")
@@ -132,11 +140,21 @@ class Config:
     def provider_list(self) -> list[str]:
         return [p.strip().lower() for p in self.providers.split(",") if p.strip()]
 
-    def engine_options(self):
-        """The settings the caption engine needs, and no others."""
+    @property
+    def auto_path(self) -> bool:
+        """Whether the server chooses the execution path itself (server/path_choice.py)."""
+        return self.providers.strip().lower() == "auto"
+
+    def engine_options(self, path=None):
+        """The settings the caption engine needs, and no others; with `path` (a path_choice.ExecutionPath),
+        that path's providers, strictly (a path that cannot start is not chosen)."""
         from .engine import EngineOptions
 
-        return EngineOptions(providers=tuple(self.provider_list), strict_providers=self.strict_providers,
+        if path is not None:
+            return replace(self.engine_options(), providers=path.providers, strict_providers=True,
+                           openvino_precision=path.openvino_precision)
+        providers = ("cpu",) if self.auto_path else tuple(self.provider_list)  # auto, before the choice: onnxruntime
+        return EngineOptions(providers=providers, strict_providers=self.strict_providers,
                              intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
                              spinning=self.spinning, cpu_arena=self.cpu_arena, io_binding=self.io_binding,
                              use_optimized_graphs=self.use_optimized_graphs,

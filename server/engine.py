@@ -101,6 +101,7 @@ class CaptionEngine:
         if isinstance(self.encoder, OpenVINOEncoder):
             self.active_providers = [self.encoder.provider, *self.active_providers]
         self.decoder = self._decoder()
+        self.choice = None  # how the app chose its path (server/path_choice.Choice)
         if m.get("decoder", {}).get("kind") == "whole_prefix":
             # Imported from a model whose RNN does not mask padding (export.from_keras): exact, slower.
             log.info("bundle %s: decoder kind whole_prefix: every step re-runs the model on the whole padded "

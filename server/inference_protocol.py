@@ -251,11 +251,15 @@ def _outputs(positions: int) -> list[tuple[str, str, list[int]]]:
     return [(n, t, [-1]) for n, t in OUTPUTS.items()] + ([(ATTENTION, "FP32", [-1, -1, positions])] if positions else [])
 
 
-def model_metadata(name: str, positions: int = 0) -> dict:
-    """The model metadata response: one BYTES input, its outputs, one version."""
-    return {"name": name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": n, "datatype": t, "shape": s} for n, t, s in _outputs(positions)]}
+def model_metadata(name: str, positions: int = 0, choice=None) -> dict:
+    """The model metadata response: one BYTES input, its outputs, one version; with `choice`
+    (server/path_choice.Choice), the path its encoder runs on as parameters."""
+    metadata = {"name": name, "versions": [VERSION], "platform": "onnxruntime_onnx",
+                "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": n, "datatype": t, "shape": s} for n, t, s in _outputs(positions)]}
+    if choice is not None:
+        metadata["parameters"] = {"execution_path": choice.path.name, "execution_path_reason": choice.reason}
+    return metadata
 
 
 def model_config(name: str, max_images: int, positions: int = 0) -> dict:
@@ -310,7 +314,8 @@ def server_ready():
 @v2.get("/v2/models/<name>")
 @v2.get("/v2/models/<name>/versions/<version>")
 def model(name: str, version: str | None = None):
-    return model_metadata(name, _positions(_served(name, version)))
+    served = _served(name, version)
+    return model_metadata(name, _positions(served), served.engine.choice)
 
 
 @v2.get("/v2/models/<name>/config")

@@ -39,8 +39,9 @@ REQUESTS_SHED = Counter("caption_requests_shed_total", "Caption requests not run
                         "deadline, client_gone.", ["reason"])
 IN_FLIGHT = Gauge("caption_http_requests_in_flight", "HTTP requests being answered now.",
                   multiprocess_mode="livesum")
-MODEL_INFO = Gauge("caption_model_info", "The model bundle each worker serves (value 1).",
-                   ["model", "created", "providers"], multiprocess_mode="liveall")
+MODEL_INFO = Gauge("caption_model_info", "The model bundle each worker serves (value 1), and the path its encoder "
+                   "runs on (server/path_choice.py).", ["model", "created", "providers", "path"],
+                   multiprocess_mode="liveall")
 
 
 def observe_stages(timings_ms: dict[str, float]) -> None:
@@ -78,11 +79,11 @@ def answered(method: str, route: str, status: int, started: float, request_id: s
                            **({"error_code": error_code} if error_code else {})})
 
 
-def install(app: Flask, models: list[tuple[str, str | None, list[str]]]) -> None:
-    """Publish the served models (name, created, providers); give every request an id, count
-    and time it, and log one access line for it."""
-    for name, created, providers in models:
-        MODEL_INFO.labels(name, created or "", ",".join(providers)).set(1)
+def install(app: Flask, models: list[tuple[str, str | None, list[str], str]]) -> None:
+    """Publish the served models (name, created, providers, execution path); give every request an
+    id, count and time it, and log one access line for it."""
+    for name, created, providers, path in models:
+        MODEL_INFO.labels(name, created or "", ",".join(providers), path).set(1)
 
     @app.before_request
     def start_request():

@@ -85,8 +85,10 @@ def openapi_document(config, max_length: int, models: list[str], attending: list
             }},
             "/api/v1/model": {"get": {
                 "summary": "The loaded model", "operationId": "getModel",
-                "responses": {"200": {"description": "Model summary from the bundle manifest",
-                                      "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+                "responses": {"200": {"description": "Model summary from the bundle manifest, and the path its "
+                                                     "encoder runs on",
+                                      "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                          "execution_path": {"$ref": "#/components/schemas/ExecutionPath"}}}}}}}}},
             "/api/v1/models": {"get": {
                 "summary": "Every served model", "operationId": "listModels",
                 "responses": {"200": {"description": "The default model's name and a summary of each model",
@@ -141,6 +143,15 @@ def openapi_document(config, max_length: int, models: list[str], attending: list
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+            "ExecutionPath": {"type": "object", "required": ["path", "reason", "encoder_ms", "dropped"],
+                              "description": "where the encoder runs: chosen at start-up as the fastest measured "
+                                             "candidate (CAPTION_PROVIDERS=auto), or as CAPTION_PROVIDERS says",
+                              "properties": {
+                                  "path": {"type": "string"}, "reason": {"type": "string"},
+                                  "encoder_ms": {"type": "object", "additionalProperties": number,
+                                                 "description": "each candidate's encoder time for one image"},
+                                  "dropped": {"type": "object", "additionalProperties": {"type": "string"},
+                                              "description": "the paths not considered, and why"}}},
             **protocol_schemas(config, {k: v for k, v in options.items() if k != "model"}, bool(attending)),
         }},
     }
@@ -265,6 +276,10 @@ def protocol_schemas(config, options: dict, attending: bool) -> dict:
                                          "versions": {"type": "array", "items": {"type": "string"}},
                                          "platform": {"type": "string"},
                                          "inputs": {"type": "array", "items": tensor_metadata},
-                                         "outputs": {"type": "array", "items": tensor_metadata}}},
+                                         "outputs": {"type": "array", "items": tensor_metadata},
+                                         "parameters": {"type": "object", "description": "the path the encoder "
+                                                        "runs on, and why", "properties": {
+                                             "execution_path": {"type": "string"},
+                                             "execution_path_reason": {"type": "string"}}}}},
         "ModelConfig": {"type": "object", "required": ["name", "max_batch_size", "input", "output"]},
     }

@@ -9,6 +9,7 @@ The decoder graphs stay on onnxruntime: they cost well under a millisecond a ste
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -22,10 +23,20 @@ class OpenVINOUnavailable(RuntimeError):
     """OpenVINO is not installed, or this processor cannot compute in the precision asked for."""
 
 
+def import_openvino():
+    """The openvino module, without its usage telemetry: importing it otherwise starts a process that
+    reports to Google Analytics unless the user opted out in ~/intel (a server records nothing about
+    its use). Its converter falls back to a stub when openvino_telemetry cannot be imported."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def openvino_capabilities() -> list[str]:
     """What OpenVINO's CPU plugin can compute in here (e.g. FP32, BF16, INT8); OpenVINOUnavailable without it."""
     try:
-        import openvino as ov
+        ov = import_openvino()
     except ImportError:
         raise OpenVINOUnavailable("the openvino package is not installed (make install-openvino)") from None
     return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -40,7 +51,7 @@ class OpenVINOEncoder:
             raise ValueError(f"OpenVINO precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         if "BF16" not in openvino_capabilities() and precision == "bf16":
             raise OpenVINOUnavailable("this processor has no bf16 arithmetic for OpenVINO (no AVX512_BF16 or AMX)")
-        import openvino as ov  # openvino_capabilities has checked that it is installed
+        ov = import_openvino()  # openvino_capabilities has checked that it is installed
 
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -8,7 +8,7 @@ import numpy as np
 from bundle.format import load_bundle
 from bundle.preprocess import to_model_input
 from server.config import Config
-from server.engine import CaptionEngine
+from server.path_choice import engine_for
 from server.uploads import decode_image
 
 
@@ -18,7 +18,7 @@ class Captioner:
     def __init__(self):
         config = Config.from_env()
         self.max_pixels = config.max_pixels
-        self.engine = CaptionEngine(load_bundle(config.bundle), config.engine_options())
+        self.engine = engine_for(load_bundle(config.bundle), config)
 
     def inputs(self, image: bytes) -> np.ndarray:
         """One image file as the encoder's input, decoded as the server decodes uploads."""

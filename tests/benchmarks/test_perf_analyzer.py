@@ -31,5 +31,5 @@ def test_perf_analyzer_profiles_the_server(server, bundle_dir, trained_run):
     assert [r["concurrency"] for r in rows] == [1, 2]
     assert all(r["captions_per_s"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"] for r in rows)
     after = infer_counts(server)
-    assert after.get("200", 0) > before.get("200", 0)
-    assert set(after) == {"200"}, after  # every request perf_analyzer sent was captioned
+    sent = {status: count - before.get(status, 0) for status, count in after.items() if count > before.get(status, 0)}
+    assert set(sent) == {"200"}, sent  # every request perf_analyzer sent was captioned (the server is shared)

@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from server.config import Config, ConfigError
 from server.engine import CaptionEngine, EngineOptions
 from server.openvino_encoder import OpenVINOEncoder, OpenVINOUnavailable, openvino_capabilities
 from server.providers import ProviderError
-from tests.conftest import run_cli
+from tests.conftest import PYTHON, ROOT, run_cli
 
 try:
     CAPABILITIES = openvino_capabilities()
@@ -150,3 +151,20 @@ def test_an_int8_bundle_on_openvino_is_gated_against_its_float32_source(bundle_d
     assert gate["reference"] == load_bundle(bundle_dir).manifest["name"] and gate["images"] == 16
     source = json.loads((bundle_dir / "bundle.json").read_text())["provenance"]["parity"]
     assert OPENVINO_BF16_PARITY not in source  # the reference is read, never written
+
+
+def test_the_server_starts_openvino_without_its_usage_telemetry(bundle_dir):
+    """Importing openvino starts a process that reports usage to Google Analytics unless the user
+    opted out; the server's import of it starts none, even compiling an encoder."""
+    probe = ("import os, sys\n"
+             "forks = []\n"
+             "os.register_at_fork(after_in_parent=lambda: forks.append(1))\n"
+             "from bundle.format import load_bundle\n"
+             "from server.engine import CaptionEngine, EngineOptions\n"
+             f"CaptionEngine(load_bundle({str(bundle_dir)!r}), EngineOptions(providers=('openvino', 'cpu'),"
+             " openvino_precision='f32', strict_providers=True))\n"
+             "import time; time.sleep(0.5)\n"
+             "print(len(forks), sys.modules['openvino_telemetry'])\n")
+    result = subprocess.run([PYTHON, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["0", "None"]

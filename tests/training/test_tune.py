@@ -4,14 +4,14 @@ import json
 
 import optuna
 
-from tests.conftest import run_cli
+from tests.conftest import feature_cache, run_cli
 from training.train import TrainConfig
 
 
 def test_tiny_search_writes_study_report_and_loadable_best_config(shapes_dataset, trained_run, tmp_path):
     out = tmp_path / "tune"
     common = ("--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
-              "--cache-dir", str(trained_run.parent / "cache"), "--epochs", "2", "--warmup-epochs", "1", "--quiet")
+              "--cache-dir", str(feature_cache(trained_run)), "--epochs", "2", "--warmup-epochs", "1", "--quiet")
     run_cli("training.tune", *common, "--trials", "3")
 
     study = optuna.load_study(study_name="decoder", storage=f"sqlite:///{out / 'study.db'}")
@@ -32,7 +32,7 @@ def test_tiny_search_writes_study_report_and_loadable_best_config(shapes_dataset
     # The training CLI takes the best configuration as it is, and records where it came from.
     run_dir = tmp_path / "run"
     run_cli("training.train", "--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(run_dir),
-            "--cache-dir", str(trained_run.parent / "cache"), "--config", str(out / "best_config.json"),
+            "--cache-dir", str(feature_cache(trained_run)), "--config", str(out / "best_config.json"),
             "--epochs", "1", "--quiet")
     run = json.loads((run_dir / "run.json").read_text())
     assert run["decoder"]["units"] == config.decoder.units

@@ -1,0 +1,130 @@
+"""The execution path chosen at start-up: candidates by machine and quality gate, the fastest by
+alternating measurement, the choice kept per machine and shared by workers, and what a live
+server says of it."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import requests
+
+from bundle.format import OPENVINO_BF16_PARITY, Bundle
+from harness.server_process import GunicornServer
+from server import path_choice
+from server.path_choice import Machine, candidates, choose, fastest
+
+ALL = Machine(("CUDAExecutionProvider", "CPUExecutionProvider"), ("FP32", "BF16", "INT8"))
+
+
+def bundle_with(gate: dict | None = None) -> Bundle:
+    manifest = {"name": "m", "checksums": {"encoder.onnx": "sha256:0"}, "graphs": {"encoder": {"file": "encoder.onnx"}},
+                "preprocessing": {"resize": [4, 4]}}
+    if gate is not None:
+        manifest["provenance"] = {"parity": {OPENVINO_BF16_PARITY: gate}}
+    return Bundle(Path("/nowhere"), manifest, [])
+
+
+PASSED = {"passed": True, "metric": "objects_right", "bf16": 0.93, "fp32": 0.93}
+FAILED = {"passed": False, "metric": "objects_right", "bf16": 0.80, "fp32": 0.93}
+
+
+def names(paths):
+    return [p.name for p in paths]
+
+
+def test_every_path_is_a_candidate_where_the_machine_runs_it_and_bf16_passed_its_gate():
+    paths, dropped = candidates(bundle_with(PASSED), ALL)
+    assert names(paths) == ["onnxruntime fp32", "cuda", "openvino f32", "openvino bf16"] and dropped == {}
+
+
+@pytest.mark.parametrize("machine, gate, missing, reason", [
+    (ALL, None, ["openvino bf16"], "quality gate was not run"),
+    (ALL, FAILED, ["openvino bf16"], "failed its quality gate on this bundle (objects_right 0.8 against float32's 0.93)"),
+    (Machine(("CPUExecutionProvider",), ("FP32", "INT8")), PASSED, ["cuda", "openvino bf16"], "no bf16 arithmetic"),
+    (Machine(("CPUExecutionProvider",), None), PASSED, ["cuda", "openvino f32", "openvino bf16"], "not installed"),
+])
+def test_a_path_is_dropped_with_its_reason(machine, gate, missing, reason):
+    paths, dropped = candidates(bundle_with(gate), machine)
+    assert "onnxruntime fp32" in names(paths) and not set(missing) & set(names(paths))
+    assert set(missing) <= set(dropped) and reason in dropped[missing[-1]]
+
+
+def test_fastest_alternates_rounds_and_takes_medians():
+    order, clock = [], iter(range(1000))
+    runners = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    assert fastest(runners, warm_up=1, rounds=3, clock=lambda: next(clock) / 1e3) == {"a": 1.0, "b": 1.0}
+    assert order == ["a", "b", "a", "b", "a", "b", "a", "b"]  # warm-ups, then rounds that alternate
+
+
+class FakeEngine:
+    def __init__(self, path):
+        self.path = path
+
+    def encode(self, images):
+        pass
+
+
+def test_the_fastest_candidate_is_chosen_kept_and_taken_again_without_measuring(tmp_path, monkeypatch):
+    measured_ms = {"onnxruntime fp32": 50.0, "openvino f32": 45.0, "openvino bf16": 27.0}
+    calls = []
+    monkeypatch.setattr(path_choice, "fastest", lambda runners: calls.append(set(runners)) or
+                        {n: measured_ms[n] for n in runners})
+    monkeypatch.setattr(path_choice, "cache_key", lambda *args: "key")
+    built = []
+
+    def make_engine(path):
+        if path.name == "cuda":
+            raise RuntimeError("CUDAExecutionProvider could not start\nmore")
+        built.append(path.name)
+        return FakeEngine(path)
+
+    engine, choice = choose(bundle_with(PASSED), make_engine, 0, str(tmp_path), ALL)
+    assert engine.path.name == choice.path.name == "openvino bf16"
+    assert choice.dropped == {"cuda": "it could not start (CUDAExecutionProvider could not start)"}
+    assert choice.reason == ("27 ms per image in the encoder against onnxruntime fp32 50 ms, openvino f32 45 ms "
+                             "(measured at start-up)")
+    assert json.loads((tmp_path / "path-m-key.json").read_text()) == {"path": "openvino bf16", "encoder_ms": measured_ms}
+
+    built.clear()
+    engine, again = choose(bundle_with(PASSED), make_engine, 0, str(tmp_path), ALL)
+    assert built == ["openvino bf16"] and len(calls) == 1  # the second start measured nothing
+    assert again.timings_ms == measured_ms and again.source == "measured earlier on this machine"
+
+    # A bundle whose gate has since failed never gets the kept path: the others are measured.
+    engine, after = choose(bundle_with(FAILED), make_engine, 0, str(tmp_path), ALL)
+    assert after.path.name == "openvino f32" and "openvino bf16" in after.dropped and len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def auto_server(bundle_dir, tmp_path_factory):
+    """A server left to choose its path, as `make serve` starts it (the suite pins the others to onnxruntime)."""
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "CAPTION_PROVIDERS": "auto", "WEB_CONCURRENCY": "2",
+                          "CAPTION_PATH_CACHE_DIR": str(tmp_path_factory.mktemp("path-cache"))})
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
+def test_a_live_server_says_which_path_it_chose_and_why(auto_server):
+    server = auto_server
+    model = requests.get(server.url + "/api/v1/model", timeout=10).json()
+    path = model["execution_path"]
+    assert path["path"] in path["encoder_ms"] and path["path"] in ("onnxruntime fp32", "openvino f32")
+    assert path["encoder_ms"][path["path"]] <= (1 + path_choice.MARGIN) * min(path["encoder_ms"].values())
+    assert "quality gate was not run" in path["dropped"]["openvino bf16"]  # the test bundle was never checked
+    assert "no CUDA provider" in path["dropped"]["cuda"]
+    metadata = requests.get(f"{server.url}/v2/models/{model['name']}", timeout=10).json()
+    assert metadata["parameters"]["execution_path"] == path["path"]  # the reason's source differs by worker
+    assert metadata["parameters"]["execution_path_reason"].split(" (")[0] == path["reason"].split(" (")[0]
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert re.search(r'caption_model_info\{[^}]*path="%s"' % re.escape(path["path"]), metrics)
+    # Two workers, one measurement: the second took the first's.
+    assert len(re.findall(r"encoder on %s: .* ms per image" % re.escape(path["path"]), server.output())) == 2
+    assert server.output().count("(measured at start-up)") == 1
+
+
+def test_onnxruntime_stays_unless_another_path_is_clearly_faster(tmp_path, monkeypatch):
+    for other_ms, chosen in ((48.5, "onnxruntime fp32"), (47.0, "openvino f32")):  # a 5 % margin
+        monkeypatch.setattr(path_choice, "fastest", lambda runners: {"onnxruntime fp32": 50.0, "openvino f32": other_ms})
+        _, choice = choose(bundle_with(None), FakeEngine, 0, "", Machine(("CPUExecutionProvider",), ("FP32",)))
+        assert choice.path.name == chosen
