@@ -104,13 +104,14 @@ def cpu_paths() -> str:
     gpu = _results("gpu")
     single = "single image over HTTP, p50 / floor "
     rows = ["| path | on | how | measured (latest `make bench`) |", "| --- | --- | --- | --- |",
-            f"| onnxruntime fp32 (the default) | any x86-64 CPU | nothing to set | "
+            f"| onnxruntime fp32 | any x86-64 CPU | nothing to set | "
             f"{measured[single + '(fp32)']} the encoder's compute floor, one image over HTTP |",
-            f"| OpenVINO bf16 | CPUs with AVX512_BF16 or AMX | `make install-openvino`, "
-            f"`CAPTION_PROVIDERS=openvino,cpu` | {measured[single + '(bf16 encoder, OpenVINO)']} the fp32 floor |",
+            f"| OpenVINO bf16 | CPUs with AVX512_BF16 or AMX | nothing to set for the demo (`make demo` runs its "
+            f"quality gate); your bundle: `python -m export.openvino_check` | "
+            f"{measured[single + '(bf16 encoder, OpenVINO)']} the fp32 floor |",
             f"| int8 variant on OpenVINO | bf16 and VNNI | `make openvino-check-int8`, then also "
             f"`CAPTION_BUNDLE=onnx_models/demo-int8` | {measured[single + '(int8 encoder, OpenVINO)']} the fp32 floor |",
-            f"| CUDA, CUDA graphs | an NVIDIA GPU, driver 580+ | `make install-gpu`, `CAPTION_PROVIDERS=cuda,cpu` | "
+            f"| CUDA, CUDA graphs | an NVIDIA GPU, driver 580+ | `make install-gpu` | "
             f"greedy caption {gpu['caption']['fp32, CUDA graphs']['greedy']['p50']} ms in-process "
             f"({gpu['device'].split(',')[0].removeprefix('GPU ')}) |"]
     return "\n".join(rows) + "\n"
