@@ -43,7 +43,7 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
 
 def test_latency_benchmark_compares_onnxruntime_with_keras(bundle_dir, int8_bundle_dir, trained_run, tmp_path):
     run_cli("benchmarks.latency", "--bundle", str(bundle_dir), "--int8", str(int8_bundle_dir), "--run", str(trained_run),
-            "--runs", "6", "--quick", "--results", str(tmp_path))
+            "--runs", "3", "--quick", "--results", str(tmp_path))
     latency = json.loads((tmp_path / "latency.json").read_text())
     assert "decoder_step" not in latency["onnxruntime_int8"]  # the variant's decoder is fp32's
     assert "int8 encoder:" in (tmp_path / "latency.md").read_text()
@@ -62,7 +62,7 @@ def test_latency_benchmark_compares_onnxruntime_with_keras(bundle_dir, int8_bund
 
 def test_latency_benchmark_steps_an_attention_decoder_in_keras_too(attention_bundle_dir, attention_run, tmp_path):
     run_cli("benchmarks.latency", "--bundle", str(attention_bundle_dir), "--int8", str(tmp_path / "none"),
-            "--run", str(attention_run), "--runs", "4", "--quick", "--results", str(tmp_path))
+            "--run", str(attention_run), "--runs", "2", "--quick", "--results", str(tmp_path))
     latency = json.loads((tmp_path / "latency.json").read_text())
     assert latency["keras_predict"]["caption_greedy"]["p50"] > latency["onnxruntime_fp32"]["caption_greedy"]["p50"]
 

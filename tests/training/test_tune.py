@@ -12,14 +12,14 @@ def test_tiny_search_writes_study_report_and_loadable_best_config(shapes_dataset
     out = tmp_path / "tune"
     common = ("--dataset", "shapes", "--data", str(shapes_dataset), "--out", str(out),
               "--cache-dir", str(feature_cache(trained_run)), "--epochs", "2", "--warmup-epochs", "1", "--quiet")
-    run_cli("training.tune", *common, "--trials", "3")
+    run_cli("training.tune", *common, "--trials", "2")
 
     study = optuna.load_study(study_name="decoder", storage=f"sqlite:///{out / 'study.db'}")
-    assert len(study.trials) == 3
+    assert len(study.trials) == 2
     assert study.trials[0].user_attrs["baseline"] is True  # the starting configuration is trial 0
     with open(out / "trials.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {"score", "bleu4", "objects_right_all", "param_units"} <= set(rows[0])
+    assert len(rows) == 2 and {"score", "bleu4", "objects_right_all", "param_units"} <= set(rows[0])
     report = (out / "report.md").read_text()
     assert "## Best configuration" in report and "## Top trials" in report and "objects_right_all" in report
     assert (out / "score.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -42,7 +42,7 @@ def test_tiny_search_writes_study_report_and_loadable_best_config(shapes_dataset
 
     # A second run resumes the same study.
     run_cli("training.tune", *common, "--trials", "1")
-    assert len(optuna.load_study(study_name="decoder", storage=f"sqlite:///{out / 'study.db'}").trials) == 4
+    assert len(optuna.load_study(study_name="decoder", storage=f"sqlite:///{out / 'study.db'}").trials) == 3
 
 
 def test_bad_search_settings_exit_with_one_line(tmp_path):
