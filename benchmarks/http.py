@@ -26,10 +26,13 @@ RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 2, 4, 8, 16)
 PAIRED = (1, 8)       # the concurrencies the targets name
 PAIRED_CHUNKS = 4
-# (name, environment): one worker using both cores for onnxruntime, or one worker per core.
+# (name, environment): one worker using both cores for onnxruntime, or one worker per core; the
+# fp32 encoder on onnxruntime (the OpenVINO layouts below set their own providers).
 LAYOUTS = (
-    ("1 worker x 2 onnxruntime threads", {"WEB_CONCURRENCY": "1", "CAPTION_INTRA_OP_THREADS": "2"}),
-    ("2 workers x 1 onnxruntime thread", {"WEB_CONCURRENCY": "2", "CAPTION_INTRA_OP_THREADS": "1"}),
+    ("1 worker x 2 onnxruntime threads", {"CAPTION_PROVIDERS": "cpu", "WEB_CONCURRENCY": "1",
+                                          "CAPTION_INTRA_OP_THREADS": "2"}),
+    ("2 workers x 1 onnxruntime thread", {"CAPTION_PROVIDERS": "cpu", "WEB_CONCURRENCY": "2",
+                                          "CAPTION_INTRA_OP_THREADS": "1"}),
 )
 
 

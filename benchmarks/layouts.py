@@ -24,7 +24,8 @@ def layout(workers: int, threads: int, spinning: bool, batching: bool, arena: bo
     name = (f"{workers} worker{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
             f"spinning {'on' if spinning else 'off'}, batching {'on' if batching else 'off'}"
             + ("" if arena else ", arena off") + (f", queue delay {queue_delay_ms:g} ms" if queue_delay_ms else ""))
-    return name, {"WEB_CONCURRENCY": str(workers), "CAPTION_INTRA_OP_THREADS": str(threads),
+    # onnxruntime's settings, studied on onnxruntime (left to itself the server may choose OpenVINO).
+    return name, {"CAPTION_PROVIDERS": "cpu", "WEB_CONCURRENCY": str(workers), "CAPTION_INTRA_OP_THREADS": str(threads),
                   "CAPTION_SPINNING": str(int(spinning)), "CAPTION_MICRO_BATCHING": str(int(batching)),
                   "CAPTION_CPU_ARENA": str(int(arena)), "CAPTION_MAX_QUEUE_DELAY_MS": f"{queue_delay_ms:g}"}
 

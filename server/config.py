@@ -16,6 +16,7 @@ from bundle.decoding import DEFAULT_LENGTH_PENALTY
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt", "openvino")
 OPENVINO_PRECISIONS = ("bf16", "f32")
 IO_BINDING = ("auto", "on", "off")
+DEFAULT_PATH_CACHE_DIR = "~/.cache/caption-server"
 # Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, <SERVICE>_PORT_80_TCP_ADDR, ...
 # for each Service of its namespace (unless enableServiceLinks is false): a Service named
 # caption-server makes CAPTION_SERVER_*. Those are addresses, not settings, and are ignored.
@@ -51,9 +52,10 @@ class Config:
                              "providers in order of preference: `tensorrt`, `cuda`, `cpu` (needs `onnxruntime-gpu`); "
                              "or `openvino` first: the encoder on OpenVINO (`make install-openvino`), the decoder on "
                              "`cpu`")
-    path_cache_dir: str = setting("~/.cache/caption-server", "with `CAPTION_PROVIDERS=auto`: where the measured "
-                                  "choice is kept, per machine, bundle and library versions, so later starts and the "
-                                  "other workers take it at once; empty: measure at every start")
+    path_cache_dir: str = setting(DEFAULT_PATH_CACHE_DIR, "with `CAPTION_PROVIDERS=auto`: where the measured choice "
+                                  "is kept, per machine, bundle and library versions, so later starts and the other "
+                                  "workers take it at once; empty: measure at every start. Set, it must be writable; "
+                                  "the default is skipped with a warning where it is not (a read-only home)")
     openvino_precision: str = setting("bf16", "with `openvino`: the encoder's precision, `bf16` (on processors with "
                                       "AVX512_BF16 or AMX; elsewhere it falls back to onnxruntime with a warning, or "
                                       "refuses under `CAPTION_STRICT_PROVIDERS=1`) or `f32`")
@@ -108,7 +110,8 @@ class Config:
                             "(e.g. openvino,cpu)")
         if self.openvino_precision not in OPENVINO_PRECISIONS:
             problems.append(f"openvino_precision={self.openvino_precision!r} (choose from {', '.join(OPENVINO_PRECISIONS)})")
-        if self.path_cache_dir and not _writable_folder(os.path.expanduser(self.path_cache_dir)):
+        if self.path_cache_dir not in ("", DEFAULT_PATH_CACHE_DIR) and \
+                not _writable_folder(os.path.expanduser(self.path_cache_dir)):
             problems.append(f"path_cache_dir={self.path_cache_dir!r} is not a folder this process can create or write "
                             "to (empty: measure at every start)")
         if self.openvino_cache_dir and not _writable_folder(self.openvino_cache_dir):

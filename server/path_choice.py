@@ -164,9 +164,16 @@ def choose(bundle: Bundle, make_engine, threads: int, cache_dir: str, machine: M
     machine = machine or this_machine()
     paths, dropped = candidates(bundle, machine)
     folder = Path(cache_dir).expanduser() if cache_dir else None
+    if folder is not None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            open(folder / ".lock", "a").close()
+        except OSError as exc:
+            log.warning("bundle %s: cannot keep the path measurement in %s (%s); measuring at every start",
+                        bundle.name, folder, exc.strerror or exc)
+            folder = None
     if folder is None:
         return _measure(bundle, make_engine, paths, dropped)
-    folder.mkdir(parents=True, exist_ok=True)
     file = folder / f"path-{bundle.name}-{cache_key(bundle, machine, threads)}.json"
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first's measurement

@@ -11,6 +11,7 @@ import requests
 from bundle.format import OPENVINO_BF16_PARITY, Bundle
 from harness.server_process import GunicornServer
 from server import path_choice
+from server.config import Config, ConfigError
 from server.path_choice import Machine, candidates, choose, fastest
 
 ALL = Machine(("CUDAExecutionProvider", "CPUExecutionProvider"), ("FP32", "BF16", "INT8"))
@@ -128,3 +129,14 @@ def test_onnxruntime_stays_unless_another_path_is_clearly_faster(tmp_path, monke
         monkeypatch.setattr(path_choice, "fastest", lambda runners: {"onnxruntime fp32": 50.0, "openvino f32": other_ms})
         _, choice = choose(bundle_with(None), FakeEngine, 0, "", Machine(("CPUExecutionProvider",), ("FP32",)))
         assert choice.path.name == chosen
+
+
+def test_a_cache_folder_that_cannot_be_written(tmp_path, monkeypatch, caplog):
+    """Set by hand, it is refused at start-up; the default (a read-only home, say) is skipped with a warning."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="path_cache_dir='.*a-file/cache' is not a folder this process can"):
+        Config(path_cache_dir=str(blocker / "cache"))
+    monkeypatch.setattr(path_choice, "fastest", lambda runners: dict.fromkeys(runners, 1.0))
+    _, choice = choose(bundle_with(None), FakeEngine, 0, str(blocker / "cache"), Machine(("CPUExecutionProvider",), None))
+    assert choice.path.name == "onnxruntime fp32" and "measuring at every start" in caplog.text
