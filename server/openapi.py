@@ -84,7 +84,7 @@ def openapi_document(config, max_length: int, models: list[str], attending: list
                 },
             }},
             "/api/v1/model": {"get": {
-                "summary": "The loaded model", "operationId": "getModel",
+                "summary": "The loaded model, and the path its encoder runs on (`execution_path`)", "operationId": "getModel",
                 "responses": {"200": {"description": "Model summary from the bundle manifest, and the path its "
                                                      "encoder runs on",
                                       "content": {"application/json": {"schema": {"type": "object", "properties": {
@@ -202,7 +202,7 @@ def protocol_paths(config, models: list[str]) -> dict:
                     "headers": {"Retry-After": {"description": "seconds to wait before retrying",
                                                 "schema": {"type": "integer", "minimum": 1}}}},
         }}}
-    metadata = {"get": {"summary": "Model metadata", "responses": {
+    metadata = {"get": {"summary": "Model metadata, with the path its encoder runs on (`parameters`)", "responses": {
         "200": _json("ModelMetadata", "The model's input and outputs"), "404": unknown}}}
     ready = {"get": {"summary": "Model readiness", "responses": {"200": empty, "404": unknown, "503": not_ready}}}
     config_route = {"get": {"summary": "Model configuration (Triton's extension, read by perf_analyzer)",
