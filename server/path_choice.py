@@ -177,8 +177,8 @@ def choose(bundle: Bundle, make_engine, threads: int, cache_dir: str, machine: M
     file = folder / f"path-{bundle.name}-{cache_key(bundle, machine, threads)}.json"
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first's measurement
-        if file.exists():
-            known = json.loads(file.read_text())
+        known = _kept(file)
+        if known is not None:
             path = next((p for p in paths if p.name == known["path"]), None)
             if path is not None:
                 try:
@@ -191,6 +191,15 @@ def choose(bundle: Bundle, make_engine, threads: int, cache_dir: str, machine: M
         engine, choice = _measure(bundle, make_engine, paths, dropped)
         file.write_text(json.dumps({"path": choice.path.name, "encoder_ms": choice.timings_ms}))
         return engine, choice
+
+
+def _kept(file: Path) -> dict | None:
+    """An earlier measurement, or None where there is none (or it cannot be read: measured again)."""
+    try:
+        known = json.loads(file.read_text())
+        return known if isinstance(known.get("path"), str) and isinstance(known.get("encoder_ms"), dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _measure(bundle: Bundle, make_engine, paths: list[ExecutionPath], dropped: dict[str, str]):

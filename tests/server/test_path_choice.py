@@ -91,9 +91,14 @@ def test_the_fastest_candidate_is_chosen_kept_and_taken_again_without_measuring(
     assert built == ["openvino bf16"] and len(calls) == 1  # the second start measured nothing
     assert again.timings_ms == measured_ms and again.source == "measured earlier on this machine"
 
+    # A kept file that cannot be read is measured again.
+    (tmp_path / "path-m-key.json").write_text('{"path": "openvino')
+    _, again = choose(bundle_with(PASSED), make_engine, 0, str(tmp_path), ALL)
+    assert again.source == "measured at start-up" and len(calls) == 2
+
     # A bundle whose gate has since failed never gets the kept path: the others are measured.
     engine, after = choose(bundle_with(FAILED), make_engine, 0, str(tmp_path), ALL)
-    assert after.path.name == "openvino f32" and "openvino bf16" in after.dropped and len(calls) == 2
+    assert after.path.name == "openvino f32" and "openvino bf16" in after.dropped and len(calls) == 3
 
 
 @pytest.fixture(scope="module")
