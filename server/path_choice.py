@@ -129,8 +129,9 @@ def cache_key(bundle: Bundle, machine: Machine, threads: int) -> str:
         openvino_version = import_openvino().__version__
     except ImportError:
         openvino_version = None
+    gate = bf16_gate(bundle) or {}
     facts = [encoder, cpu, os.cpu_count(), threads, ort.__version__, openvino_version, machine.onnxruntime_providers,
-             machine.openvino, bf16_gate(bundle) is not None and bool(bf16_gate(bundle).get("passed"))]
+             machine.openvino, bool(gate.get("passed"))]
     return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:16]
 
 

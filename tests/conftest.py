@@ -107,7 +107,6 @@ class SessionBuilds:
 
     def __init__(self, tmp_path_factory):
         self.factory = tmp_path_factory
-        self.threads: list[threading.Thread] = []
 
     def shapes_dataset(self) -> Path:
         return built_once(self.factory, "shapes", lambda out: run_cli(
@@ -131,10 +130,9 @@ class SessionBuilds:
             "export", "--run", str(run), "--out", str(out), "--no-repeat-ngram-size", "4"))
 
     def start(self, *names: str) -> None:
+        """Build these in the background; their fixtures wait on built_once's lock, not on the threads."""
         for name in names:
-            thread = threading.Thread(target=self._quietly, args=(getattr(self, name),), daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            threading.Thread(target=self._quietly, args=(getattr(self, name),), daemon=True).start()
 
     @staticmethod
     def _quietly(build) -> None:
