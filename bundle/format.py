@@ -30,6 +30,9 @@ SPECIAL_TOKENS = ("pad", "start", "end", "unknown")
 # (written by export.openvino_check).
 MAX_QUALITY_LOSS = 0.01
 OPENVINO_BF16_PARITY = "openvino_bf16_quality"
+# Alternative encoders a float32 bundle carries beside its own (export.int8 --attach), by precision:
+# {"file": ... or None when refused, "precision", "tool", "quality": {runtime: figures with "passed"}}.
+ENCODER_VARIANTS = "encoder_variants"
 # The held-out quality figures /api/v1/model shows from the manifest's provenance.metrics.
 QUALITY_METRICS = ("bleu", "coco_bleu", "rouge_l", "cider_d", "meteor", "objects_right")  # not "*_vs_fp32": that names a variant bundle
 
@@ -90,6 +93,20 @@ class Bundle:
     def graph_file(self, role: str, optimized: bool = True) -> Path:
         graph = self.manifest["graphs"][role]
         return self.path / (graph["optimized_file"] if optimized and graph.get("optimized_file") else graph["file"])
+
+    def encoder_variant(self, precision: str) -> dict | None:
+        """The record of an alternative encoder in this precision (see ENCODER_VARIANTS), or None."""
+        return self.manifest.get(ENCODER_VARIANTS, {}).get(precision)
+
+    def encoder_file(self, precision: str = "float32", optimized: bool = True) -> Path:
+        """The encoder graph in `precision`: the bundle's own (float32), or an attached alternative."""
+        if precision == "float32":
+            return self.graph_file("encoder", optimized)
+        record = self.encoder_variant(precision)
+        if not record or not record.get("file"):
+            raise BundleError(f"{self.path}: no {precision} encoder attached"
+                              + (" (it failed its quality gate)" if record else " (python -m export.int8 --attach)"))
+        return self.path / record["file"]
 
     def words_of(self, tokens: list[int]) -> list[str]:
         """The caption's words: special tokens (<start>, <end>, padding, <unk>) are not words."""

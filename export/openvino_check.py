@@ -22,10 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from bundle.format import MAX_QUALITY_LOSS, OPENVINO_BF16_PARITY, BundleError, finish, load_bundle
+from bundle.format import ENCODER_VARIANTS, MAX_QUALITY_LOSS, OPENVINO_BF16_PARITY, BundleError, finish, load_bundle
 from bundle.preprocess import load_image
 
 from .heldout_quality import quality, run_scenes
+
+
+def captions_of(engines: dict, heldout: list[dict], preprocessing: dict) -> dict[str, list[list[str]]]:
+    """Greedy captions of the held-out images by each engine, as the server decodes them."""
+    captions = {name: [] for name in engines}
+    for first in range(0, len(heldout), 16):
+        batch = np.stack([load_image(h["image"], preprocessing) for h in heldout[first:first + 16]])
+        for name, engine in engines.items():
+            captions[name] += [engine.words(beams[0].tokens) for beams in engine.caption(batch).hypotheses]
+    return captions
 
 
 def check(bundle_dir: Path, run_dir: Path, images: int, log=print, reference_dir: Path | None = None) -> dict:
@@ -39,11 +49,7 @@ def check(bundle_dir: Path, run_dir: Path, images: int, log=print, reference_dir
     scenes = run_scenes(run)
     engines = {"fp32": CaptionEngine(reference),
                "bf16": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True))}
-    captions = {name: [] for name in engines}
-    for first in range(0, len(heldout), 16):
-        batch = np.stack([load_image(h["image"], bundle.preprocessing) for h in heldout[first:first + 16]])
-        for name, engine in engines.items():
-            captions[name] += [engine.words(beams[0].tokens) for beams in engine.caption(batch).hypotheses]
+    captions = captions_of(engines, heldout, bundle.preprocessing)
     metric, fp32 = quality(captions["fp32"], heldout, scenes)
     _, bf16 = quality(captions["bf16"], heldout, scenes)
     same = sum(a == b for a, b in zip(captions["fp32"], captions["bf16"]))
@@ -55,6 +61,34 @@ def check(bundle_dir: Path, run_dir: Path, images: int, log=print, reference_dir
         f"at most {MAX_QUALITY_LOSS:.2f} lower); greedy captions identical {same}/{len(heldout)}")
     manifest = dict(bundle.manifest)
     manifest.setdefault("provenance", {}).setdefault("parity", {})[OPENVINO_BF16_PARITY] = figures
+    finish(bundle_dir, manifest)
+    return figures
+
+
+def check_int8(bundle_dir: Path, run_dir: Path, images: int, max_quality_loss: float = MAX_QUALITY_LOSS,
+               log=print) -> dict:
+    """The bundle's attached int8 encoder on OpenVINO (its other operators in f32) against the
+    bundle's float32 encoder on onnxruntime, on the held-out images its onnxruntime gate judged;
+    recorded beside those figures (encoder_variants.int8.quality.openvino), and returned."""
+    from server.engine import CaptionEngine, EngineOptions
+
+    bundle = load_bundle(bundle_dir)
+    heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
+    scenes = run_scenes(json.loads((run_dir / "run.json").read_text()))
+    engines = {"float32": CaptionEngine(bundle),
+               "int8": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True,
+                                                           openvino_precision="f32", encoder_precision="int8"))}
+    captions = captions_of(engines, heldout, bundle.preprocessing)
+    metric, float32 = quality(captions["float32"], heldout, scenes)
+    _, int8 = quality(captions["int8"], heldout, scenes)
+    same = sum(a == b for a, b in zip(captions["float32"], captions["int8"]))
+    figures = {"images": len(heldout), "metric": metric, "float32": round(float32, 4), "variant": round(int8, 4),
+               "greedy_captions_identical": f"{same}/{len(heldout)}", "max_quality_loss": max_quality_loss,
+               "passed": float32 - int8 <= max_quality_loss + 1e-9, "provider": engines["int8"].active_providers[0]}
+    log(f"int8 on OpenVINO: held-out {metric} {int8:.3f} against float32's {float32:.3f} "
+        f"({'passed' if figures['passed'] else 'FAILED'}); greedy captions identical {same}/{len(heldout)}")
+    manifest = dict(bundle.manifest)
+    manifest[ENCODER_VARIANTS]["int8"]["quality"]["openvino"] = figures
     finish(bundle_dir, manifest)
     return figures
 

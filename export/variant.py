@@ -1,5 +1,6 @@
 """Reduced-precision variants of a bundle: the encoder converted, the decoder graphs kept as
-they are, and the result checked against its source before it is written.
+they are, and the result checked against its source before it is written, as a bundle of its
+own or (`attach_variant`) as an alternative encoder recorded in the source bundle itself.
 
 `export.fp16` (float16, for GPUs) and `export.int8` (static int8, for CPUs) differ only in how
 they convert the encoder; everything else (staging, the quality check, the manifest, the
@@ -21,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from bundle.decoding import words_of
-from bundle.format import MAX_QUALITY_LOSS, BundleError, finish, load_bundle, sha256, staged_bundle
+from bundle.format import ENCODER_VARIANTS, MAX_QUALITY_LOSS, BundleError, finish, load_bundle, sha256, staged_bundle
 from bundle.preprocess import load_image
 from bundle.sessions import SessionEncoder
 
@@ -52,10 +53,16 @@ class Context:
     manifest: dict                  # the source bundle's manifest
     calibration: list[dict]         # held-out entries not used for the caption check
     log: Callable[[str], None]
+    decoder_sessions: dict          # the source's decoder graphs on onnxruntime, by role
+    words_of: Callable[[list[int]], list[str]]
+    no_repeat_ngram_size: int
+    scenes: dict | None             # the synthetic ground truth, None for real data
+    max_quality_loss: float
 
 
 def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dict], manifest: dict,
-            words: list[str], scenes: dict | None, providers: list[str], short: str, log=print) -> dict:
+            words: list[str], scenes: dict | None, providers: list[str], short: str, log=print,
+            no_repeat_ngram_size: int = 0) -> dict:
     """Held-out quality, greedy captions and features of the variant's graphs against the
     source's, on the same providers, decoded as the server decodes them."""
     import onnxruntime as ort
@@ -73,8 +80,8 @@ def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dic
         worst = max(worst, float(np.abs(want - got).max()))
         error.append(np.abs(want - got).mean())
         spread.append(want)
-        a = greedy_ids(reference, graphs, want, special, max_length)
-        b = greedy_ids(converted, graphs, got, special, max_length)
+        a = greedy_ids(reference, graphs, want, special, max_length, no_repeat_ngram_size)
+        b = greedy_ids(converted, graphs, got, special, max_length, no_repeat_ngram_size)
         same += sum(x == y for x, y in zip(a, b))
         captions["float32"] += [words_of(ids, words, special.values()) for ids in a]
         captions["variant"] += [words_of(ids, words, special.values()) for ids in b]
@@ -96,6 +103,52 @@ def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dic
     return figures
 
 
+def _source(precision: Precision, source: Path, run_dir: Path, images: int, calibration_images: int):
+    """(bundle, its graphs by role, compared entries, calibration entries, scenes) of a float32 source."""
+    try:
+        loaded = load_bundle(source)
+    except BundleError as exc:
+        raise VariantError(str(exc)) from None
+    current = loaded.manifest.get("precision", {}).get("encoder", "float32")
+    if current != "float32":
+        raise VariantError(f"{source} is already a variant ({current} encoder); convert its float32 source")
+    heldout = json.loads((run_dir / "heldout.json").read_text())
+    compared, calibration = heldout[:images], heldout[images:images + calibration_images]
+    if calibration_images and not calibration:
+        raise VariantError(f"{run_dir} holds {len(heldout)} held-out images, none left to calibrate on after "
+                           f"the {len(compared)} compared; lower --images")
+    graphs = {role: source / graph["file"] for role, graph in loaded.manifest["graphs"].items()}
+    return loaded, graphs, compared, calibration, run_scenes(json.loads((run_dir / "run.json").read_text()))
+
+
+def _convert_and_judge(precision: Precision, loaded, source_graphs: dict[str, Path], encoder: Path,
+                       compared: list[dict], calibration: list[dict], scenes, max_quality_loss: float,
+                       providers: list[str], log) -> dict:
+    """Convert the encoder to `encoder` and judge it against the source on the compared entries:
+    the figures, with `passed`."""
+    import onnxruntime as ort
+
+    decoder = {role: ort.InferenceSession(str(path), providers=providers)
+               for role, path in source_graphs.items() if role != "encoder"}
+    started = time.time()
+    context = Context(loaded.manifest, calibration, log, decoder, loaded.words_of, loaded.no_repeat_ngram_size,
+                      scenes, max_quality_loss)
+    conversion = precision.convert(source_graphs["encoder"], encoder, context)
+    log(f"converted the encoder to {precision.name} in {time.time() - started:.1f}s")
+    figures = compare(source_graphs, {**source_graphs, "encoder": encoder}, compared, loaded.manifest, loaded.words,
+                      scenes, providers, precision.short, log, loaded.no_repeat_ngram_size)
+    figures.update(conversion)
+    figures.update(max_quality_loss=max_quality_loss,
+                   passed=figures["float32"] - figures["variant"] <= max_quality_loss + 1e-9)
+    return figures
+
+
+def _refusal(precision: Precision, figures: dict, max_quality_loss: float) -> str:
+    return (f"{precision.short} loses quality: held-out {figures['metric']} {figures['variant']} "
+            f"against float32's {figures['float32']} (greedy captions identical on "
+            f"{figures['greedy_captions_identical']}), more than --max-quality-loss {max_quality_loss}")
+
+
 def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, name: str, images: int,
                  max_quality_loss: float, providers: list[str], calibration_images: int = 0, log=print) -> dict:
     """Convert, check and write a variant of `source`; returns its manifest.
@@ -106,27 +159,15 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
     """
     from importlib.metadata import version
 
-    try:
-        loaded = load_bundle(source)
-    except BundleError as exc:
-        raise VariantError(str(exc)) from None
-    manifest, words = dict(loaded.manifest), loaded.words
+    loaded, source_graphs, compared, calibration, scenes = _source(precision, source, run_dir, images,
+                                                                   calibration_images)
+    manifest = dict(loaded.manifest)
     source_name = manifest["name"]
-    source_graphs = {role: source / graph["file"] for role, graph in manifest["graphs"].items()}
-    current = manifest.get("precision", {}).get("encoder", "float32")
-    if current != "float32":
-        raise VariantError(f"{source} is already a variant ({current} encoder); convert its float32 source")
-    heldout = json.loads((run_dir / "heldout.json").read_text())
-    scenes = run_scenes(json.loads((run_dir / "run.json").read_text()))
-    compared, calibration = heldout[:images], heldout[images:images + calibration_images]
-    if calibration_images and not calibration:
-        raise VariantError(f"{run_dir} holds {len(heldout)} held-out images, none left to calibrate on after "
-                           f"the {len(compared)} compared; lower --images")
     with staged_bundle(out) as staging:
-        started = time.time()
-        context = Context(manifest, calibration, log)
-        conversion = precision.convert(source_graphs["encoder"], staging / "encoder.onnx", context)
-        log(f"converted the encoder to {precision.name} in {time.time() - started:.1f}s")
+        figures = _convert_and_judge(precision, loaded, source_graphs, staging / "encoder.onnx", compared,
+                                     calibration, scenes, max_quality_loss, providers, log)
+        if not figures["passed"]:
+            raise VariantError(_refusal(precision, figures, max_quality_loss) + "; not written")
         for role, graph in manifest["graphs"].items():
             if role != "encoder":  # the decoder graphs, plain and optimised, as they are
                 for key in ("file", "optimized_file"):
@@ -137,20 +178,11 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
         # graph for whichever provider loads it.
         manifest["graphs"]["encoder"] = {k: v for k, v in manifest["graphs"]["encoder"].items()
                                          if k != "optimized_file"}
+        manifest.pop(ENCODER_VARIANTS, None)
         manifest.update(name=name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         precision={role: precision.name if role == "encoder" else "float32"
                                    for role in manifest["graphs"]})
         manifest["description"] += f" {precision.short} variant: {precision.purpose}"
-        figures = compare(source_graphs, {role: staging / graph["file"] for role, graph in manifest["graphs"].items()},
-                          compared, manifest, words, scenes, providers, precision.short, log)
-        figures.update(conversion)
-        figures.update(max_quality_loss=max_quality_loss,
-                       passed=figures["float32"] - figures["variant"] <= max_quality_loss + 1e-9)
-        if not figures["passed"]:
-            raise VariantError(f"{precision.short} loses quality: held-out {figures['metric']} {figures['variant']} "
-                               f"against float32's {figures['float32']} (greedy captions identical on "
-                               f"{figures['greedy_captions_identical']}), more than --max-quality-loss "
-                               f"{max_quality_loss}; not written")
         manifest["tools"][precision.tool] = version(precision.tool)
         manifest["provenance"]["variant_of"] = {"name": source_name, "path": str(source),
                                                 "bundle_json_sha256": sha256(source / "bundle.json")}
@@ -160,13 +192,49 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
     return manifest
 
 
+def attach_variant(precision: Precision, source: Path, run_dir: Path, images: int, max_quality_loss: float,
+                   providers: list[str], calibration_images: int = 0, log=print) -> dict:
+    """Convert and check the encoder of `source` and record it in that bundle's manifest under
+    encoder_variants.<precision>: the file when it passed, its figures either way (so that the
+    server can say why it does not choose a refused one). Returns the record; VariantError when refused."""
+    from importlib.metadata import version
+
+    loaded, source_graphs, compared, calibration, scenes = _source(precision, source, run_dir, images,
+                                                                   calibration_images)
+    file = f"encoder.{precision.short}.onnx"
+    staged = source / (file + ".partial")
+    try:
+        figures = _convert_and_judge(precision, loaded, source_graphs, staged, compared, calibration, scenes,
+                                     max_quality_loss, providers, log)
+        if figures["passed"]:
+            staged.replace(source / file)
+    finally:
+        staged.unlink(missing_ok=True)
+    if not figures["passed"]:
+        (source / file).unlink(missing_ok=True)
+    record = {"file": file if figures["passed"] else None, "precision": precision.name,
+              "tool": f"{precision.tool} {version(precision.tool)}", "quality": {"onnxruntime": figures}}
+    manifest = dict(loaded.manifest)
+    manifest.setdefault(ENCODER_VARIANTS, {})[precision.name] = record
+    finish(source, manifest)
+    if not figures["passed"]:
+        raise VariantError(_refusal(precision, figures, max_quality_loss) + f"; recorded in {source}, not attached")
+    log(f"attached {file} to {source}")
+    return record
+
+
 def main(precision: Precision, argv: list[str] | None, description: str, example_out: str,
-         providers: Callable[[], list[str]], calibration_default: int = 0) -> int:
-    """The command line every variant tool shares; exit 2 for bad arguments, 1 for a refused variant."""
+         providers: Callable[[], list[str]], calibration_default: int = 0, attach=None) -> int:
+    """The command line every variant tool shares; exit 2 for bad arguments, 1 for a refused variant.
+    `attach(source, run, images, max_quality_loss, calibration_images, log)`: what --attach does."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bundle", type=Path, required=True, help="the float32 bundle, e.g. onnx_models/demo")
     parser.add_argument("--run", type=Path, required=True, help="its training run (held-out images for the check)")
-    parser.add_argument("--out", type=Path, required=True, help=f"variant folder to write, e.g. {example_out}")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help=f"variant folder to write, e.g. {example_out}")
+    if attach:
+        where.add_argument("--attach", action="store_true",
+                           help="record the encoder in --bundle itself, for the server to choose where it is fastest")
     parser.add_argument("--name", help="bundle name (default: the --out folder's name)")
     parser.add_argument("--images", type=int, default=200, help="held-out images to compare captions on")
     parser.add_argument("--max-quality-loss", type=float, default=MAX_QUALITY_LOSS,
@@ -191,9 +259,13 @@ def main(precision: Precision, argv: list[str] | None, description: str, example
     if problems:
         print(f"error: {'; '.join(problems)}", file=sys.stderr)
         return 2
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     try:
+        if getattr(args, "attach", False):
+            attach(args.bundle, args.run, args.images, args.max_quality_loss, calibration, log=log)
+            return 0
         make_variant(precision, args.bundle, args.run, args.out, args.name or args.out.name, args.images,
-                     args.max_quality_loss, providers(), calibration)
+                     args.max_quality_loss, providers(), calibration, log=log)
     except VariantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from bundle.decoding import DEFAULT_LENGTH_PENALTY
 
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt", "openvino")
 OPENVINO_PRECISIONS = ("bf16", "f32")
+ENCODER_PRECISIONS = ("float32", "int8")
 IO_BINDING = ("auto", "on", "off")
 DEFAULT_PATH_CACHE_DIR = "~/.cache/caption-server"
 # Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, <SERVICE>_PORT_80_TCP_ADDR, ...
@@ -59,6 +60,10 @@ class Config:
     openvino_precision: str = setting("bf16", "with `openvino`: the encoder's precision, `bf16` (on processors with "
                                       "AVX512_BF16 or AMX; elsewhere it falls back to onnxruntime with a warning, or "
                                       "refuses under `CAPTION_STRICT_PROVIDERS=1`) or `f32`")
+    encoder_precision: str = setting("float32", "with `CAPTION_PROVIDERS` set: `int8` runs the int8 encoder the "
+                                     "bundle carries (`python -m export.int8 --attach`; on OpenVINO, its other "
+                                     "operators in `CAPTION_OPENVINO_PRECISION`); `auto` chooses it where it passed "
+                                     "its quality gate and is fastest")
     openvino_cache_dir: str = setting("", "with `openvino`: a folder where OpenVINO keeps the compiled encoder, so "
                                       "later starts load it instead of compiling; created if missing, refused at "
                                       "start-up if it cannot be written. In Kubernetes, an `emptyDir` shared by the "
@@ -110,6 +115,11 @@ class Config:
                             "(e.g. openvino,cpu)")
         if self.openvino_precision not in OPENVINO_PRECISIONS:
             problems.append(f"openvino_precision={self.openvino_precision!r} (choose from {', '.join(OPENVINO_PRECISIONS)})")
+        if self.encoder_precision not in ENCODER_PRECISIONS:
+            problems.append(f"encoder_precision={self.encoder_precision!r} (choose from {', '.join(ENCODER_PRECISIONS)})")
+        elif self.encoder_precision != "float32" and self.auto_path:
+            problems.append(f"encoder_precision={self.encoder_precision!r} needs CAPTION_PROVIDERS set (with auto the "
+                            "server chooses the encoder's precision itself)")
         if self.path_cache_dir not in ("", DEFAULT_PATH_CACHE_DIR) and \
                 not _writable_folder(os.path.expanduser(self.path_cache_dir)):
             problems.append(f"path_cache_dir={self.path_cache_dir!r} is not a folder this process can create or write "
@@ -155,14 +165,14 @@ class Config:
 
         if path is not None:
             return replace(self.engine_options(), providers=path.providers, strict_providers=True,
-                           openvino_precision=path.openvino_precision)
+                           openvino_precision=path.openvino_precision, encoder_precision=path.encoder_precision)
         providers = ("cpu",) if self.auto_path else tuple(self.provider_list)  # auto, before the choice: onnxruntime
         return EngineOptions(providers=providers, strict_providers=self.strict_providers,
                              intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
                              spinning=self.spinning, cpu_arena=self.cpu_arena, io_binding=self.io_binding,
                              use_optimized_graphs=self.use_optimized_graphs,
                              openvino_precision=self.openvino_precision,
-                             openvino_cache_dir=self.openvino_cache_dir)
+                             openvino_cache_dir=self.openvino_cache_dir, encoder_precision=self.encoder_precision)
 
     @property
     def max_upload_bytes(self) -> int:

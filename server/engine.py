@@ -43,6 +43,7 @@ class EngineOptions:
     use_optimized_graphs: bool = True  # the onnxruntime-optimised copy of each graph, when the bundle has one
     openvino_precision: str = "bf16"  # with "openvino" first: the encoder's precision, bf16 or f32
     openvino_cache_dir: str = ""      # where OpenVINO caches the compiled encoder; empty: no cache
+    encoder_precision: str = "float32"  # or "int8": the bundle's attached int8 encoder (export.int8 --attach)
 
 
 @dataclass
@@ -84,7 +85,8 @@ class CaptionEngine:
             load_gpu_libraries()
         self.sessions = {}
         for role in GRAPH_ROLES:
-            path = bundle.graph_file(role, self.options.use_optimized_graphs)
+            path = (bundle.encoder_file(self.options.encoder_precision, self.options.use_optimized_graphs)
+                    if role == "encoder" else bundle.graph_file(role, self.options.use_optimized_graphs))
             try:
                 session = self._session(str(path), role)
             except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
@@ -107,8 +109,8 @@ class CaptionEngine:
             log.info("bundle %s: decoder kind whole_prefix: every step re-runs the model on the whole padded "
                      "prefix, as the notebook did (about 5x the decoding time of stepping, measured on small GRUs)",
                      bundle.name)
-        log.info("loaded bundle %s: encoder on %s, decoder on %s; CUDA graphs: encoder %s, decoder %s", bundle.name,
-                 ", ".join(self.active_providers), self.sessions["decoder_step"].get_providers()[0],
+        log.info("loaded bundle %s: %s encoder on %s, decoder on %s; CUDA graphs: encoder %s, decoder %s", bundle.name,
+                 self.options.encoder_precision, ", ".join(self.active_providers), self.sessions["decoder_step"].get_providers()[0],
                  getattr(self.encoder, "cuda_graphs", False), getattr(self.decoder, "cuda_graphs", False))
 
     def _session(self, path: str, role: str, providers: list | None = None) -> ort.InferenceSession:
@@ -130,7 +132,8 @@ class CaptionEngine:
         """A CUDA-graph-enabled session for `role` on the same device, or None (with a warning) when
         onnxruntime cannot capture it (it refuses graphs with nodes it cannot place on CUDA)."""
         options = {**self.sessions[role].get_provider_options()["CUDAExecutionProvider"], "enable_cuda_graph": "1"}
-        path = str(self.bundle.graph_file(role, self.options.use_optimized_graphs))
+        path = str(self.bundle.encoder_file(self.options.encoder_precision, self.options.use_optimized_graphs)
+                   if role == "encoder" else self.bundle.graph_file(role, self.options.use_optimized_graphs))
         try:
             return self._session(path, role, [("CUDAExecutionProvider", options)])
         except Exception as exc:  # onnxruntime's own exception types
@@ -151,7 +154,8 @@ class CaptionEngine:
             return None
         names = SessionEncoder(self.sessions["encoder"], self.bundle.manifest["graphs"])
         try:
-            return OpenVINOEncoder(self.bundle.graph_file("encoder", optimized=False), names.image, names.features,
+            return OpenVINOEncoder(self.bundle.encoder_file(self.options.encoder_precision, optimized=False),
+                                   names.image, names.features,
                                    self.options.openvino_precision, self.options.intra_op_threads,
                                    self.options.openvino_cache_dir)
         except OpenVINOUnavailable as exc:

@@ -2,9 +2,10 @@
 
 The paths are the ways this server can run a bundle's encoder (the decoder graphs always run on
 onnxruntime, where a step is fastest): onnxruntime in fp32, on CUDA where onnxruntime-gpu is
-installed, and on OpenVINO in f32 or bf16. A path is a candidate only when this machine can run
-it and, for reduced precision, when the bundle's own quality gate passed (bf16:
-export.openvino_check's figures in bundle.json). Among the candidates the server measures the
+installed, OpenVINO in f32 or bf16, and the int8 encoder the bundle may carry on either runtime.
+A path is a candidate only when this machine can run it and, for reduced precision, when the
+bundle's own quality gate passed for it (bf16: export.openvino_check's figures in bundle.json;
+int8: export.int8 --attach's, per runtime). Among the candidates the server measures the
 encoder on one image, in alternating rounds, and keeps the fastest. Speeds depend on the
 processor and the libraries, not on rules one could write down (OpenVINO f32 is faster than
 onnxruntime on some processors and slower on others), so the measurement is what decides; it is
@@ -40,16 +41,30 @@ MARGIN = 0.05
 
 @dataclass(frozen=True)
 class ExecutionPath:
-    """One way to run the encoder: the engine's providers and OpenVINO precision."""
+    """One way to run the encoder: the engine's providers, OpenVINO precision and encoder graph."""
 
     name: str
     providers: tuple[str, ...]
     openvino_precision: str = "bf16"
+    encoder_precision: str = "float32"  # "int8": the bundle's attached int8 encoder
+
+    @property
+    def runtime(self) -> str:
+        return "openvino" if self.providers[0] == "openvino" else "onnxruntime"
+
+    def environment(self) -> dict[str, str]:
+        """The CAPTION_* settings that put a server (or a peer using this engine) on this path by hand."""
+        return {"CAPTION_PROVIDERS": ",".join(self.providers), "CAPTION_OPENVINO_PRECISION": self.openvino_precision,
+                "CAPTION_ENCODER_PRECISION": self.encoder_precision}
 
 
 ONNXRUNTIME = ExecutionPath("onnxruntime fp32", ("cpu",))
-PATHS = (ONNXRUNTIME, ExecutionPath("cuda", ("cuda", "cpu")), ExecutionPath("openvino f32", ("openvino", "cpu"), "f32"),
-         ExecutionPath("openvino bf16", ("openvino", "cpu"), "bf16"))
+# On OpenVINO the int8 encoder's quantised operators run in int8 (VNNI, AMX) and the rest in f32:
+# bf16 for the rest was no faster (11.7 against 12.1 ms, demo encoder, 2-core Xeon with AMX).
+PATHS = (ONNXRUNTIME, ExecutionPath("onnxruntime int8", ("cpu",), encoder_precision="int8"),
+         ExecutionPath("cuda", ("cuda", "cpu")), ExecutionPath("openvino f32", ("openvino", "cpu"), "f32"),
+         ExecutionPath("openvino bf16", ("openvino", "cpu"), "bf16"),
+         ExecutionPath("openvino int8", ("openvino", "cpu"), "f32", "int8"))
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,11 @@ def bf16_gate(bundle: Bundle) -> dict | None:
     return bundle.manifest.get("provenance", {}).get("parity", {}).get(OPENVINO_BF16_PARITY)
 
 
+def int8_gate(bundle: Bundle, runtime: str) -> dict | None:
+    """The quality figures of the bundle's int8 encoder on `runtime` (export.int8 --attach), if judged there."""
+    return ((bundle.encoder_variant("int8") or {}).get("quality") or {}).get(runtime)
+
+
 def candidates(bundle: Bundle, machine: Machine) -> tuple[list[ExecutionPath], dict[str, str]]:
     """The paths this machine can run for this bundle, and why each other one was dropped."""
     chosen, dropped = [], {}
@@ -84,6 +104,15 @@ def candidates(bundle: Bundle, machine: Machine) -> tuple[list[ExecutionPath], d
             reason = "this onnxruntime has no CUDA provider (make install-gpu, on a machine with an NVIDIA GPU)"
         elif "openvino" in path.providers and machine.openvino is None:
             reason = "the openvino package is not installed (make install-openvino)"
+        elif path.encoder_precision == "int8":
+            gate = int8_gate(bundle, path.runtime)
+            if bundle.encoder_variant("int8") is None:
+                reason = "the bundle carries no int8 encoder (python -m export.int8 --attach)"
+            elif gate is None:
+                reason = f"its int8 encoder's quality gate was not run on {path.runtime}"
+            elif not gate.get("passed"):
+                reason = (f"its int8 encoder failed its quality gate on {path.runtime} ({gate['metric']} "
+                          f"{gate['variant']} against float32's {gate['float32']})")
         elif path.openvino_precision == "bf16" and "openvino" in path.providers:
             gate = bf16_gate(bundle)
             if "BF16" not in machine.openvino:
@@ -130,8 +159,11 @@ def cache_key(bundle: Bundle, machine: Machine, threads: int) -> str:
     except ImportError:
         openvino_version = None
     gate = bf16_gate(bundle) or {}
+    int8 = bundle.encoder_variant("int8") or {}
+    int8_file = bundle.manifest["checksums"].get(int8.get("file") or "", "")
     facts = [encoder, cpu, os.cpu_count(), threads, ort.__version__, openvino_version, machine.onnxruntime_providers,
-             machine.openvino, bool(gate.get("passed"))]
+             machine.openvino, bool(gate.get("passed")), int8_file,
+             sorted(runtime for runtime, figures in int8.get("quality", {}).items() if figures.get("passed"))]
     return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:16]
 
 
@@ -225,7 +257,9 @@ def engine_for(bundle: Bundle, config):
 
     if not config.auto_path:
         engine = CaptionEngine(bundle, config.engine_options())
-        path = ExecutionPath(", ".join(engine.active_providers), tuple(config.provider_list))
+        int8 = " (int8 encoder)" if config.encoder_precision == "int8" else ""
+        path = ExecutionPath(", ".join(engine.active_providers) + int8, tuple(config.provider_list),
+                             config.openvino_precision, config.encoder_precision)
         engine.choice = Choice(path, {}, {}, "set by CAPTION_PROVIDERS")
         return engine
     engine, choice = choose(bundle, lambda path: CaptionEngine(bundle, config.engine_options(path)),

@@ -23,7 +23,7 @@ PYTHON = sys.executable
 # model this session trains or a live server (these fixtures, directly or through another), or
 # when its module says so (`pytestmark = pytest.mark.slow`: it trains, converts or serves by itself).
 SLOW_FIXTURES = {"shapes_dataset", "trained_run", "bundle_dir", "attention_run", "attention_bundle_dir",
-                 "fp16_bundle_dir", "int8_bundle_dir", "server", "attention_server", "notebooks", "imported"}
+                 "fp16_bundle_dir", "int8_bundle_dir", "int8_attached_bundle_dir", "server", "attention_server", "notebooks", "imported"}
 
 
 def pytest_collection_modifyitems(items):
@@ -197,6 +197,18 @@ def int8_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "tiny-int8-bundle", lambda out: run_cli(
         "export.int8", "--bundle", str(bundle_dir), "--run", str(trained_run), "--out", str(out), "--images", "8",
         "--calibration-images", "8", "--max-quality-loss", "1"))
+
+
+@pytest.fixture(scope="session")
+def int8_attached_bundle_dir(bundle_dir, trained_run, tmp_path_factory) -> Path:
+    """A copy of the test bundle carrying its int8 encoder (export.int8 --attach), judged on
+    onnxruntime and OpenVINO; gate off for the reason above."""
+    def build(out: Path) -> None:
+        shutil.copytree(bundle_dir, out)
+        run_cli("export.int8", "--bundle", str(out), "--run", str(trained_run), "--attach", "--images", "8",
+                "--calibration-images", "8", "--max-quality-loss", "1")
+
+    return built_once(tmp_path_factory, "tiny-int8-attached-bundle", build)
 
 
 @pytest.fixture(scope="session")

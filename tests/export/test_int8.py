@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from bundle.format import MAX_QUALITY_LOSS, load_bundle
+from bundle.format import MAX_QUALITY_LOSS, BundleError, load_bundle
 from server.config import Config
-from server.engine import CaptionEngine
+from server.engine import CaptionEngine, EngineOptions
 from tests.conftest import run_cli
 
 
@@ -102,3 +102,47 @@ def test_a_variant_below_the_quality_gate_serves_with_a_warning(int8_bundle_dir,
     summary = app.test_client().get("/api/v1/models").get_json()
     assert summary["models"][0]["quality_vs_float32"] == {"metric": "objects_right_all", "float32": 0.75, "variant": 0.654,
                                                           "passed": False, "greedy_captions_identical": "4/8"}
+
+
+def test_attach_records_the_int8_encoder_in_the_bundle_judged_on_both_runtimes(int8_attached_bundle_dir, bundle_dir,
+                                                                              shapes_dataset):
+    from bundle.preprocess import load_image
+
+    bundle = load_bundle(int8_attached_bundle_dir)  # checksums hold with the new file among them
+    record = bundle.encoder_variant("int8")
+    assert record["file"] == "encoder.int8.onnx" and record["precision"] == "int8" and record["tool"].startswith("nncf ")
+    assert set(record["quality"]) == {"onnxruntime", "openvino"}
+    for figures in record["quality"].values():
+        assert figures["images"] == 8 and figures["passed"] and figures["metric"] == "objects_right_all"
+    assert record["quality"]["openvino"]["provider"] == "OpenVINO CPU f32"
+    assert record["quality"]["onnxruntime"]["calibration_images"] == 8
+    # The float32 bundle is otherwise as it was: its own encoder, precision and figures.
+    source = json.loads((bundle_dir / "bundle.json").read_text())
+    assert bundle.manifest["graphs"] == source["graphs"] and bundle.manifest["provenance"] == source["provenance"]
+    paths = sorted((shapes_dataset / "Images").glob("*.jpg"))[:4]
+    images = np.stack([load_image(p, bundle.preprocessing) for p in paths])
+    want = CaptionEngine(bundle).encode(images)
+    got = CaptionEngine(bundle, EngineOptions(encoder_precision="int8")).encode(images)
+    assert 0 < np.abs(got - want).mean() < 0.4 * want.std(0).mean()
+
+
+def test_an_attached_encoder_that_loses_quality_is_recorded_and_not_kept(bundle_dir, judged_by_its_own_captions,
+                                                                          tmp_path):
+    """The gate of --attach, with nothing patched: the refusal's figures stay, so the server can say why."""
+    import shutil
+
+    import export.int8 as int8
+    import export.variant as variant
+
+    from .conftest import broken_on_purpose
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundle_dir, bundle)
+    with pytest.raises(variant.VariantError, match=r"int8 loses quality: .*; recorded in .*, not attached"):
+        variant.attach_variant(broken_on_purpose(int8.INT8), bundle, judged_by_its_own_captions, 8, MAX_QUALITY_LOSS,
+                               ["CPUExecutionProvider"], calibration_images=8, log=lambda m: None)
+    record = load_bundle(bundle).encoder_variant("int8")
+    assert record["file"] is None and not record["quality"]["onnxruntime"]["passed"]
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in bundle_dir.iterdir())
+    with pytest.raises(BundleError, match="no int8 encoder attached .it failed its quality gate."):
+        CaptionEngine(load_bundle(bundle), EngineOptions(encoder_precision="int8"))

@@ -5,10 +5,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
-from bundle.format import OPENVINO_BF16_PARITY, Bundle
+from bundle.format import ENCODER_VARIANTS, OPENVINO_BF16_PARITY, Bundle
 from harness.server_process import GunicornServer
 from server import path_choice
 from server.config import Config, ConfigError
@@ -17,35 +18,54 @@ from server.path_choice import Machine, candidates, choose, fastest
 ALL = Machine(("CUDAExecutionProvider", "CPUExecutionProvider"), ("FP32", "BF16", "INT8"))
 
 
-def bundle_with(gate: dict | None = None) -> Bundle:
+def bundle_with(gate: dict | None = None, int8: dict | None = None) -> Bundle:
+    """A bundle's manifest with the bf16 gate's figures, and an int8 encoder judged per runtime."""
     manifest = {"name": "m", "checksums": {"encoder.onnx": "sha256:0"}, "graphs": {"encoder": {"file": "encoder.onnx"}},
                 "preprocessing": {"resize": [4, 4]}}
     if gate is not None:
         manifest["provenance"] = {"parity": {OPENVINO_BF16_PARITY: gate}}
+    if int8 is not None:
+        passed = any(f["passed"] for f in int8.values())
+        manifest[ENCODER_VARIANTS] = {"int8": {"file": "encoder.int8.onnx" if passed else None, "quality": int8}}
     return Bundle(Path("/nowhere"), manifest, [])
 
 
 PASSED = {"passed": True, "metric": "objects_right", "bf16": 0.93, "fp32": 0.93}
 FAILED = {"passed": False, "metric": "objects_right", "bf16": 0.80, "fp32": 0.93}
+INT8_PASSED = {"passed": True, "metric": "objects_right", "variant": 0.93, "float32": 0.93}
+INT8_FAILED = {"passed": False, "metric": "objects_right", "variant": 0.91, "float32": 0.93}
+BOTH = {"onnxruntime": INT8_PASSED, "openvino": INT8_PASSED}
 
 
 def names(paths):
     return [p.name for p in paths]
 
 
-def test_every_path_is_a_candidate_where_the_machine_runs_it_and_bf16_passed_its_gate():
-    paths, dropped = candidates(bundle_with(PASSED), ALL)
-    assert names(paths) == ["onnxruntime fp32", "cuda", "openvino f32", "openvino bf16"] and dropped == {}
+def test_every_path_is_a_candidate_where_the_machine_runs_it_and_its_gates_passed():
+    paths, dropped = candidates(bundle_with(PASSED, BOTH), ALL)
+    assert names(paths) == ["onnxruntime fp32", "onnxruntime int8", "cuda", "openvino f32", "openvino bf16",
+                            "openvino int8"] and dropped == {}
+    int8 = next(p for p in paths if p.name == "openvino int8")
+    assert int8.environment() == {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_OPENVINO_PRECISION": "f32",
+                                  "CAPTION_ENCODER_PRECISION": "int8"}
+    by_hand = Config.from_env(int8.environment()).engine_options()
+    assert (by_hand.providers, by_hand.openvino_precision, by_hand.encoder_precision) == (("openvino", "cpu"), "f32", "int8")
 
 
-@pytest.mark.parametrize("machine, gate, missing, reason", [
-    (ALL, None, ["openvino bf16"], "quality gate was not run"),
-    (ALL, FAILED, ["openvino bf16"], "failed its quality gate on this bundle (objects_right 0.8 against float32's 0.93)"),
-    (Machine(("CPUExecutionProvider",), ("FP32", "INT8")), PASSED, ["cuda", "openvino bf16"], "no bf16 arithmetic"),
-    (Machine(("CPUExecutionProvider",), None), PASSED, ["cuda", "openvino f32", "openvino bf16"], "not installed"),
+@pytest.mark.parametrize("machine, gate, int8, missing, reason", [
+    (ALL, None, BOTH, ["openvino bf16"], "quality gate was not run"),
+    (ALL, FAILED, BOTH, ["openvino bf16"], "failed its quality gate on this bundle (objects_right 0.8 against float32's 0.93)"),
+    (Machine(("CPUExecutionProvider",), ("FP32", "INT8")), PASSED, BOTH, ["cuda", "openvino bf16"], "no bf16 arithmetic"),
+    (Machine(("CPUExecutionProvider",), None), PASSED, BOTH, ["cuda", "openvino f32", "openvino bf16", "openvino int8"],
+     "not installed"),
+    (ALL, PASSED, None, ["onnxruntime int8", "openvino int8"], "carries no int8 encoder (python -m export.int8 --attach)"),
+    (ALL, PASSED, {"onnxruntime": INT8_PASSED}, ["openvino int8"], "int8 encoder's quality gate was not run on openvino"),
+    (ALL, PASSED, {"onnxruntime": INT8_PASSED, "openvino": INT8_FAILED}, ["openvino int8"],
+     "its int8 encoder failed its quality gate on openvino (objects_right 0.91 against float32's 0.93)"),
+    (ALL, PASSED, {"onnxruntime": INT8_FAILED}, ["onnxruntime int8", "openvino int8"], "was not run on openvino"),
 ])
-def test_a_path_is_dropped_with_its_reason(machine, gate, missing, reason):
-    paths, dropped = candidates(bundle_with(gate), machine)
+def test_a_path_is_dropped_with_its_reason(machine, gate, int8, missing, reason):
+    paths, dropped = candidates(bundle_with(gate, int8), machine)
     assert "onnxruntime fp32" in names(paths) and not set(missing) & set(names(paths))
     assert set(missing) <= set(dropped) and reason in dropped[missing[-1]]
 
@@ -81,7 +101,7 @@ def test_the_fastest_candidate_is_chosen_kept_and_taken_again_without_measuring(
 
     engine, choice = choose(bundle_with(PASSED), make_engine, 0, str(tmp_path), ALL)
     assert engine.path.name == choice.path.name == "openvino bf16"
-    assert choice.dropped == {"cuda": "it could not start (CUDAExecutionProvider could not start)"}
+    assert choice.dropped["cuda"] == "it could not start (CUDAExecutionProvider could not start)"
     assert choice.reason == ("27 ms per image in the encoder against onnxruntime fp32 50 ms, openvino f32 45 ms "
                              "(measured at start-up)")
     assert json.loads((tmp_path / "path-m-key.json").read_text()) == {"path": "openvino bf16", "encoder_ms": measured_ms}
@@ -146,3 +166,27 @@ def test_a_cache_folder_that_cannot_be_written(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(path_choice, "fastest", lambda runners: dict.fromkeys(runners, 1.0))
     _, choice = choose(bundle_with(None), FakeEngine, 0, str(blocker / "cache"), Machine(("CPUExecutionProvider",), None))
     assert choice.path.name == "onnxruntime fp32" and "measuring at every start" in caplog.text
+
+
+def test_the_int8_encoder_a_bundle_carries_is_measured_and_can_be_set_by_hand(int8_attached_bundle_dir):
+    from bundle.format import load_bundle
+    from server.path_choice import engine_for
+
+    bundle = load_bundle(int8_attached_bundle_dir)
+    engine = engine_for(bundle, Config(bundle=int8_attached_bundle_dir, path_cache_dir=""))
+    timings = engine.choice.timings_ms
+    assert {"onnxruntime int8", "openvino int8"} <= set(timings) and engine.choice.path.name in timings
+    assert timings[engine.choice.path.name] <= (1 + path_choice.MARGIN) * min(timings.values())
+    assert engine.options.encoder_precision == engine.choice.path.encoder_precision
+    by_hand = engine_for(bundle, Config(bundle=int8_attached_bundle_dir, providers="cpu", encoder_precision="int8"))
+    assert by_hand.choice.path.name == "CPUExecutionProvider (int8 encoder)" and by_hand.choice.source == "set by CAPTION_PROVIDERS"
+    image = np.random.default_rng(0).uniform(-1, 1, (1, *bundle.preprocessing["resize"], 3)).astype(np.float32)
+    assert np.abs(by_hand.encode(image) - engine_for(bundle, Config(bundle=int8_attached_bundle_dir, providers="cpu"))
+                  .encode(image)).max() > 0  # the int8 graph, not the float32 one
+
+
+def test_int8_by_hand_needs_the_providers_set():
+    with pytest.raises(ConfigError, match="encoder_precision='int8' needs CAPTION_PROVIDERS set"):
+        Config(encoder_precision="int8")
+    with pytest.raises(ConfigError, match=r"encoder_precision='int4' \(choose from float32, int8\)"):
+        Config(providers="cpu", encoder_precision="int4")
