@@ -1,7 +1,8 @@
 """HTTP latency and throughput of the real gunicorn server on loopback, for several
-worker layouts and client concurrencies, each for a fixed time; the same layouts again on the
-bundle's int8 variant where it exists, and with the encoder on OpenVINO (bf16; the int8
-variant's quantised operators in int8) where this processor and install have bf16.
+worker layouts and client concurrencies, each for a fixed time: first as `make serve` starts it
+(on the path it chooses, server/path_choice.py), then by hand on onnxruntime fp32, the same
+layouts again on the bundle's int8 variant where it exists, and with the encoder on OpenVINO
+(bf16; the int8 variant's quantised operators in int8) where this processor and install have bf16.
 
 Usage: python -m benchmarks.http [--bundle onnx_models/demo] [--int8 onnx_models/demo-int8] [--seconds 10]
 Writes benchmarks/results/http.json and http.md (or under --results).
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import requests
 from PIL import Image
 
 from bundle.format import load_bundle
@@ -26,6 +28,8 @@ RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 2, 4, 8, 16)
 PAIRED = (1, 8)       # the concurrencies the targets name
 PAIRED_CHUNKS = 4
+# What a user gets without tuning: nothing set.
+DEFAULT_LAYOUT = ("as make serve starts it", {})
 # (name, environment): one worker using both cores for onnxruntime, or one worker per core; the
 # fp32 encoder on onnxruntime (the OpenVINO layouts below set their own providers).
 LAYOUTS = (
@@ -73,8 +77,10 @@ def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple =
         server.wait_ready()
         url, request = server.url + "/api/v1/captions", [({"files": {"image": scene_jpeg()}}, 200)]
         run_load(url, request, 2, min(2.0, seconds))  # warm every worker
-        return [{"concurrency": c, **(paired_load(url, request, c, seconds, encoder_gflop, effort)
-                                      if encoder_gflop and c in PAIRED else run_load(url, request, c, seconds).summary())}
+        path = requests.get(server.url + "/api/v1/model", timeout=10).json()["execution_path"]["path"]
+        return [{"concurrency": c, "execution_path": path,
+                 **(paired_load(url, request, c, seconds, encoder_gflop, effort)
+                    if encoder_gflop and c in PAIRED else run_load(url, request, c, seconds).summary())}
                 for c in concurrency]
     finally:
         server.stop()
@@ -106,16 +112,16 @@ def main(argv=None) -> int:
         # The floor again just before each layout: these machines' speed drifts by up to 2x within a run.
         # OpenVINO's own matmul peaks (10 s or so) only where a layout runs on OpenVINO: the others
         # are judged against the fp32 floor alone.
-        openvino_layout = env.get("CAPTION_PROVIDERS", "").startswith("openvino")
+        openvino_layout = env.get("CAPTION_PROVIDERS", "auto").startswith(("openvino", "auto"))
         floors[name] = encoder_floor(args.bundle, precisions=bf16_here and openvino_layout, effort=effort)
         # --quick: the paired levels only; the others run the same code at other concurrencies.
         return measure_layout(bundle, env, args.seconds, PAIRED if args.quick else CONCURRENCY,
                               encoder_gflop=floors[name]["encoder_gflop"], effort=effort)
 
     on_openvino = {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}
-    layouts = {name: measured(name, args.bundle, env) for name, env in LAYOUTS}
-    results = {"machine": machine(effort), "quick": args.quick,
-               "seconds_per_point": args.seconds, "layouts": layouts}
+    layouts = {name: measured(name, args.bundle, env) for name, env in (DEFAULT_LAYOUT, *LAYOUTS)}
+    results = {"machine": machine(effort), "quick": args.quick, "seconds_per_point": args.seconds,
+               "layouts": layouts, "default_layout": DEFAULT_LAYOUT[0], "bf16_here": bf16_here}
     if bf16_here:
         bf16 = {f"{name}, OpenVINO bf16 encoder": measured(f"{name}, OpenVINO bf16 encoder", args.bundle,
                                                            {**env, **on_openvino}) for name, env in LAYOUTS}
@@ -163,7 +169,8 @@ def markdown(results: dict) -> str:
             paired = p.get("paired")
             throughput_x = f"{paired['throughput_x_floor']:.2f}*" if paired else f"{p['throughput_rps'] * floor_ms / 1000:.2f}"
             p50_x = f"{paired['p50_over_floor']:.2f}*" if paired else f"{p['p50_ms'] / floor_ms:.2f}"
-            lines.append(f"| {name} (floor {floor_ms} ms) | {p['concurrency']} | {p['throughput_rps']} | "
+            where = f", on {p['execution_path']}" if name == DEFAULT_LAYOUT[0] and "execution_path" in p else ""
+            lines.append(f"| {name}{where} (floor {floor_ms} ms) | {p['concurrency']} | {p['throughput_rps']} | "
                          f"{throughput_x} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p50_x} | {errors} |")
     client = [p["client_cpu_ms_per_request"] for points in results["layouts"].values() for p in points]
     lines += ["", f"The load generator runs on the same cores and used {min(client)} to {max(client)} ms of CPU per "

@@ -1,17 +1,20 @@
 """This server against the servers a team might pick instead, on the same machine in one run:
-the same bundle, engine settings (the CAPTION_* environment: CPU, every core for the encoder by
-default) and 640x480 JPEGs behind this server (as `make serve` starts it, and with its encoder on
-OpenVINO bf16 where the processor has bf16), NVIDIA Triton through PyTriton, and LitServe. One
-load generator (harness.load) drives them all. Each server runs alone on the machine in turn, in
+the same bundle and 640x480 JPEGs behind this server as `make serve` starts it (on the path it
+chooses: server/path_choice.py), NVIDIA Triton through PyTriton, and LitServe. Each peer runs
+twice: at its defaults (`triton-defaults`, `litserve-defaults`: as its docs start it, the model on
+onnxruntime's CPU provider in fp32, the framework's batching settings untouched), and on this
+server's engine settings (`triton`, `litserve`: the path this server chose, batches of up to 16
+gathered without delay, as this server batches). One load generator (harness.load) drives them all. Each server runs alone on the machine in turn, in
 rounds that alternate their order (single-image latency, then throughput at several
 concurrencies), its turn bracketed by in-process probes of the machine's speed. For
 every pair, each round's ratio (this server's figure over the peer's), raw and drift-corrected,
 and the medians of the rounds.
 
-Every server must caption the images identically before anything is timed.
+Every server on the same engine must caption the images identically before anything is timed
+(the peers at their defaults run fp32, whose captions may differ from a reduced-precision path's).
 
 Usage: python -m benchmarks.peers [--bundle onnx_models/demo] [--rounds 5] [--seconds 8]
-       [--concurrency 1 8 32] [--servers this this-openvino triton litserve]
+       [--concurrency 1 8 32] [--servers this triton litserve triton-defaults litserve-defaults]
 Writes benchmarks/results/peers.json, peers.md and peers.png (make bench-peers).
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ from harness.load import run_load
 from harness.server_process import ROOT, GunicornServer, free_port, rss_kb
 from server.captioning import preprocess_uploads
 from server.config import Config
-from server.engine import CaptionEngine
+from server.path_choice import engine_for
 
 from .floor import machine
 
@@ -80,17 +83,23 @@ def tree_rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
+# As a peer's docs start it: the ONNX model on onnxruntime's CPU provider, fp32.
+AT_DEFAULTS = {"CAPTION_PROVIDERS": "cpu"}
+
+
 class Peer:
     """One server under test: how to start it, ask it for a caption and read the answer."""
 
     name = ""
     caption_path = ""  # where a caption request is POSTed
+    defaults = False   # the framework at its own defaults (AT_DEFAULTS), rather than on this server's engine
     process: subprocess.Popen | None = None
     log = None
 
-    def __init__(self, bundle: Path):
+    def __init__(self, bundle: Path, engine_env: dict):
         self.bundle, self.port = bundle, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env = AT_DEFAULTS if self.defaults else engine_env
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -98,8 +107,9 @@ class Peer:
     def start(self) -> None:
         self.log = open(Path(tempfile.gettempdir()) / f"peer-{self.name}-{self.port}.log", "w")
         # A session of its own, so that stop() ends the server's whole process tree.
-        self.process = subprocess.Popen(self.command(), cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "CAPTION_BUNDLE": str(self.bundle)}, start_new_session=True)
+        self.process = subprocess.Popen(self.command() + (["--defaults"] if self.defaults else []), cwd=ROOT,
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env={**os.environ, "CAPTION_BUNDLE": str(self.bundle), **self.env})
 
     def ready(self) -> bool:
         raise NotImplementedError
@@ -156,12 +166,12 @@ class Peer:
 
 
 class ThisServer(Peer):
-    """gunicorn -c gunicorn.conf.py, as `make serve` starts it (with `env` added)."""
+    """gunicorn -c gunicorn.conf.py, as `make serve` starts it: nothing set."""
 
-    name, caption_path, env = "this", "/api/v1/captions", {}
+    name, caption_path = "this", "/api/v1/captions"
 
     def start(self) -> None:
-        self.server = GunicornServer({"CAPTION_BUNDLE": str(self.bundle), **self.env})
+        self.server = GunicornServer({"CAPTION_BUNDLE": str(self.bundle), "CAPTION_PROVIDERS": "auto"})
         self.process, self.port, self.url = self.server.process, self.server.port, self.server.url
 
     def ready(self) -> bool:
@@ -175,12 +185,6 @@ class ThisServer(Peer):
 
     def stop(self) -> None:
         self.server.stop()
-
-
-class ThisServerOpenVINO(ThisServer):
-    """This server with its encoder on OpenVINO in bf16, its fastest CPU path where the processor has bf16."""
-
-    name, env = "this-openvino", {"CAPTION_PROVIDERS": "openvino,cpu"}
 
 
 class LitServePeer(Peer):
@@ -233,7 +237,15 @@ class TritonPeer(Peer):
         return answer["outputs"][0]["data"][0]
 
 
-PEERS = {peer.name: peer for peer in (ThisServer, ThisServerOpenVINO, TritonPeer, LitServePeer)}
+class TritonAtDefaults(TritonPeer):
+    name, defaults = "triton-defaults", True
+
+
+class LitServeAtDefaults(LitServePeer):
+    name, defaults = "litserve-defaults", True
+
+
+PEERS = {peer.name: peer for peer in (ThisServer, TritonPeer, LitServePeer, TritonAtDefaults, LitServeAtDefaults)}
 
 
 def round_order(names: list[str], round_index: int) -> list[str]:
@@ -243,15 +255,16 @@ def round_order(names: list[str], round_index: int) -> list[str]:
 
 
 class EncoderProbe:
-    """The bundle's encoder at batch 1 in this process, timed before a server starts and after it
-    stops: these machines' speed drifts by 10-20 % within minutes, more than the servers differ,
-    so each server's figures are also given relative to the probes around them. (Probed while no
-    server runs: an idle LitServe polls its queue, and a probe beside it would charge that to the
-    machine.)"""
+    """The bundle's encoder at batch 1 in this process, on the path this server chooses, timed
+    before a server starts and after it stops: these machines' speed drifts by 10-20 % within
+    minutes, more than the servers differ, so each server's figures are also given relative to the
+    probes around them. (Probed while no server runs: an idle LitServe polls its queue, and a
+    probe beside it would charge that to the machine.)"""
 
     def __init__(self, bundle: Path, photo: bytes, runs: int = 15):
-        config = Config(bundle=bundle)
-        self.engine = CaptionEngine(load_bundle(bundle), config.engine_options())
+        config = Config(bundle=bundle, providers="auto")
+        self.engine = engine_for(load_bundle(bundle), config)
+        self.path = self.engine.choice.path
         self.inputs, self.runs = preprocess_uploads([photo], config, self.engine)[0], runs
 
     def __call__(self) -> float:
@@ -302,11 +315,16 @@ def ratios(rounds: list[dict], baseline: str, peer: str, concurrency: tuple) -> 
 
 
 def check_same_captions(captions: dict[str, list[str]]) -> None:
-    """Refuse to compare servers that caption the same photos differently: they do not serve the same model."""
-    first_name, first = next(iter(captions.items()))
-    for name, theirs in captions.items():
-        if theirs != first:
-            raise RuntimeError(f"{name} captions differently from {first_name} ({theirs} against {first})")
+    """Refuse to compare servers on one engine that caption the same photos differently: they do not
+    serve the same model. (The peers at their defaults are checked among themselves.)"""
+    for group in (False, True):
+        named = {name: c for name, c in captions.items() if PEERS[name].defaults == group}
+        if not named:
+            continue
+        first_name, first = next(iter(named.items()))
+        for name, theirs in named.items():
+            if theirs != first:
+                raise RuntimeError(f"{name} captions differently from {first_name} ({theirs} against {first})")
 
 
 def pairs(names: list[str]) -> list[tuple[str, str]]:
@@ -324,7 +342,7 @@ def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency
     for index in range(rounds):
         figures = {}
         for name in round_order(names, index):
-            before, peer = probe(), PEERS[name](bundle)
+            before, peer = probe(), PEERS[name](bundle, probe.path.environment())
             try:
                 peer.start()
                 peer.wait_ready()
@@ -337,7 +355,7 @@ def run(bundle: Path, names: list[str], rounds: int, seconds: float, concurrency
             figures[name]["probe_ms"] = round((before + probe()) / 2, 2)
         by_round.append(figures)
     return {"servers": names, "rounds": by_round, "captions": captions, "concurrency": list(concurrency),
-            "seconds": seconds,
+            "seconds": seconds, "default_path": probe.path.name, "default_path_reason": probe.engine.choice.reason,
             "ratios": {f"{mine}/{other}": ratios(by_round, mine, other, concurrency) for mine, other in pairs(names)}}
 
 
@@ -357,10 +375,15 @@ def probes(results: dict, name: str) -> str:
 
 def markdown(results: dict) -> str:
     concurrency = results["concurrency"]
+    at_defaults = [n for n in results["servers"] if PEERS[n].defaults]
+    path = results.get("default_path", "onnxruntime fp32")
     lines = [f"Machine: {results['machine']}. Greedy captions of 640x480 JPEGs (two shapes) over loopback, one "
-             f"image per request; the same bundle and engine settings in every server; {len(results['rounds'])} "
-             f"rounds alternating the servers' order, {results['seconds']:g} s per concurrency; medians of the "
-             "rounds. Every server gave the same captions.", "",
+             f"image per request, the same bundle in every server. This server as `make serve` starts it, on the "
+             f"path it chose: {path} ({results.get('default_path_reason', '')}). "
+             + (f"{', '.join(at_defaults)}: the peer as its docs start it (onnxruntime fp32, its own batching "
+                "defaults); the others on this server's engine settings. " if at_defaults else "")
+             + f"{len(results['rounds'])} rounds alternating the servers' order, {results['seconds']:g} s per "
+             "concurrency; medians of the rounds. Every server on the same engine gave the same captions.", "",
              "| server | single image p50 / p99 (ms) | "
              + " | ".join(f"captions/s at {c}" for c in concurrency) + " | errors | memory (MB) | encoder probe (ms) |",
              "| --- | --- | " + " | ".join("---" for _ in concurrency) + " | --- | --- | --- |"]
@@ -382,21 +405,31 @@ def markdown(results: dict) -> str:
 
 
 def headline(results: dict) -> str:
-    """One line per peer for the README: this server's default path against it."""
-    lines = []
-    for pair, table in results["ratios"].items():
-        mine, other = pair.split("/")
-        if mine != BASELINE:
-            continue
+    """One line per peer for the README: this server as `make serve` starts it against the peer at
+    its defaults, with the peer on this server's engine settings beside it."""
+    def ratios_against(other: str) -> str:
+        table = results["ratios"][f"{BASELINE}/{other}"]
+
         def ratio(name: str) -> str:
             return f"{table[name]['median']:.2f}x ({table[name]['corrected_median']:.2f}x)"
 
         throughput = ", ".join(f"{ratio(f'throughput_c{c}')} at {c}" for c in results["concurrency"] if c > 1)
-        lines.append(f"- against {other}: single-image p50 {ratio('p50')} its p50; "
-                     f"throughput {throughput} clients")
-    return (f"This server (fp32, the default) against the same model behind other servers, medians of "
-            f"{len(results['rounds'])} alternating rounds (drift-corrected in brackets) on {results['machine'].split(', Python')[0]} "
-            f"(`make bench-peers`):\n\n" + "\n".join(lines) + "\n")
+        return f"single-image p50 {ratio('p50')} its p50; throughput {throughput} clients"
+
+    lines = []
+    for other in results["servers"]:
+        if other == BASELINE or PEERS[other].defaults:
+            continue
+        at_defaults = f"{other}-defaults"
+        if at_defaults in results["servers"]:
+            lines.append(f"- against {other} at its defaults: {ratios_against(at_defaults)}; "
+                         f"on this server's engine settings: {ratios_against(other)}")
+        else:
+            lines.append(f"- against {other} on this server's engine settings: {ratios_against(other)}")
+    path = results.get("default_path", "onnxruntime fp32")
+    return (f"This server as `make serve` starts it (on {path}, the path it chose) against the same model behind "
+            f"other servers, medians of {len(results['rounds'])} alternating rounds (drift-corrected in brackets) "
+            f"on {results['machine'].split(', Python')[0]} (`make bench-peers`):\n\n" + "\n".join(lines) + "\n")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -434,14 +467,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--servers", nargs="+", choices=list(PEERS),
-                        help="default: this, this-openvino where the processor has bf16, triton, litserve")
+                        help="default: this, then each peer on this server's engine and at its defaults")
     args = parser.parse_args(argv)
     if not (args.bundle / "bundle.json").is_file():
         print(f"error: no bundle at {args.bundle} (run 'make demo')", file=sys.stderr)
         return 2
-    from .http import openvino_bf16_available
-
-    names = args.servers or ["this", *(["this-openvino"] if openvino_bf16_available() else []), "triton", "litserve"]
+    names = args.servers or ["this", "triton", "litserve", "triton-defaults", "litserve-defaults"]
     if names[0] != BASELINE:
         print(f"error: --servers must start with {BASELINE!r}, the server the others are compared with", file=sys.stderr)
         return 2

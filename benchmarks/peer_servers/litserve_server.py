@@ -3,7 +3,10 @@ server runs one), batches of up to 16 images gathered for at most 1 ms. (With ba
 which takes whatever has queued as this server and Triton do, LitServe's loop polls without
 pausing: it took 0.96 of a core while idle, 0.14 with 1 ms, measured.)
 
-Usage: python -m benchmarks.peer_servers.litserve_server PORT   (CAPTION_BUNDLE chooses the bundle)
+With --defaults, LitServe as its docs start it: LitAPI() and LitServer(api) with nothing set (no
+batching: one image per predict call).
+
+Usage: python -m benchmarks.peer_servers.litserve_server PORT [--defaults]   (CAPTION_BUNDLE chooses the bundle)
 POST /predict with a multipart field "image" -> {"caption": "..."}
 """
 from __future__ import annotations
@@ -29,7 +32,9 @@ class CaptionAPI(ls.LitAPI):
         return inputs
 
     def predict(self, inputs):
-        return self.captioner.captions(inputs)
+        if isinstance(inputs, list):
+            return self.captioner.captions(inputs)
+        return self.captioner.captions([inputs])[0]  # unbatched (LitServe's default)
 
     def unbatch(self, output):
         return output
@@ -39,10 +44,14 @@ class CaptionAPI(ls.LitAPI):
 
 
 def main(argv=None) -> int:
-    port = int((argv or sys.argv[1:])[0])
-    api = CaptionAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S)
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=30).run(
-        host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
+    args = argv or sys.argv[1:]
+    port = int(args[0])
+    if "--defaults" in args:
+        server = ls.LitServer(CaptionAPI())
+    else:
+        api = CaptionAPI(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S)
+        server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=30)
+    server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
     return 0
 
 

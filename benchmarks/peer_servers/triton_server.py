@@ -5,7 +5,10 @@ no queue delay, as this server batches), the image as a BYTES input, one model i
 Runs in its own virtual environment (make peers-install; requirements-triton.txt): PyTriton
 needs numpy < 2 and Debian's Python.
 
-Usage: python -m benchmarks.peer_servers.triton_server HTTP_PORT GRPC_PORT METRICS_PORT
+With --defaults, the model bound as PyTriton's docs bind it: ModelConfig() with nothing set (its
+dynamic batcher, batches of up to 4).
+
+Usage: python -m benchmarks.peer_servers.triton_server HTTP_PORT GRPC_PORT METRICS_PORT [--defaults]
 POST /v2/models/caption/infer, input "image" (BYTES, [batch, 1]) -> output "caption" (BYTES)
 """
 from __future__ import annotations
@@ -24,7 +27,8 @@ MAX_BATCH_SIZE = 16
 
 
 def main(argv=None) -> int:
-    http_port, grpc_port, metrics_port = (int(a) for a in (argv or sys.argv[1:])[:3])
+    args = argv or sys.argv[1:]
+    http_port, grpc_port, metrics_port = (int(a) for a in args[:3])
     captioner = Captioner()
 
     @batch
@@ -38,8 +42,8 @@ def main(argv=None) -> int:
         triton.bind(model_name=MODEL, infer_func=infer,
                     inputs=[Tensor(name="image", dtype=bytes, shape=(1,))],
                     outputs=[Tensor(name="caption", dtype=bytes, shape=(1,))],
-                    config=ModelConfig(max_batch_size=MAX_BATCH_SIZE,
-                                       batcher=DynamicBatcher(max_queue_delay_microseconds=0)),
+                    config=ModelConfig() if "--defaults" in args else
+                    ModelConfig(max_batch_size=MAX_BATCH_SIZE, batcher=DynamicBatcher(max_queue_delay_microseconds=0)),
                     strict=True)
         triton.serve()
     return 0

@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from benchmarks.peers import (check_same_captions, infer_request, markdown, pairs, plot, ratios, round_order, run,
-                              scene_photos)
+from benchmarks.peers import (check_same_captions, headline, infer_request, markdown, pairs, plot, ratios,
+                              round_order, run, scene_photos)
 
 
 def test_rounds_alternate_the_order_of_the_servers():
@@ -38,15 +38,35 @@ def test_the_machine_s_drift_between_two_windows_cancels():
     assert table["throughput_c8"]["median"] == 1.25 and table["throughput_c8"]["corrected_median"] == 1.0
 
 
-def test_pairs_compare_each_of_this_servers_paths_with_each_peer():
-    assert pairs(["this", "this-openvino", "triton", "litserve"]) == [
-        ("this", "triton"), ("this", "litserve"), ("this-openvino", "triton"), ("this-openvino", "litserve")]
+def test_pairs_compare_this_server_with_each_peer():
+    assert pairs(["this", "triton", "litserve", "triton-defaults"]) == [
+        ("this", "triton"), ("this", "litserve"), ("this", "triton-defaults")]
 
 
-def test_servers_that_caption_differently_are_not_compared():
-    check_same_captions({"this": ["a red circle"], "peer": ["a red circle"]})
-    with pytest.raises(RuntimeError, match="peer captions differently"):
-        check_same_captions({"this": ["a red circle"], "peer": ["a blue circle"]})
+def test_servers_on_one_engine_that_caption_differently_are_not_compared():
+    check_same_captions({"this": ["a red circle"], "litserve": ["a red circle"]})
+    with pytest.raises(RuntimeError, match="litserve captions differently"):
+        check_same_captions({"this": ["a red circle"], "litserve": ["a blue circle"]})
+    # The peers at their defaults run fp32: checked among themselves, not against a faster path's captions.
+    check_same_captions({"this": ["a red circle"], "triton-defaults": ["a blue circle"],
+                         "litserve-defaults": ["a blue circle"]})
+    with pytest.raises(RuntimeError, match="litserve-defaults captions differently from triton-defaults"):
+        check_same_captions({"triton-defaults": ["a blue circle"], "litserve-defaults": ["a red circle"]})
+
+
+def test_the_headline_gives_each_peer_at_its_defaults_with_its_engine_twin_beside_it():
+    table = {"median": 0.5, "corrected_median": 0.6}
+    results = {"servers": ["this", "triton", "triton-defaults", "litserve"], "concurrency": [1, 8],
+               "rounds": [{}, {}], "machine": "AMD EPYC, Python 3.11", "default_path": "openvino int8",
+               "ratios": {f"this/{o}": {"p50": table, "throughput_c8": table}
+                          for o in ("triton", "triton-defaults", "litserve")}}
+    assert headline(results).splitlines()[2:] == [
+        "- against triton at its defaults: single-image p50 0.50x (0.60x) its p50; throughput 0.50x (0.60x) at 8 "
+        "clients; on this server's engine settings: single-image p50 0.50x (0.60x) its p50; throughput 0.50x "
+        "(0.60x) at 8 clients",
+        "- against litserve on this server's engine settings: single-image p50 0.50x (0.60x) its p50; throughput "
+        "0.50x (0.60x) at 8 clients"]
+    assert "(on openvino int8, the path it chose)" in headline(results)
 
 
 def test_the_triton_request_is_the_binary_data_extension_of_one_bytes_element():
@@ -61,12 +81,13 @@ def test_the_triton_request_is_the_binary_data_extension_of_one_bytes_element():
     assert struct.unpack("<I", payload[:4])[0] == len(image) and payload[4:] == image
 
 
-def test_a_short_run_against_litserve(bundle_dir, tmp_path):
+def test_a_short_run_against_litserve_on_this_engine_and_at_its_defaults(bundle_dir, tmp_path):
     photos = scene_photos(2)
-    results = {"machine": "test", **run(bundle_dir, ["this", "litserve"], rounds=2, seconds=1.0,
-                                        concurrency=(1, 2), photos=photos)}
+    names = ["this", "litserve", "litserve-defaults"]
+    results = {"machine": "test", **run(bundle_dir, names, rounds=2, seconds=1.0, concurrency=(1, 2), photos=photos)}
     assert results["captions"]["this"] == results["captions"]["litserve"] and len(results["captions"]["this"]) == 2
-    assert [list(r) for r in results["rounds"]] == [["this", "litserve"], ["litserve", "this"]]
+    assert len(results["captions"]["litserve-defaults"]) == 2 and results["default_path"]
+    assert [list(r) for r in results["rounds"]] == [names, names[::-1]]
     for figures_of_round in results["rounds"]:
         for server in figures_of_round.values():
             assert server["memory_mb"] > 50
@@ -75,6 +96,6 @@ def test_a_short_run_against_litserve(bundle_dir, tmp_path):
                 assert server[clients]["requests"] > 0 and server[clients]["errors"] == 0
     assert len(results["ratios"]["this/litserve"]["throughput_c2"]["rounds"]) == 2
     table = markdown(results)
-    assert "| this/litserve |" in table and table.count("\n| this") == 2
+    assert "| this/litserve |" in table and "| this/litserve-defaults |" in table and table.count("\n| this") == 3
     plot(results, tmp_path / "peers.png")
     assert (tmp_path / "peers.png").stat().st_size > 10_000
