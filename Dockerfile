@@ -15,7 +15,8 @@ COPY requirements-server.txt requirements-gpu.txt requirements-openvino.txt ./
 # A GPU image: --build-arg GPU=1 swaps onnxruntime for onnxruntime-gpu with NVIDIA's CUDA 13 and
 # cuDNN 9 libraries; run it with `--gpus all -e CAPTION_PROVIDERS=cuda,cpu`.
 ARG GPU=0
-# A CPU image with the bf16 encoder: --build-arg OPENVINO=1, run with -e CAPTION_PROVIDERS=openvino,cpu.
+# A CPU image with OpenVINO: --build-arg OPENVINO=1; the server then chooses its bf16 or int8 encoder
+# where the bundle's quality gates passed and they are fastest (docs/performance.md).
 ARG OPENVINO=0
 RUN pip install -r requirements-server.txt \
     && if [ "$GPU" = 1 ]; then pip uninstall -y onnxruntime && pip install -r requirements-gpu.txt; fi \
