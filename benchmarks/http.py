@@ -28,8 +28,8 @@ RESULTS = Path(__file__).parent / "results"
 CONCURRENCY = (1, 2, 4, 8, 16)
 PAIRED = (1, 8)       # the concurrencies the targets name
 PAIRED_CHUNKS = 4
-# What a user gets without tuning: nothing set.
-DEFAULT_LAYOUT = ("as make serve starts it", {})
+# What a user gets without tuning: nothing set (auto said outright, so an inherited setting does not count).
+DEFAULT_LAYOUT = ("as make serve starts it", {"CAPTION_PROVIDERS": "auto"})
 # (name, environment): one worker using both cores for onnxruntime, or one worker per core; the
 # fp32 encoder on onnxruntime (the OpenVINO layouts below set their own providers).
 LAYOUTS = (

@@ -103,7 +103,7 @@ def compare(source: dict[str, Path], variant: dict[str, Path], heldout: list[dic
     return figures
 
 
-def _source(precision: Precision, source: Path, run_dir: Path, images: int, calibration_images: int):
+def _source(source: Path, run_dir: Path, images: int, calibration_images: int):
     """(bundle, its graphs by role, compared entries, calibration entries, scenes) of a float32 source."""
     try:
         loaded = load_bundle(source)
@@ -159,7 +159,7 @@ def make_variant(precision: Precision, source: Path, run_dir: Path, out: Path, n
     """
     from importlib.metadata import version
 
-    loaded, source_graphs, compared, calibration, scenes = _source(precision, source, run_dir, images,
+    loaded, source_graphs, compared, calibration, scenes = _source(source, run_dir, images,
                                                                    calibration_images)
     manifest = dict(loaded.manifest)
     source_name = manifest["name"]
@@ -199,7 +199,7 @@ def attach_variant(precision: Precision, source: Path, run_dir: Path, images: in
     server can say why it does not choose a refused one). Returns the record; VariantError when refused."""
     from importlib.metadata import version
 
-    loaded, source_graphs, compared, calibration, scenes = _source(precision, source, run_dir, images,
+    loaded, source_graphs, compared, calibration, scenes = _source(source, run_dir, images,
                                                                    calibration_images)
     file = f"encoder.{precision.short}.onnx"
     staged = source / (file + ".partial")

@@ -12,7 +12,9 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     http = json.loads((tmp_path / "http.json").read_text())
     openvino, openvino_int8 = http.get("openvino_layouts", []), http.get("openvino_int8_layouts", [])
     assert (len(openvino), len(openvino_int8)) == ((2, 1) if openvino_bf16_available() else (0, 0))  # where bf16 is
-    assert len(http["layouts"]) == 4 + len(openvino) + len(openvino_int8) and len(http["int8_layouts"]) == 2
+    default = http["default_layout"]  # the server as make serve starts it, then the layouts set by hand
+    assert len(http["layouts"]) == 1 + 4 + len(openvino) + len(openvino_int8) and len(http["int8_layouts"]) == 2
+    assert list(http["layouts"])[0] == default and http["layouts"][default][0]["execution_path"]
     for points in http["layouts"].values():
         assert [p["concurrency"] for p in points] == [1, 8]  # --quick: the levels the targets name
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
@@ -26,7 +28,8 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     for points in http["layouts"].values():  # the targets' points against floors taken as they ran
         assert [p["concurrency"] for p in points if "paired" in p] == [1, 8]
         assert all(len(p["paired"]["chunks"]) == 4 and p["paired"]["p50_over_floor"] > 0 for p in points if "paired" in p)
-    groups = [("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8)),
+    groups = [(f"as make serve starts it: {http['layouts'][default][0]['execution_path']}", [default]),
+              ("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8) - {default}),
               ("int8 encoder", http["int8_layouts"])]
     if openvino:
         groups += [("bf16 encoder, OpenVINO", openvino), ("int8 encoder, OpenVINO", openvino_int8)]
