@@ -103,17 +103,15 @@ def cpu_paths() -> str:
     measured = {label: value for label, value, _, _ in summary.targets(latency, http)}
     gpu = _results("gpu")
     single = "single image over HTTP, p50 / floor "
-    default = next(((label.removeprefix(single + "(as make serve starts it: ").removesuffix(")"), value)
-                    for label, value in measured.items() if label.startswith(single + "(as make serve starts it")),
-                   None)
+    chosen = http["layouts"][http["default_layout"]][0]["execution_path"] if http.get("default_layout") else None
 
     def figure(label: str) -> str:
         return f"{measured[single + label]} the fp32 floor" if single + label in measured else "-"
 
     rows = ["| path | on | how | measured (latest `make bench`) |", "| --- | --- | --- | --- |"]
-    if default:
-        rows.append(f"| the fastest gated path (here: {default[0]}) | any | nothing to set: `make serve` | "
-                    f"{default[1]} the fp32 floor, one image over HTTP |")
+    if chosen:
+        rows.append(f"| the fastest gated path (here: {chosen}) | any | nothing to set: `make serve` | "
+                    f"{figure(f'(as make serve starts it: {chosen})')}, one image over HTTP |")
     rows += [f"| onnxruntime fp32 | any x86-64 CPU | `CAPTION_PROVIDERS=cpu` | "
              f"{measured[single + '(fp32)']} the encoder's compute floor, one image over HTTP |",
              f"| OpenVINO bf16 | CPUs with AVX512_BF16 or AMX | chosen where fastest once its quality gate passed "

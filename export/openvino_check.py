@@ -38,27 +38,32 @@ def captions_of(engines: dict, heldout: list[dict], preprocessing: dict) -> dict
     return captions
 
 
+def _judged(reference, checked, run_dir: Path, images: int) -> tuple[str, float, float, str]:
+    """(metric, reference's quality, checked's quality, "identical/images") of two engines' greedy
+    captions of the run's first `images` held-out images."""
+    heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
+    scenes = run_scenes(json.loads((run_dir / "run.json").read_text()))
+    captions = captions_of({"reference": reference, "checked": checked}, heldout, reference.preprocessing)
+    metric, before = quality(captions["reference"], heldout, scenes)
+    _, after = quality(captions["checked"], heldout, scenes)
+    same = sum(a == b for a, b in zip(captions["reference"], captions["checked"]))
+    return metric, before, after, f"{same}/{len(heldout)}"
+
+
 def check(bundle_dir: Path, run_dir: Path, images: int, log=print, reference_dir: Path | None = None) -> dict:
     """Caption the held-out images both ways, record the figures in bundle.json, return them."""
     from server.engine import CaptionEngine, EngineOptions
 
     bundle = load_bundle(bundle_dir)
     reference = load_bundle(reference_dir) if reference_dir is not None else bundle
-    run = json.loads((run_dir / "run.json").read_text())
-    heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
-    scenes = run_scenes(run)
-    engines = {"fp32": CaptionEngine(reference),
-               "bf16": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True))}
-    captions = captions_of(engines, heldout, bundle.preprocessing)
-    metric, fp32 = quality(captions["fp32"], heldout, scenes)
-    _, bf16 = quality(captions["bf16"], heldout, scenes)
-    same = sum(a == b for a, b in zip(captions["fp32"], captions["bf16"]))
-    figures = {"images": len(heldout), "metric": metric, "fp32": round(fp32, 4), "bf16": round(bf16, 4),
-               "greedy_captions_identical": f"{same}/{len(heldout)}", "max_quality_loss": MAX_QUALITY_LOSS,
-               "passed": fp32 - bf16 <= MAX_QUALITY_LOSS, "provider": engines["bf16"].active_providers[0],
+    bf16_engine = CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True))
+    metric, fp32, bf16, same = _judged(CaptionEngine(reference), bf16_engine, run_dir, images)
+    figures = {"images": int(same.split("/")[1]), "metric": metric, "fp32": round(fp32, 4), "bf16": round(bf16, 4),
+               "greedy_captions_identical": same, "max_quality_loss": MAX_QUALITY_LOSS,
+               "passed": fp32 - bf16 <= MAX_QUALITY_LOSS, "provider": bf16_engine.active_providers[0],
                "reference": reference.manifest["name"]}
     log(f"{metric}: fp32 {fp32:.3f}, OpenVINO bf16 {bf16:.3f} ({'passed' if figures['passed'] else 'FAILED'}: "
-        f"at most {MAX_QUALITY_LOSS:.2f} lower); greedy captions identical {same}/{len(heldout)}")
+        f"at most {MAX_QUALITY_LOSS:.2f} lower); greedy captions identical {same}")
     manifest = dict(bundle.manifest)
     manifest.setdefault("provenance", {}).setdefault("parity", {})[OPENVINO_BF16_PARITY] = figures
     finish(bundle_dir, manifest)
@@ -73,20 +78,14 @@ def check_int8(bundle_dir: Path, run_dir: Path, images: int, max_quality_loss: f
     from server.engine import CaptionEngine, EngineOptions
 
     bundle = load_bundle(bundle_dir)
-    heldout = json.loads((run_dir / "heldout.json").read_text())[:images]
-    scenes = run_scenes(json.loads((run_dir / "run.json").read_text()))
-    engines = {"float32": CaptionEngine(bundle),
-               "int8": CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True,
-                                                           openvino_precision="f32", encoder_precision="int8"))}
-    captions = captions_of(engines, heldout, bundle.preprocessing)
-    metric, float32 = quality(captions["float32"], heldout, scenes)
-    _, int8 = quality(captions["int8"], heldout, scenes)
-    same = sum(a == b for a, b in zip(captions["float32"], captions["int8"]))
-    figures = {"images": len(heldout), "metric": metric, "float32": round(float32, 4), "variant": round(int8, 4),
-               "greedy_captions_identical": f"{same}/{len(heldout)}", "max_quality_loss": max_quality_loss,
-               "passed": float32 - int8 <= max_quality_loss + 1e-9, "provider": engines["int8"].active_providers[0]}
+    int8_engine = CaptionEngine(bundle, EngineOptions(providers=("openvino", "cpu"), strict_providers=True,
+                                                      openvino_precision="f32", encoder_precision="int8"))
+    metric, float32, int8, same = _judged(CaptionEngine(bundle), int8_engine, run_dir, images)
+    figures = {"images": int(same.split("/")[1]), "metric": metric, "float32": round(float32, 4),
+               "variant": round(int8, 4), "greedy_captions_identical": same, "max_quality_loss": max_quality_loss,
+               "passed": float32 - int8 <= max_quality_loss + 1e-9, "provider": int8_engine.active_providers[0]}
     log(f"int8 on OpenVINO: held-out {metric} {int8:.3f} against float32's {float32:.3f} "
-        f"({'passed' if figures['passed'] else 'FAILED'}); greedy captions identical {same}/{len(heldout)}")
+        f"({'passed' if figures['passed'] else 'FAILED'}); greedy captions identical {same}")
     manifest = dict(bundle.manifest)
     manifest[ENCODER_VARIANTS]["int8"]["quality"]["openvino"] = figures
     finish(bundle_dir, manifest)

@@ -85,8 +85,7 @@ class CaptionEngine:
             load_gpu_libraries()
         self.sessions = {}
         for role in GRAPH_ROLES:
-            path = (bundle.encoder_file(self.options.encoder_precision, self.options.use_optimized_graphs)
-                    if role == "encoder" else bundle.graph_file(role, self.options.use_optimized_graphs))
+            path = self._graph_path(role)
             try:
                 session = self._session(str(path), role)
             except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
@@ -113,6 +112,12 @@ class CaptionEngine:
                  self.options.encoder_precision, ", ".join(self.active_providers), self.sessions["decoder_step"].get_providers()[0],
                  getattr(self.encoder, "cuda_graphs", False), getattr(self.decoder, "cuda_graphs", False))
 
+    def _graph_path(self, role: str):
+        """The file `role` runs from: the encoder in the precision asked for, the optimised copy where wanted."""
+        if role == "encoder":
+            return self.bundle.encoder_file(self.options.encoder_precision, self.options.use_optimized_graphs)
+        return self.bundle.graph_file(role, self.options.use_optimized_graphs)
+
     def _session(self, path: str, role: str, providers: list | None = None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -132,8 +137,7 @@ class CaptionEngine:
         """A CUDA-graph-enabled session for `role` on the same device, or None (with a warning) when
         onnxruntime cannot capture it (it refuses graphs with nodes it cannot place on CUDA)."""
         options = {**self.sessions[role].get_provider_options()["CUDAExecutionProvider"], "enable_cuda_graph": "1"}
-        path = str(self.bundle.encoder_file(self.options.encoder_precision, self.options.use_optimized_graphs)
-                   if role == "encoder" else self.bundle.graph_file(role, self.options.use_optimized_graphs))
+        path = str(self._graph_path(role))
         try:
             return self._session(path, role, [("CUDAExecutionProvider", options)])
         except Exception as exc:  # onnxruntime's own exception types
