@@ -1,6 +1,7 @@
 """HTTP latency and throughput of the real gunicorn server on loopback, for several
 worker layouts and client concurrencies, each for a fixed time: first as `make serve` starts it
-(on the path it chooses, server/path_choice.py), then by hand on onnxruntime fp32, the same
+(on the path it chooses, server/path_choice.py; again with CAPTION_OPENVINO=off where OpenVINO is
+installed), then by hand on onnxruntime fp32, the same
 layouts again on the bundle's int8 variant where it exists, and with the encoder on OpenVINO
 (bf16; the int8 variant's quantised operators in int8) where this processor and install have bf16.
 
@@ -30,6 +31,10 @@ PAIRED = (1, 8)       # the concurrencies the targets name
 PAIRED_CHUNKS = 4
 # What a user gets without tuning: nothing set (auto said outright, so an inherited setting does not count).
 DEFAULT_LAYOUT = ("as make serve starts it", {"CAPTION_PROVIDERS": "auto"})
+# The same where OpenVINO is kept out: what a processor without OpenVINO's fast paths gets (issue 36's
+# second target). Measured only where OpenVINO is installed; elsewhere it is the default layout.
+NO_OPENVINO_LAYOUT = ("as make serve starts it, CAPTION_OPENVINO=off", {"CAPTION_PROVIDERS": "auto",
+                                                                       "CAPTION_OPENVINO": "off"})
 # (name, environment): one worker using both cores for onnxruntime, or one worker per core; the
 # fp32 encoder on onnxruntime (the OpenVINO layouts below set their own providers).
 LAYOUTS = (
@@ -86,13 +91,18 @@ def measure_layout(bundle: Path, env: dict, seconds: float, concurrency: tuple =
         server.stop()
 
 
-def openvino_bf16_available() -> bool:
+def openvino_capabilities_here() -> list[str]:
+    """OpenVINO's CPU capabilities (FP32, BF16, INT8...), or [] where it is not installed."""
     from server.openvino_encoder import OpenVINOUnavailable, openvino_capabilities
 
     try:
-        return "BF16" in openvino_capabilities()
+        return openvino_capabilities()
     except OpenVINOUnavailable:
-        return False
+        return []
+
+
+def openvino_bf16_available() -> bool:
+    return "BF16" in openvino_capabilities_here()
 
 
 def main(argv=None) -> int:
@@ -119,9 +129,12 @@ def main(argv=None) -> int:
                               encoder_gflop=floors[name]["encoder_gflop"], effort=effort)
 
     on_openvino = {"CAPTION_PROVIDERS": "openvino,cpu", "CAPTION_STRICT_PROVIDERS": "1"}
-    layouts = {name: measured(name, args.bundle, env) for name, env in (DEFAULT_LAYOUT, *LAYOUTS)}
+    defaults = (DEFAULT_LAYOUT, NO_OPENVINO_LAYOUT) if openvino_capabilities_here() else (DEFAULT_LAYOUT,)
+    layouts = {name: measured(name, args.bundle, env) for name, env in (*defaults, *LAYOUTS)}
     results = {"machine": machine(effort), "quick": args.quick, "seconds_per_point": args.seconds,
                "layouts": layouts, "default_layout": DEFAULT_LAYOUT[0], "bf16_here": bf16_here}
+    if len(defaults) > 1:
+        results["no_openvino_layout"] = NO_OPENVINO_LAYOUT[0]
     if bf16_here:
         bf16 = {f"{name}, OpenVINO bf16 encoder": measured(f"{name}, OpenVINO bf16 encoder", args.bundle,
                                                            {**env, **on_openvino}) for name, env in LAYOUTS}
@@ -169,7 +182,8 @@ def markdown(results: dict) -> str:
             paired = p.get("paired")
             throughput_x = f"{paired['throughput_x_floor']:.2f}*" if paired else f"{p['throughput_rps'] * floor_ms / 1000:.2f}"
             p50_x = f"{paired['p50_over_floor']:.2f}*" if paired else f"{p['p50_ms'] / floor_ms:.2f}"
-            where = f", on {p['execution_path']}" if name == DEFAULT_LAYOUT[0] and "execution_path" in p else ""
+            chosen = name in (DEFAULT_LAYOUT[0], NO_OPENVINO_LAYOUT[0]) and "execution_path" in p
+            where = f", on {p['execution_path']}" if chosen else ""
             lines.append(f"| {name}{where} (floor {floor_ms} ms) | {p['concurrency']} | {p['throughput_rps']} | "
                          f"{throughput_x} | {p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p50_x} | {errors} |")
     client = [p["client_cpu_ms_per_request"] for points in results["layouts"].values() for p in points]

@@ -26,7 +26,7 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<
 RESULT_PAGES = {**{name: f"benchmarks.{name}" for name in ("latency", "http", "layouts", "gpu", "ray_batch",
                                                            "reliability", "notebook", "peers", "request_path",
                                                            "perf_analyzer", "tracing_cost", "build_time",
-                                                           "import_memory")},
+                                                           "import_memory", "encoder_options")},
                 "quality": "tests.quality.score_http", "learning_curves": "training.curves"}
 
 

@@ -57,6 +57,8 @@ class Config:
                                   "is kept, per machine, bundle and library versions, so later starts and the other "
                                   "workers take it at once; empty: measure at every start. Set, it must be writable; "
                                   "the default is skipped with a warning where it is not (a read-only home)")
+    openvino: bool = setting(True, "with `CAPTION_PROVIDERS=auto`: `0`/`off` keeps the choice off OpenVINO's paths "
+                             "even where it is installed (the choice then runs among onnxruntime's)")
     openvino_precision: str = setting("bf16", "with `openvino`: the encoder's precision, `bf16` (on processors with "
                                       "AVX512_BF16 or AMX; elsewhere it falls back to onnxruntime with a warning, or "
                                       "refuses under `CAPTION_STRICT_PROVIDERS=1`) or `f32`")
@@ -113,6 +115,8 @@ class Config:
         if "openvino" in requested and requested[0] != "openvino":
             problems.append(f"providers={self.providers!r}: openvino runs the encoder only, so it comes first "
                             "(e.g. openvino,cpu)")
+        if not self.openvino and "openvino" in requested:
+            problems.append(f"providers={self.providers!r} asks for OpenVINO, which openvino=off keeps out")
         if self.openvino_precision not in OPENVINO_PRECISIONS:
             problems.append(f"openvino_precision={self.openvino_precision!r} (choose from {', '.join(OPENVINO_PRECISIONS)})")
         if self.encoder_precision not in ENCODER_PRECISIONS:

@@ -95,12 +95,15 @@ def int8_gate(bundle: Bundle, runtime: str) -> dict | None:
     return ((bundle.encoder_variant("int8") or {}).get("quality") or {}).get(runtime)
 
 
-def candidates(bundle: Bundle, machine: Machine) -> tuple[list[ExecutionPath], dict[str, str]]:
-    """The paths this machine can run for this bundle, and why each other one was dropped."""
+def candidates(bundle: Bundle, machine: Machine, openvino: bool = True) -> tuple[list[ExecutionPath], dict[str, str]]:
+    """The paths this machine can run for this bundle, and why each other one was dropped
+    (`openvino` False: CAPTION_OPENVINO=off keeps OpenVINO's paths out)."""
     chosen, dropped = [], {}
     for path in PATHS:
         reason = None
-        if path.name == "cuda" and "CUDAExecutionProvider" not in machine.onnxruntime_providers:
+        if path.runtime == "openvino" and not openvino:
+            reason = "CAPTION_OPENVINO=off"
+        elif path.name == "cuda" and "CUDAExecutionProvider" not in machine.onnxruntime_providers:
             reason = "this onnxruntime has no CUDA provider (make install-gpu, on a machine with an NVIDIA GPU)"
         elif "openvino" in path.providers and machine.openvino is None:
             reason = "the openvino package is not installed (make install-openvino)"
@@ -145,8 +148,8 @@ def fastest(runners: dict[str, callable], warm_up: int = WARM_UP_RUNS, rounds: i
     return {name: round(statistics.median(t), 2) for name, t in times.items()}
 
 
-def cache_key(bundle: Bundle, machine: Machine, threads: int) -> str:
-    """What the measurement depends on: the encoder, the processor, the libraries, the threads."""
+def cache_key(bundle: Bundle, machine: Machine, threads: int, paths: list[ExecutionPath]) -> str:
+    """What the measurement depends on: the encoder, the processor, the libraries, the threads, the candidates."""
     import onnxruntime as ort
 
     encoder = bundle.manifest["checksums"].get(bundle.graph_file("encoder", optimized=False).name, "")
@@ -163,7 +166,8 @@ def cache_key(bundle: Bundle, machine: Machine, threads: int) -> str:
     int8_file = bundle.manifest["checksums"].get(int8.get("file") or "", "")
     facts = [encoder, cpu, os.cpu_count(), threads, ort.__version__, openvino_version, machine.onnxruntime_providers,
              machine.openvino, bool(gate.get("passed")), int8_file,
-             sorted(runtime for runtime, figures in int8.get("quality", {}).items() if figures.get("passed"))]
+             sorted(runtime for runtime, figures in int8.get("quality", {}).items() if figures.get("passed")),
+             [path.name for path in paths]]
     return hashlib.sha256(json.dumps(facts, default=str).encode()).hexdigest()[:16]
 
 
@@ -189,13 +193,14 @@ class Choice:
         return {"path": self.path.name, "reason": self.reason, "encoder_ms": self.timings_ms, "dropped": self.dropped}
 
 
-def choose(bundle: Bundle, make_engine, threads: int, cache_dir: str, machine: Machine | None = None):
+def choose(bundle: Bundle, make_engine, threads: int, cache_dir: str, machine: Machine | None = None,
+           openvino: bool = True):
     """(engine, Choice): the bundle's engine on the fastest candidate path. `make_engine(path)` builds
     an engine on a path (raising if it cannot start there). The measurement is read from, or
     written to, `cache_dir` (empty: measured every start), under a lock, so that workers starting
     together measure once."""
     machine = machine or this_machine()
-    paths, dropped = candidates(bundle, machine)
+    paths, dropped = candidates(bundle, machine, openvino)
     folder = Path(cache_dir).expanduser() if cache_dir else None
     if folder is not None:
         try:
@@ -207,7 +212,7 @@ def choose(bundle: Bundle, make_engine, threads: int, cache_dir: str, machine: M
             folder = None
     if folder is None:
         return _measure(bundle, make_engine, paths, dropped)
-    file = folder / f"path-{bundle.name}-{cache_key(bundle, machine, threads)}.json"
+    file = folder / f"path-{bundle.name}-{cache_key(bundle, machine, threads, paths)}.json"
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first's measurement
         known = _kept(file)
@@ -263,7 +268,7 @@ def engine_for(bundle: Bundle, config):
         engine.choice = Choice(path, {}, {}, "set by CAPTION_PROVIDERS")
         return engine
     engine, choice = choose(bundle, lambda path: CaptionEngine(bundle, config.engine_options(path)),
-                            config.intra_op_threads, config.path_cache_dir)
+                            config.intra_op_threads, config.path_cache_dir, openvino=config.openvino)
     engine.choice = choice
     log.info("bundle %s: encoder on %s: %s%s", bundle.name, choice.path.name, choice.reason,
              "".join(f"; not {name}: {why}" for name, why in choice.dropped.items()))

@@ -2,7 +2,7 @@
 turns their results into the target table."""
 import json
 
-from benchmarks.http import openvino_bf16_available
+from benchmarks.http import openvino_bf16_available, openvino_capabilities_here
 from tests.conftest import run_cli
 
 
@@ -13,8 +13,12 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
     openvino, openvino_int8 = http.get("openvino_layouts", []), http.get("openvino_int8_layouts", [])
     assert (len(openvino), len(openvino_int8)) == ((2, 1) if openvino_bf16_available() else (0, 0))  # where bf16 is
     default = http["default_layout"]  # the server as make serve starts it, then the layouts set by hand
-    assert len(http["layouts"]) == 1 + 4 + len(openvino) + len(openvino_int8) and len(http["int8_layouts"]) == 2
-    assert list(http["layouts"])[0] == default and http["layouts"][default][0]["execution_path"]
+    no_openvino = http.get("no_openvino_layout")  # and again with CAPTION_OPENVINO=off where OpenVINO is installed
+    defaults = [default, no_openvino] if openvino_capabilities_here() else [default]
+    assert len(http["layouts"]) == len(defaults) + 4 + len(openvino) + len(openvino_int8) and len(http["int8_layouts"]) == 2
+    assert list(http["layouts"])[:len(defaults)] == defaults and http["layouts"][default][0]["execution_path"]
+    if no_openvino:
+        assert not http["layouts"][no_openvino][0]["execution_path"].startswith("openvino")
     for points in http["layouts"].values():
         assert [p["concurrency"] for p in points] == [1, 8]  # --quick: the levels the targets name
         assert all(p["requests"] > 0 and p["server_errors_5xx"] == 0 and p["connection_errors"] == 0 for p in points)
@@ -29,8 +33,11 @@ def test_http_benchmark_and_summary(bundle_dir, int8_bundle_dir, tmp_path):
         assert [p["concurrency"] for p in points if "paired" in p] == [1, 8]
         assert all(len(p["paired"]["chunks"]) == 4 and p["paired"]["p50_over_floor"] > 0 for p in points if "paired" in p)
     groups = [(f"as make serve starts it: {http['layouts'][default][0]['execution_path']}", [default]),
-              ("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8) - {default}),
+              ("fp32", set(http["layouts"]) - set(http["int8_layouts"]) - set(openvino) - set(openvino_int8) - set(defaults)),
               ("int8 encoder", http["int8_layouts"])]
+    if no_openvino:
+        groups.insert(1, (f"as make serve starts it with CAPTION_OPENVINO=off: "
+                          f"{http['layouts'][no_openvino][0]['execution_path']}", [no_openvino]))
     if openvino:
         groups += [("bf16 encoder, OpenVINO", openvino), ("int8 encoder, OpenVINO", openvino_int8)]
     for precision, names in groups:
@@ -106,3 +113,21 @@ def test_ray_batch_benchmark_compares_ray_with_the_one_process_command(bundle_di
     assert run["ray"]["actors"] >= 1 and run["ray"]["images_per_s_once_started"] > 0
     assert run["ray_vs_single"] > 0 and "sgemm peak" in results["machine"]
     assert "| 24 |" in (tmp_path / "ray_batch.md").read_text()
+
+
+def test_encoder_options_keep_one_entry_per_processor(bundle_dir, tmp_path):
+    from benchmarks.encoder_options import VARIANTS, processor
+
+    (tmp_path / "encoder_options.json").write_text(json.dumps({"processors": {"Another CPU (avx512f)": {
+        "machine": "m", "rounds": 1, "sgemm_peaks_gflops": [100], "floor_ms": 1.0, "encoder_gflop": 0.1,
+        "median_ms": {"default": 1.1}, "over_floor": {"default": 1.1}, "not_run": {}}}}))
+    run_cli("benchmarks.encoder_options", "--bundle", str(bundle_dir), "--rounds", "2", "--quick",
+            "--results", str(tmp_path))
+    kept = json.loads((tmp_path / "encoder_options.json").read_text())["processors"]
+    assert set(kept) == {"Another CPU (avx512f)", processor()}  # a run replaces only its own processor's entry
+    run = kept[processor()]
+    assert set(run["median_ms"]) | set(run["not_run"]) == {v.name for v in VARIANTS}
+    assert all(len(times) == 2 and min(times) > 0 for times in run["ms_per_round"].values())
+    assert run["over_floor"]["one thread"] > 0 and len(run["sgemm_peaks_gflops"]) == 2
+    page = (tmp_path / "encoder_options.md").read_text()
+    assert "## Another CPU (avx512f)" in page and f"## {processor()}" in page

@@ -70,6 +70,15 @@ def test_a_path_is_dropped_with_its_reason(machine, gate, int8, missing, reason)
     assert set(missing) <= set(dropped) and reason in dropped[missing[-1]]
 
 
+def test_openvino_off_keeps_every_openvino_path_out_and_is_refused_beside_openvino_by_hand():
+    paths, dropped = candidates(bundle_with(PASSED, BOTH), ALL, openvino=False)
+    assert names(paths) == ["onnxruntime fp32", "onnxruntime int8", "cuda"]
+    assert {dropped[n] for n in ("openvino f32", "openvino bf16", "openvino int8")} == {"CAPTION_OPENVINO=off"}
+    assert Config.from_env({"CAPTION_OPENVINO": "off"}).openvino is False
+    with pytest.raises(ConfigError, match="asks for OpenVINO, which openvino=off keeps out"):
+        Config.from_env({"CAPTION_OPENVINO": "off", "CAPTION_PROVIDERS": "openvino,cpu"})
+
+
 def test_fastest_alternates_rounds_and_takes_medians():
     order, clock = [], iter(range(1000))
     runners = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
