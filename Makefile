@@ -8,7 +8,7 @@ DEMO_IMAGES ?= 1500
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: perf-analyzer serve test test-fast test-budget quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
+.PHONY: grpc-stubs perf-analyzer serve test test-fast test-budget quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ onnx_models/demo-int8/bundle.json: $(DEMO_BUNDLE)
 	  --images 100 --calibration-images 50 $(if $(INT8_MAX_QUALITY_LOSS),--max-quality-loss $(INT8_MAX_QUALITY_LOSS))
 
 demo-int8: onnx_models/demo-int8/bundle.json
+
+# The gRPC protocol's Python modules from Triton's .proto files (triton-inference-server/common,
+# protobuf/); committed, and checked against a fresh generation by tests/server/test_grpc_protocol.py.
+grpc-stubs: $(VENV)/.installed-dev
+	$(PY) -m grpc_tools.protoc -I server/grpc_protocol/protos --python_out=server/grpc_protocol \
+	  --grpc_python_out=server/grpc_protocol grpc_service.proto model_config.proto
+	rm -f server/grpc_protocol/model_config_pb2_grpc.py
 
 # onnxruntime-gpu in place of onnxruntime (both install the same module, so one goes first).
 install-gpu: $(VENV)/.installed-dev

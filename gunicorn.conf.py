@@ -25,6 +25,10 @@ def _int(setting: settings.ProcessSetting, low: int = 1) -> int:
 
 
 bind = f"{settings.HOST.value()}:{_int(settings.PORT, 0)}"
+try:
+    grpc_port = settings.grpc_port()
+except ValueError as exc:
+    sys.exit(f"error: {exc}")
 # The layout study (python -m benchmarks.layouts, results/layouts.md) chose one worker whose
 # encoder uses both cores, with onnxruntime's spinning on and micro-batching on. In its two
 # runs that served a single image in 35.4 and 35.7 ms (spinning off: 36.0, 37.0) and 31.6-31.8
@@ -97,6 +101,7 @@ def on_starting(server):
         config = Config.from_env()
         wanted_exporter()  # the OTEL_* variables, which each worker reads again when it starts
         load_bundles(config.bundle_paths, verify_checksums=False)
+        _grpc_port_is_free()
     except (BundleError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -108,11 +113,39 @@ def on_starting(server):
         server.stderr_relay = StderrRelay()
 
 
+def _grpc_port_is_free():
+    """The workers share GRPC_PORT with SO_REUSEPORT, which would let them share it with another
+    server's workers too: so the master checks, once, that nothing else holds it."""
+    import socket
+
+    if grpc_port is None:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in settings.HOST.value() else socket.AF_INET) as probe:
+        try:
+            probe.bind((settings.HOST.value(), grpc_port))
+        except OSError as exc:
+            raise ValueError(f"GRPC_PORT={grpc_port} cannot be bound on {settings.HOST.value()} "
+                             f"({exc.strerror}): another server holds it; set GRPC_PORT to a free port or off") from None
+
+
 def post_worker_init(worker):
-    """Let the app see when this worker starts to drain (readiness then answers 503)."""
+    """Let the app see when this worker starts to drain (readiness then answers 503); start its gRPC
+    server (server/grpc_protocol/serving.py), which stops taking calls when the worker drains."""
     from server import lifecycle
 
     lifecycle.attach(worker)
+    if grpc_port is not None:
+        from server.grpc_protocol import serving
+
+        server = serving.start(worker.wsgi, settings.HOST.value(), grpc_port, worker_connections)
+        worker.grpc_stopped = serving.drain_when_asked(server, worker, graceful_timeout)
+
+
+def worker_exit(server, worker):
+    """Let the gRPC calls this worker holds finish (within graceful_timeout) before it exits."""
+    stopped = getattr(worker, "grpc_stopped", None)
+    if stopped is not None:
+        stopped.wait(graceful_timeout + 1)
 
 
 def child_exit(server, worker):

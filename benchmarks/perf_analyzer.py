@@ -59,8 +59,9 @@ def input_data(images: list[bytes]) -> dict:
 
 
 def profile(url: str, model: str, images: list[bytes], concurrency: list[int], window_ms: int = 3000,
-            stability_percent: int = 10) -> list[dict]:
-    """perf_analyzer's figures at each concurrency: throughput and client-side latencies (ms)."""
+            stability_percent: int = 10, protocol: str = "http") -> list[dict]:
+    """perf_analyzer's figures at each concurrency: throughput and client-side latencies (ms).
+    `url`: the server's HTTP URL, or host:port of its gRPC port with `protocol` "grpc"."""
     if not BINARY.is_file():
         raise SystemExit("error: perf_analyzer is not installed: make perf-analyzer")
     rows = []
@@ -68,7 +69,7 @@ def profile(url: str, model: str, images: list[bytes], concurrency: list[int], w
         data, report = Path(folder) / "input.json", Path(folder) / "report.csv"
         data.write_text(json.dumps(input_data(images)))
         for clients in concurrency:
-            command = [str(BINARY), "-m", model, "-u", url.removeprefix("http://"), "-i", "http",
+            command = [str(BINARY), "-m", model, "-u", url.removeprefix("http://"), "-i", protocol,
                        "--input-data", str(data), "--shape", "image:1", "--measurement-interval", str(window_ms),
                        "--stability-percentage", str(stability_percent), "--max-trials", "20",
                        "--concurrency-range", f"{clients}:{clients}", "-f", str(report)]
@@ -76,7 +77,7 @@ def profile(url: str, model: str, images: list[bytes], concurrency: list[int], w
                                  env={**os.environ, "LD_LIBRARY_PATH": str(TOOL / "lib")})
             if run.returncode != 0:
                 raise RuntimeError(f"perf_analyzer failed ({run.returncode}): {(run.stdout + run.stderr)[-2000:]}")
-            rows += [{"concurrency": int(r["Concurrency"]), "captions_per_s": round(float(r["Inferences/Second"]), 2),
+            rows += [{"protocol": protocol, "concurrency": int(r["Concurrency"]), "captions_per_s": round(float(r["Inferences/Second"]), 2),
                       **{f"{p}_ms": round(int(r[f"{p} latency"]) / 1e3, 2) for p in ("p50", "p90", "p99")}}
                      for r in csv.DictReader(report.open())]
     return rows
@@ -90,10 +91,10 @@ def write(figures: dict) -> None:
 def markdown(figures: dict) -> str:
     lines = ["# perf_analyzer against this server (Open Inference Protocol)", "",
              f"Machine: {figures['machine']}. Bundle `{figures['bundle']}`, one 640x480 JPEG per request, perf_analyzer "
-             f"{figures['tool']} over HTTP.", "",
-             "| concurrency | captions/s | p50 ms | p90 ms | p99 ms |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['concurrency']} | {r['captions_per_s']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} |"
-              for r in figures["rows"]]
+             f"{figures['tool']} over HTTP and gRPC (one server, the protocols alternating by concurrency).", "",
+             "| protocol | concurrency | captions/s | p50 ms | p90 ms | p99 ms |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.get('protocol', 'http')} | {r['concurrency']} | {r['captions_per_s']} | {r['p50_ms']} | "
+              f"{r['p90_ms']} | {r['p99_ms']} |" for r in figures["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     server = GunicornServer({"CAPTION_BUNDLE": str(args.bundle)})
     try:
         server.wait_ready(120)
-        rows = profile(server.url, model, scene_photos(1), args.concurrency)
+        rows = []
+        for clients in args.concurrency:  # alternating, so a drifting machine slows both alike
+            rows += profile(server.url, model, scene_photos(1), [clients])
+            rows += profile(f"127.0.0.1:{server.grpc_port}", model, scene_photos(1), [clients], protocol="grpc")
     finally:
         server.stop()
     write({"machine": machine(), "bundle": str(args.bundle), "tool": "from tritonclient 2.50.0", "rows": rows})

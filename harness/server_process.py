@@ -29,12 +29,14 @@ class GunicornServer:
     def __init__(self, env: dict, root: Path = ROOT):
         """`root`: the checkout whose gunicorn.conf.py and server/ run (another commit's worktree, say)."""
         self.port = free_port()
+        # Its own gRPC port too: workers share theirs with SO_REUSEPORT, and two servers must not.
+        self.grpc_port = int(env["GRPC_PORT"]) if str(env.get("GRPC_PORT", "")).isdigit() else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.gettempdir()) / f"gunicorn-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py"], cwd=root,
-            env={**os.environ, "PORT": str(self.port), "HOST": "127.0.0.1", **env},
+            env={**os.environ, "PORT": str(self.port), "GRPC_PORT": str(self.grpc_port), "HOST": "127.0.0.1", **env},
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60, in_a_row: int = 10) -> None:
@@ -98,7 +100,7 @@ class MakeServe(GunicornServer):
         self.process = subprocess.Popen(
             ["make", "--no-print-directory", "-o", f"{venv}/.installed-dev", "-o", f"{bundle}/bundle.json", "serve",
              f"VENV={venv}", f"DEMO_BUNDLE={bundle}/bundle.json", f"PORT={self.port}", f"PIDFILE={self.pidfile}"],
-            cwd=ROOT, env={**os.environ, "CAPTION_BUNDLE": str(bundle), **(env or {})},
+            cwd=ROOT, env={**os.environ, "CAPTION_BUNDLE": str(bundle), "GRPC_PORT": str(free_port()), **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def master(self) -> int:

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from bundle.format import OPENVINO_BF16_PARITY, load_bundles
 
 from .answers import SECURITY_HEADERS, discard_unread_body, error_body
+from .api_keys import CHALLENGE, is_valid, presented_key, route_is_open
 from .config import Config
 from .path_choice import engine_for
 from .errors import RequestError
@@ -82,6 +83,8 @@ def create_app(config: Config | None = None) -> Flask:
     tracing.start()
     observability.install(app, [(name, e.bundle.manifest.get("created"), e.active_providers, e.choice.path.name)
                                 for name, e in engines.items()])
+    if config.api_key_set:
+        require_api_keys(app, config.api_key_set)
     app.register_blueprint(api)
     app.register_blueprint(v2)
     app.register_blueprint(web)
@@ -116,6 +119,20 @@ def create_app(config: Config | None = None) -> Flask:
         return response
 
     return app
+
+
+def require_api_keys(app: Flask, keys: tuple[bytes, ...]) -> None:
+    """Refuse (401) a request to a route that needs a key without a valid one (server/api_keys.py).
+    Registered after the request ids and metrics, so that a refusal is counted and logged like any other."""
+    @app.before_request
+    def check_api_key():
+        rule = request.url_rule.rule if request.url_rule else None
+        if route_is_open(request.method, rule) or (request.method, rule) == ("POST", "/"):
+            return None  # the form's submission carries its key in a field: web.upload checks it
+        if not is_valid(presented_key(request.headers.get("Authorization")), keys):
+            raise RequestError(401, "unauthorized", "this route needs an API key: send the header "
+                                                    "'Authorization: Bearer <key>'", {"WWW-Authenticate": CHALLENGE})
+        return None
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from bundle.decoding import DEFAULT_LENGTH_PENALTY
 
+from .api_keys import read_keys
+
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt", "openvino")
 OPENVINO_PRECISIONS = ("bf16", "f32")
 ENCODER_PRECISIONS = ("float32", "int8")
@@ -37,9 +39,10 @@ def _writable_folder(path: str) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
-def setting(default, meaning: str):
-    """A Config field with its meaning, which the configuration reference (docs/operating.md) shows."""
-    return field(default=default, metadata={"meaning": meaning})
+def setting(default, meaning: str, secret: bool = False):
+    """A Config field with its meaning, which the configuration reference (docs/operating.md) shows;
+    a `secret` one is left out of the Config's repr (and so of any log line that shows it)."""
+    return field(default=default, metadata={"meaning": meaning}, repr=not secret)
 
 
 @dataclass
@@ -104,6 +107,12 @@ class Config:
     length_penalty: float = setting(DEFAULT_LENGTH_PENALTY, "beam hypotheses are ranked by "
                                     "log_prob / length ** length_penalty")
     warmup: bool = setting(True, "caption one image before `/readyz` says ready")
+    api_keys: str = setting("", "API keys, comma-separated: when set (or `CAPTION_API_KEYS_FILE`), captioning and "
+                            "model routes (JSON API, the protocol over REST and gRPC, the form's submissions) need "
+                            "`Authorization: Bearer <key>`; probes and `/metrics` stay open (docs/operating.md)",
+                            secret=True)
+    api_keys_file: str = setting("", "a file of API keys, one per line (`#` comments), read at start-up; with "
+                                 "`CAPTION_API_KEYS` both count")
 
     def __post_init__(self):
         self.bundle = Path(self.bundle)
@@ -145,8 +154,15 @@ class Config:
             problems.append("need 1 <= default_beam_size <= max_beam_size <= 10")
         if self.length_penalty < 0:
             problems.append("length_penalty must be >= 0")
+        self._api_keys, key_problems = read_keys(self.api_keys, self.api_keys_file)
+        problems += key_problems
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def api_key_set(self) -> tuple[bytes, ...]:
+        """The keys a caller may present; empty when keys are off."""
+        return self._api_keys
 
     @property
     def bundle_paths(self) -> list[Path]:

@@ -140,7 +140,8 @@ def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]
     return images, offset
 
 
-def _options(parameters: dict) -> MultiDict:
+def decoding_options(parameters: dict) -> MultiDict:
+    """A request's parameters as the text options /api/v1/captions validates (REST and gRPC alike)."""
     unknown = sorted(set(parameters) - set(OPTIONS) - {BINARY_OUTPUT, ATTENTION})
     if unknown:
         raise RequestError(422, "invalid_parameter", f"unknown parameter {str(unknown[0])[:40]!r}; this model "
@@ -159,27 +160,35 @@ def _options(parameters: dict) -> MultiDict:
     return options
 
 
+def check_output_name(name, attention: bool | None, chosen: list[str]) -> None:
+    """A 400 unless `name` is an output not yet asked for that the request's `attention` parameter allows."""
+    nameable = [*OUTPUTS, ATTENTION]
+    if name == ATTENTION and attention is False:
+        raise bad_request(f"output '{ATTENTION}' was asked for with the parameter {ATTENTION}: false")
+    if name not in nameable or name in chosen:
+        raise bad_request(f"output {str(name)[:40]!r} is unknown or repeated; the outputs are {', '.join(nameable)}")
+
+
+def default_outputs(attention: bool | None) -> list[str]:
+    """The outputs answered when a request names none: all, as Triton answers."""
+    return [*OUTPUTS, *([ATTENTION] if attention else [])]
+
+
 def _requested_outputs(document: dict, binary_default: bool, attention: bool | None) -> list[tuple[str, bool]]:
     """The outputs to answer, each with whether it is binary. `attention`: the parameter (None when
     absent); naming the output asks for it unless the parameter says false, as Triton's outputs do."""
-    nameable = [*OUTPUTS, ATTENTION]
     wanted = document.get("outputs", [])
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise bad_request("'outputs' must be a list of objects with a 'name'")
     chosen = []
     for output in wanted:
         name = output.get("name")
-        if name == ATTENTION and attention is False:
-            raise bad_request(f"output '{ATTENTION}' was asked for with the parameter {ATTENTION}: false")
-        if name not in nameable or name in (n for n, _ in chosen):
-            raise bad_request(f"output {str(name)[:40]!r} is unknown or repeated; the outputs are "
-                              f"{', '.join(nameable)}")
+        check_output_name(name, attention, [n for n, _ in chosen])
         binary = _object(output, "parameters", f"output '{name}' parameters").get("binary_data", binary_default)
         if not isinstance(binary, bool):
             raise bad_request(f"output '{name}': binary_data must be true or false")
         chosen.append((name, binary))
-    # None named: all, as Triton answers.
-    return chosen or [(name, binary_default) for name in [*OUTPUTS, *([ATTENTION] if attention else [])]]
+    return chosen or [(name, binary_default) for name in default_outputs(attention)]
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -202,11 +211,15 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     binary_default = parameters.get(BINARY_OUTPUT, False)
     if not isinstance(binary_default, bool):
         raise bad_request(f"{BINARY_OUTPUT} must be true or false")
-    options = _options(parameters)
+    options = decoding_options(parameters)
     outputs = _requested_outputs(document, binary_default, parameters.get(ATTENTION))
     if ATTENTION not in options and any(name == ATTENTION for name, _ in outputs):
         options.add(ATTENTION, "true")
     return InferRequest(request_id, images, options, outputs)
+
+
+def wants_attention(options: MultiDict) -> bool:
+    return options.get(ATTENTION) == "true"
 
 
 def attention_tensor(weights: list, positions: int) -> np.ndarray:
@@ -271,7 +284,8 @@ def model_config(name: str, max_images: int, positions: int = 0) -> dict:
             "parameters": {"max_images_per_request": {"string_value": str(max_images)}}}
 
 
-def _positions(model) -> int:
+def attention_positions(model) -> int:
+    """The attention grid's size of a served model (0: it has none)."""
     grid = model.engine.bundle.attention_grid
     return grid[0] * grid[1] if grid else 0
 
@@ -281,8 +295,12 @@ def _registry():
 
 
 def _served(name: str, version: str | None):
+    return served_model(_registry(), name, version)
+
+
+def served_model(registry, name: str, version: str | None):
     """The served model `name` (version "1" or none); a 404 in the protocol's words otherwise."""
-    models = _registry().models
+    models = registry.models
     if name not in models:
         raise RequestError(404, "unknown_model", f"no model named {name[:60]!r}; the models are {', '.join(models)}")
     if version not in (None, VERSION):
@@ -315,13 +333,13 @@ def server_ready():
 @v2.get("/v2/models/<name>/versions/<version>")
 def model(name: str, version: str | None = None):
     served = _served(name, version)
-    return model_metadata(name, _positions(served), served.engine.choice)
+    return model_metadata(name, attention_positions(served), served.engine.choice)
 
 
 @v2.get("/v2/models/<name>/config")
 @v2.get("/v2/models/<name>/versions/<version>/config")
 def config(name: str, version: str | None = None):
-    return model_config(name, _registry().config.max_images, _positions(_served(name, version)))
+    return model_config(name, _registry().config.max_images, attention_positions(_served(name, version)))
 
 
 @v2.get("/v2/models/<name>/ready")
@@ -350,7 +368,7 @@ def infer(name: str, version: str | None = None):
     result = model.caption_uploads(parsed.images, model.options(parsed.options), g.started,
                                    client_connected(request.environ))
     captions = result["captions"]
-    attention = (attention_tensor([c["attention"]["weights"] for c in captions], _positions(model))
-                 if parsed.options.get(ATTENTION) == "true" else None)
+    attention = (attention_tensor([c["attention"]["weights"] for c in captions], attention_positions(model))
+                 if wants_attention(parsed.options) else None)
     return infer_response(name, parsed, [c["caption"] for c in captions], [c["log_prob"] for c in captions],
                           attention)

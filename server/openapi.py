@@ -2,6 +2,10 @@
 (beam width, caption length, upload size) are the ones the server enforces."""
 from __future__ import annotations
 
+import re
+
+from .answers import is_protocol_path
+from .api_keys import route_is_open
 from .captioning import MAX_LENGTH_PENALTY
 from .inference_protocol import HEADER_LENGTH, OPTIONS, OUTPUTS
 
@@ -25,7 +29,27 @@ def attention_option(models: list[str], attending: list[str]) -> dict:
 
 def openapi_document(config, max_length: int, models: list[str], attending: list[str]) -> dict:
     """OpenAPI 3.0 document for this server; `models` are the served model names, default first,
-    `attending` those whose decoder can answer attention weights."""
+    `attending` those whose decoder can answer attention weights. With API keys configured, the
+    routes that need one say so (a bearer scheme, and their 401)."""
+    document = _document(config, max_length, models, attending)
+    return with_api_keys(document) if config.api_key_set else document
+
+
+def with_api_keys(document: dict) -> dict:
+    """`document` with the bearer scheme on every operation that needs a key (server/api_keys.py)."""
+    document["components"]["securitySchemes"] = {"apiKey": {
+        "type": "http", "scheme": "bearer", "description": "an API key of CAPTION_API_KEYS or CAPTION_API_KEYS_FILE"}}
+    for path, operations in document["paths"].items():
+        rule = re.sub(r"\{(\w+)\}", r"<\1>", path)
+        for method, operation in operations.items():
+            if not route_is_open(method.upper(), rule):
+                operation["security"] = [{"apiKey": []}]
+                error = _protocol_error if is_protocol_path(path) else _error
+                operation["responses"]["401"] = error("No API key, or not one of the server's")
+    return document
+
+
+def _document(config, max_length: int, models: list[str], attending: list[str]) -> dict:
     image_formats = "JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)"
     options = {
         "beam_size": {"type": "integer", "minimum": 1, "maximum": config.max_beam_size,

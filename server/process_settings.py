@@ -17,8 +17,20 @@ class ProcessSetting:
         return os.environ.get(self.name, self.default)
 
 
+def grpc_port() -> int | None:
+    """GRPC_PORT as a port number, or None for `off`; ValueError with a one-line reason otherwise."""
+    raw = GRPC_PORT.value().strip()
+    if raw.lower() == "off":
+        return None
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535):
+        raise ValueError(f"GRPC_PORT={raw!r}: expected a port number (1-65535) or off")
+    return int(raw)
+
+
 HOST = ProcessSetting("HOST", "127.0.0.1", "address to bind")
 PORT = ProcessSetting("PORT", "8000", "port to bind")
+GRPC_PORT = ProcessSetting("GRPC_PORT", "8001", "port for the Open Inference Protocol over gRPC, on `HOST` (every worker "
+                           "serves it, sharing the port); `off`: no gRPC")
 WEB_CONCURRENCY = ProcessSetting("WEB_CONCURRENCY", "1", "gunicorn worker processes (each holds its own model)")
 WORKER_CONNECTIONS = ProcessSetting("GUNICORN_WORKER_CONNECTIONS", "1000",
                                     "open connections per worker (`gevent` worker class, so slow clients cost a "
@@ -32,4 +44,4 @@ PIDFILE = ProcessSetting("PIDFILE", "", "a file for the master's process id, for
 METRICS_DIR = ProcessSetting("PROMETHEUS_MULTIPROC_DIR", "",
                              "where the workers share their metrics (default: a new temporary folder, removed at exit)")
 
-PROCESS_SETTINGS = (HOST, PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS, TIMEOUT, LOG_LEVEL, LOG_FORMAT, PIDFILE, METRICS_DIR)
+PROCESS_SETTINGS = (HOST, PORT, GRPC_PORT, WEB_CONCURRENCY, WORKER_CONNECTIONS, TIMEOUT, LOG_LEVEL, LOG_FORMAT, PIDFILE, METRICS_DIR)

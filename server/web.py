@@ -8,6 +8,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import tracing
+from .api_keys import CHALLENGE, is_valid, presented_key
 from .client_probe import client_connected
 from .errors import RequestError
 
@@ -22,7 +23,8 @@ def _data_url(jpeg: bytes) -> str:
 def _form(state, status=200, engine=None, **context):
     engine = engine or state.engine
     defaults = {"model": engine.bundle.summary(), "models": list(state.engines), "max_beam": state.config.max_beam_size,
-                "beam_size": state.config.default_beam_size, "max_mb": state.config.max_upload_mb}
+                "beam_size": state.config.default_beam_size, "max_mb": state.config.max_upload_mb,
+                "keys_required": bool(state.config.api_key_set), "api_key": ""}
     return render_template("index.html", **{**defaults, **context}), status
 
 
@@ -35,6 +37,16 @@ def index():
 def upload():
     state = current_app.extensions["captions"]
     engine = state.engine
+    keys = state.config.api_key_set
+    # The page keeps the key it was given in its field, so each later submission from it carries it.
+    try:
+        key = request.form.get("api_key", "").strip() if keys else ""
+    except RequestEntityTooLarge:
+        return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
+    if keys and not is_valid(presented_key(request.headers.get("Authorization")) or key.encode() or None, keys):
+        g.error_code = "unauthorized"
+        message = "Enter a valid API key." if not key else "That API key is not valid."
+        return _form(state, 401, error=message) + ({"WWW-Authenticate": CHALLENGE},)
     try:
         state.refuse_when_full()
         # A field the person left empty means its default (the API, stricter, refuses an empty value).
@@ -50,12 +62,12 @@ def upload():
         result = model.caption_uploads([file.read()], options, g.started, client_connected(request.environ),
                                        previews=True)
     except RequestEntityTooLarge:
-        return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.")
+        return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.", api_key=key)
     except RequestError as exc:
-        page, status = _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:])
+        page, status = _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:], api_key=key)
         return page, status, exc.headers
     best = result["captions"][0]
     looked = {"tokens": best["tokens"], **best["attention"]} if "attention" in best else None
     return _form(state, engine=engine, caption=best["caption"], beams=result["beams"][0],
                  timings=result["timings_ms"], preview=_data_url(result["previews"][0]),
-                 beam_size=options.beam_size, filename=file.filename, attention=looked)
+                 beam_size=options.beam_size, filename=file.filename, attention=looked, api_key=key)
