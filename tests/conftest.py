@@ -220,6 +220,18 @@ def server(bundle_dir):
     srv.stop()
 
 
+API_KEYS = ("test-key-0123456789abcdef", "second-key-fedcba9876543210")
+
+
+@pytest.fixture(scope="session")
+def keyed_server(bundle_dir):
+    """A live server (one worker) on the test bundle with API keys configured (API_KEYS)."""
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "1", "CAPTION_API_KEYS": ",".join(API_KEYS)})
+    srv.wait_ready()
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def attention_server(attention_bundle_dir):
     """A live server (one worker) on the small attention bundle."""

@@ -52,6 +52,33 @@ def test_upload_an_image_and_see_its_caption(server, page, trained_run):
     assert "beam width 3" in page.inner_text(".meta")
 
 
+def test_with_api_keys_the_form_asks_for_one_and_keeps_it_for_the_next_upload(keyed_server, page, trained_run):
+    from tests.conftest import API_KEYS
+
+    import requests
+
+    item = captioned_unlike_the_others(trained_run)
+    with open(item["image"], "rb") as f:
+        expected = requests.post(keyed_server.url + "/api/v1/captions", files={"image": f},
+                                 headers={"Authorization": f"Bearer {API_KEYS[0]}"}).json()["captions"][0]["caption"]
+    page.goto(keyed_server.url + "/")
+    page.get_by_label("Image").set_input_files(item["image"])
+    page.get_by_label("API key").fill("not-the-key-0123456789abc")
+    page.get_by_role("button", name="Caption").click()
+    page.wait_for_selector(".error")
+    assert "That API key is not valid." in page.inner_text(".error")
+    page.get_by_label("Image").set_input_files(item["image"])
+    page.get_by_label("API key").fill(API_KEYS[0])
+    page.get_by_role("button", name="Caption").click()
+    page.wait_for_selector("#caption")
+    assert page.inner_text("#caption").strip() == expected
+    page.get_by_label("Image").set_input_files(item["image"])  # the page kept the key: no need to type it again
+    page.get_by_role("button", name="Caption").click()
+    page.wait_for_selector("#caption")
+    page.screenshot(path=str(SCREENSHOTS / "caption-with-key.png"), full_page=True)
+    assert page.get_by_label("API key").input_value() == API_KEYS[0] and page.locator(".error").count() == 0
+
+
 def test_upload_a_non_image_and_see_a_readable_error(server, page, tmp_path):
     bogus = tmp_path / "notes.png"
     bogus.write_text("these are notes, not a picture")
