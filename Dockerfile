@@ -35,12 +35,13 @@ COPY ${BUNDLE}/ /models/default/
 # The same settings `make serve` uses, except that the server listens on every interface.
 ENV HOST=0.0.0.0 \
     PORT=8000 \
+    GRPC_PORT=8001 \
     WEB_CONCURRENCY=1 \
     LOG_FORMAT=json \
     CAPTION_BUNDLE=/models/default
 
 USER 10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=30s --timeout=3s --start-period=30s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -8,7 +8,7 @@ DEMO_IMAGES ?= 1500
 DEMO_CONFIG := training/configs/demo.json
 DEMO_BUNDLE := onnx_models/demo/bundle.json
 
-.PHONY: grpc-stubs perf-analyzer serve test test-fast test-budget quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
+.PHONY: grpc-stubs prometheus perf-analyzer serve test test-fast test-budget quality demo demo-fp16 demo-int8 bench bench-peers peers-install install install-gpu install-openvino install-ray openvino-check openvino-check-int8 browser clean-demo
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,12 @@ browser:
 	  [ "$$(id -u)" = 0 ] || { echo "error: the browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
+# The dashboard test runs Debian's Prometheus against a live server (deploy/grafana).
+prometheus:
+	@command -v prometheus >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "error: the dashboard test needs Debian's prometheus: sudo apt-get install prometheus" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
 # Triton's perf_analyzer (from tritonclient 2.50.0's wheel) and the Debian library it links.
 PERF_ANALYZER := .tools/perf_analyzer/bin/perf_analyzer
 $(PERF_ANALYZER): | $(VENV)/.installed-dev
@@ -110,7 +116,7 @@ $(PERF_ANALYZER): | $(VENV)/.installed-dev
 
 perf-analyzer: $(PERF_ANALYZER)
 
-test: $(VENV)/.installed-dev browser $(PERF_ANALYZER)
+test: $(VENV)/.installed-dev browser prometheus $(PERF_ANALYZER)
 	$(PY) -m pytest -q
 
 # The unit tests that need no trained model and no server (tests/README.md says which are slow).
@@ -119,7 +125,7 @@ test-fast: $(VENV)/.installed-dev
 
 # The suite and the fast tier against their time budgets on the slow machines (15 and 2 minutes at an
 # sgemm peak of 200 GFLOP/s; tests/budget.py scales what they take here by this machine's peak).
-test-budget: $(VENV)/.installed-dev browser $(PERF_ANALYZER)
+test-budget: $(VENV)/.installed-dev browser prometheus $(PERF_ANALYZER)
 	$(PY) -m tests.budget
 	$(PY) -m tests.budget --fast
 

@@ -76,10 +76,14 @@ def test_non_root_user_and_ports_agree():
     pod = MANIFESTS["deployment"]["spec"]["template"]["spec"]
     assert str(pod["securityContext"]["runAsUser"]) == uid and pod["securityContext"]["runAsNonRoot"]
     port = container()["ports"][0]
-    assert str(port["containerPort"]) == docker_env()["PORT"] == instructions("EXPOSE")[0]
+    exposed = instructions("EXPOSE")[0].split()
+    assert str(port["containerPort"]) == docker_env()["PORT"] == exposed[0]
     assert {e["name"]: e["value"] for e in container()["env"]}["PORT"] == str(port["containerPort"])
+    grpc = container()["ports"][1]
+    assert grpc["name"] == "grpc" and str(grpc["containerPort"]) == docker_env()["GRPC_PORT"] == exposed[1]
+    assert {e["name"]: e["value"] for e in container()["env"]}["GRPC_PORT"] == str(grpc["containerPort"])
     service = MANIFESTS["service"]["spec"]
-    assert service["ports"][0]["targetPort"] == port["name"]
+    assert [p["targetPort"] for p in service["ports"]] == [port["name"], grpc["name"]]
     assert service["selector"] == MANIFESTS["deployment"]["spec"]["selector"]["matchLabels"]
     for path in MANIFESTS["ingress"]["spec"]["rules"][0]["http"]["paths"]:
         assert path["backend"]["service"]["name"] == MANIFESTS["service"]["metadata"]["name"]
