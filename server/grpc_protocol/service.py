@@ -38,10 +38,11 @@ STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAU
                 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.INVALID_ARGUMENT,
                 415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
                 499: grpc.StatusCode.CANCELLED, 503: grpc.StatusCode.UNAVAILABLE}
-# The HTTP status each gRPC status is counted under in /metrics, beside the REST routes'.
+# The HTTP status each gRPC status is counted under in /metrics, beside the REST routes': a deadline
+# that passed is REST's 503, as the shed it is; anything else is the server's fault (500).
 HTTP_STATUS = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
                grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNAVAILABLE: 503,
-               grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.UNIMPLEMENTED: 501}
+               grpc.StatusCode.DEADLINE_EXCEEDED: 503}
 
 
 def grpc_status(error: RequestError) -> grpc.StatusCode:

@@ -146,3 +146,49 @@ def test_calls_are_counted_beside_rest_s_and_perf_analyzer_profiles_them(server,
                    stability_percent=100, protocol="grpc")
     assert rows[0]["protocol"] == "grpc" and rows[0]["captions_per_s"] > 0
     assert grpc_counts(server).get("200", 0) > before.get("200", 0)
+
+
+def test_a_draining_server_finishes_the_call_it_holds_and_then_stops(bundle_dir):
+    """SIGTERM while a slow call (3 PNGs of 16 megapixels: about a second to decode) is in flight: the
+    call is answered in full, and the server, gRPC port included, then stops."""
+    import io
+    import os
+    import signal
+    import threading
+    import time
+
+    from PIL import Image
+
+    from harness.server_process import GunicornServer
+
+    ramp = np.tile(np.linspace(0, 255, 4000, dtype=np.uint8), (4000, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(buffer, "PNG")  # 56 KB on the wire
+    images = [buffer.getvalue()] * 3
+    srv = GunicornServer({"CAPTION_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "1"})
+    try:
+        srv.wait_ready()
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+        assert client.is_server_live()  # connected before the call
+        answered, sent_term = {}, threading.Event()
+
+        def call():
+            try:
+                result = client.infer(bundle_dir.name, [images_input(images)], client_timeout=30)
+            except InferenceServerException as exc:
+                answered.update(error=str(exc))
+            else:
+                answered.update(captions=len(result.as_numpy("caption")), after_term=sent_term.is_set())
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.3)  # the call is decoding its images
+        os.kill(srv.process.pid, signal.SIGTERM)
+        sent_term.set()
+        caller.join(30)
+        assert answered == {"captions": 3, "after_term": True}, answered
+        assert srv.process.wait(30) == 0
+        with pytest.raises(InferenceServerException):
+            triton_grpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}").is_server_live(client_timeout=2)
+    finally:
+        srv.stop()
