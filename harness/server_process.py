@@ -98,7 +98,7 @@ class MakeServe(GunicornServer):
         # -o: take the installation and the bundle as they are (make would rebuild a bundle older
         # than the demo's config, or reinstall after a requirements edit).
         self.process = subprocess.Popen(
-            ["make", "--no-print-directory", "-o", f"{venv}/.installed-dev", "-o", f"{bundle}/bundle.json", "serve",
+            ["make", "--no-print-directory", "-o", f"{venv}/.installed-serve", "-o", f"{bundle}/bundle.json", "serve",
              f"VENV={venv}", f"DEMO_BUNDLE={bundle}/bundle.json", f"PORT={self.port}", f"PIDFILE={self.pidfile}"],
             cwd=ROOT, env={**os.environ, "CAPTION_BUNDLE": str(bundle), "GRPC_PORT": str(free_port()), **(env or {})},
             stdout=self.log, stderr=subprocess.STDOUT)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 
-from flask import Blueprint, current_app, g, render_template, request
+from flask import Blueprint, current_app, g, make_response, render_template, request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -20,12 +20,17 @@ def _data_url(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
-def _form(state, status=200, engine=None, **context):
+def _form(state, status=200, engine=None, headers=None, **context):
+    """The form's page; one that carries an API key back in its field is never stored by a cache."""
     engine = engine or state.engine
     defaults = {"model": engine.bundle.summary(), "models": list(state.engines), "max_beam": state.config.max_beam_size,
                 "beam_size": state.config.default_beam_size, "max_mb": state.config.max_upload_mb,
                 "keys_required": bool(state.config.api_key_set), "api_key": ""}
-    return render_template("index.html", **{**defaults, **context}), status
+    page = make_response(render_template("index.html", **{**defaults, **context}), status)
+    page.headers.update(headers or {})
+    if context.get("api_key"):
+        page.headers["Cache-Control"] = "no-store"
+    return page
 
 
 @web.get("/")
@@ -46,7 +51,7 @@ def upload():
     if keys and not is_valid(presented_key(request.headers.get("Authorization")) or key.encode() or None, keys):
         g.error_code = "unauthorized"
         message = "Enter a valid API key." if not key else "That API key is not valid."
-        return _form(state, 401, error=message) + ({"WWW-Authenticate": CHALLENGE},)
+        return _form(state, 401, error=message, headers={"WWW-Authenticate": CHALLENGE})
     try:
         state.refuse_when_full()
         # A field the person left empty means its default (the API, stricter, refuses an empty value).
@@ -64,8 +69,8 @@ def upload():
     except RequestEntityTooLarge:
         return _form(state, 413, error=f"That file is larger than {state.config.max_upload_mb:g} MB.", api_key=key)
     except RequestError as exc:
-        page, status = _form(state, exc.status, engine, error=exc.message[:1].upper() + exc.message[1:], api_key=key)
-        return page, status, exc.headers
+        return _form(state, exc.status, engine, exc.headers, error=exc.message[:1].upper() + exc.message[1:],
+                     api_key=key)
     best = result["captions"][0]
     looked = {"tokens": best["tokens"], **best["attention"]} if "attention" in best else None
     return _form(state, engine=engine, caption=best["caption"], beams=result["beams"][0],

@@ -100,6 +100,7 @@ def test_the_form_asks_for_the_key_and_keeps_it_for_the_page(keyed_server, train
     assert wrong.status_code == 401 and "That API key is not valid." in wrong.text
     page = requests.post(keyed_server.url + "/", files={"image": ("s.png", image)}, data={"api_key": KEY})
     assert page.status_code == 200 and 'id="caption"' in page.text and f'value="{KEY}"' in page.text
+    assert page.headers["Cache-Control"] == "no-store"  # a page holding a key is not kept by a cache
 
 
 def test_no_key_reaches_the_log(keyed_server):

@@ -136,6 +136,26 @@ def test_the_inference_protocol_answers_attention_when_asked(attention_server, a
                      outputs=[triton.InferRequestedOutput("attention")])
 
 
+def test_grpc_answers_the_same_attention_as_rest(attention_server, attention_bundle_dir, shapes_dataset):
+    import tritonclient.grpc as triton_grpc
+    import tritonclient.http as triton
+
+    name = load_bundle(attention_bundle_dir).name
+    images = [p.read_bytes() for p in sorted((shapes_dataset / "Images").glob("*.png"))[:2]]
+    answers = []
+    for module, address in ((triton, attention_server.url.removeprefix("http://")),
+                            (triton_grpc, f"127.0.0.1:{attention_server.grpc_port}")):
+        tensor = module.InferInput("image", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+        answers.append(module.InferenceServerClient(address).infer(name, [tensor], parameters={"attention": True}))
+    rest, grpc = answers
+    assert [t.name for t in triton_grpc.InferenceServerClient(f"127.0.0.1:{attention_server.grpc_port}")
+            .get_model_metadata(name).outputs] == ["caption", "log_prob", "attention"]
+    assert np.array_equal(grpc.as_numpy("caption"), rest.as_numpy("caption"))
+    assert grpc.as_numpy("attention").shape == rest.as_numpy("attention").shape
+    assert np.allclose(grpc.as_numpy("attention"), rest.as_numpy("attention"), atol=1e-6)
+
+
 def test_the_inference_protocol_refuses_attention_for_a_pooled_model(server, bundle_dir, shapes_dataset):
     import base64
 
