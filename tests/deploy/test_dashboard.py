@@ -22,14 +22,14 @@ def test_the_dashboard_imports_with_a_prometheus_datasource_chosen_at_import():
 
 @pytest.fixture(scope="module")
 def scraped(server, bundle_dir, trained_run, tmp_path_factory):
-    """Prometheus scraping the live server, after 8 s of mixed load."""
+    """Prometheus scraping the live server, after 6 s of mixed load."""
     prometheus = Prometheus([server.url.removeprefix("http://")], tmp_path_factory.mktemp("prometheus"))
     try:
         prometheus.wait_scraping()
         image = Path(json.loads((trained_run / "heldout.json").read_text())[0]["image"]).read_bytes()
-        load = mixed_load(server, image, bundle_dir.name, seconds=8)
+        load = mixed_load(server, image, bundle_dir.name, seconds=6)
         assert load["grpc_calls"] > 0 and load["rest"]["requests"] > 0
-        time.sleep(3)  # the last scrapes of the load
+        time.sleep(2.5)  # the last scrapes of the load
         yield prometheus
     finally:
         prometheus.stop()
