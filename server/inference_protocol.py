@@ -106,14 +106,24 @@ def _object(container: dict, key: str, what: str) -> dict:
     return value
 
 
-def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]:
-    """The image files of input `image`, and where the next binary data starts."""
-    if tensor.get("datatype") != "BYTES":
+def check_image_tensor(datatype, shape) -> None:
+    """A 400 unless input `image` is BYTES of shape [n] or [n, m] (REST's JSON values, or gRPC's fields)."""
+    if datatype != "BYTES":
         raise bad_request(f"input '{INPUT}' must have datatype BYTES (one encoded image file per element), "
-                          f"got {str(tensor.get('datatype'))[:20]!r}")
-    shape = tensor.get("shape")
+                          f"got {str(datatype)[:20]!r}")
     if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(type(d) is int and d >= 0 for d in shape):
         raise bad_request(f"input '{INPUT}' must have shape [n] or [n, m] (n or n x m images), got {str(shape)[:40]}")
+
+
+def check_image_count(shape: list[int], images: list[bytes]) -> None:
+    if len(images) != math.prod(shape):
+        raise bad_request(f"input '{INPUT}' has shape {shape} but {len(images)} elements")
+
+
+def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]:
+    """The image files of input `image`, and where the next binary data starts."""
+    shape = tensor.get("shape")
+    check_image_tensor(tensor.get("datatype"), shape)
     size = _object(tensor, "parameters", f"input '{INPUT}' parameters").get("binary_data_size")
     if size is not None:
         if type(size) is not int or not 0 <= size <= len(binary) - offset:
@@ -135,8 +145,7 @@ def _images(tensor: dict, binary: bytes, offset: int) -> tuple[list[bytes], int]
             except (binascii.Error, ValueError):
                 raise bad_request(f"input '{INPUT}': element {index + 1} is not base64 text (in JSON, an image "
                                   "file is sent base64-encoded)") from None
-    if len(images) != math.prod(shape):
-        raise bad_request(f"input '{INPUT}' has shape {shape} but {len(images)} elements")
+    check_image_count(shape, images)
     return images, offset
 
 
@@ -218,8 +227,17 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(request_id, images, options, outputs)
 
 
-def wants_attention(options: MultiDict) -> bool:
-    return options.get(ATTENTION) == "true"
+def run_inference(model, parsed: InferRequest, started: float, connected, deadline_s: float | None = None):
+    """(captions, log-probs, attention tensor or None) of a parsed infer request on a served model,
+    through its queue and limits, as REST and gRPC both answer it; `deadline_s`: the caller's own
+    deadline where it is nearer than the request's timeout."""
+    options = model.options(parsed.options)
+    if deadline_s is not None:
+        options.timeout_s = max(0.0, min(options.timeout_s, deadline_s))
+    captions = model.caption_uploads(parsed.images, options, started, connected)["captions"]
+    attention = (attention_tensor([c["attention"]["weights"] for c in captions], attention_positions(model))
+                 if parsed.options.get(ATTENTION) == "true" else None)
+    return [c["caption"] for c in captions], [c["log_prob"] for c in captions], attention
 
 
 def attention_tensor(weights: list, positions: int) -> np.ndarray:
@@ -365,10 +383,4 @@ def infer(name: str, version: str | None = None):
     with tracing.stage("read body"):
         parsed = parse_infer_request(read_raw_body(registry.config.max_upload_bytes),
                                      request.headers.get(HEADER_LENGTH))
-    result = model.caption_uploads(parsed.images, model.options(parsed.options), g.started,
-                                   client_connected(request.environ))
-    captions = result["captions"]
-    attention = (attention_tensor([c["attention"]["weights"] for c in captions], attention_positions(model))
-                 if wants_attention(parsed.options) else None)
-    return infer_response(name, parsed, [c["caption"] for c in captions], [c["log_prob"] for c in captions],
-                          attention)
+    return infer_response(name, parsed, *run_inference(model, parsed, g.started, client_connected(request.environ)))

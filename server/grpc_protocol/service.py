@@ -10,7 +10,6 @@ that matches REST's HTTP status (STATUS_CODES).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from importlib import metadata
 
@@ -23,9 +22,9 @@ from .. import tracing
 from ..api_keys import OPEN_GRPC_METHODS, is_valid, presented_key
 from ..errors import RequestError
 from ..inference_protocol import (ATTENTION, EXTENSIONS, INPUT, OUTPUTS, SERVER_NAME, VERSION, InferRequest,
-                                  attention_positions, attention_tensor, bad_request, check_output_name,
-                                  decoding_options, default_outputs, deserialize_bytes, model_config, model_metadata,
-                                  serialize_bytes, served_model, wants_attention)
+                                  attention_positions, bad_request, check_image_count, check_image_tensor,
+                                  check_output_name, decoding_options, default_outputs, deserialize_bytes,
+                                  model_config, model_metadata, run_inference, serialize_bytes, served_model)
 from . import grpc_service_pb2 as pb
 from . import grpc_service_pb2_grpc as pb_grpc
 from . import model_config_pb2
@@ -63,20 +62,15 @@ def parse_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     if names != [INPUT]:
         raise bad_request(f"this model takes one input, '{INPUT}' (BYTES), got {str(names)[:80]}")
     tensor = request.inputs[0]
-    if tensor.datatype != "BYTES":
-        raise bad_request(f"input '{INPUT}' must have datatype BYTES (one encoded image file per element), "
-                          f"got {tensor.datatype[:20]!r}")
     shape = list(tensor.shape)
-    if len(shape) not in (1, 2) or any(d < 0 for d in shape):
-        raise bad_request(f"input '{INPUT}' must have shape [n] or [n, m] (n or n x m images), got {str(shape)[:40]}")
+    check_image_tensor(tensor.datatype, shape)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
             raise bad_request(f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input")
         images = deserialize_bytes(request.raw_input_contents[0])
     else:
         images = list(tensor.contents.bytes_contents)
-    if len(images) != math.prod(shape):
-        raise bad_request(f"input '{INPUT}' has shape {shape} but {len(images)} elements")
+    check_image_count(shape, images)
     # Triton reserves the triton_ prefix for its clients' own switches (perf_analyzer sends
     # triton_enable_empty_final_response, for decoupled models): not decoding options, so not refused.
     options = decoding_options({name: parameter_value(p) for name, p in request.parameters.items()
@@ -154,16 +148,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             self.registry.refuse_when_full()
             with tracing.stage("read body"):
                 parsed = parse_infer_request(request)
-            options = model.options(parsed.options)
-            remaining = context.time_remaining()
-            if remaining is not None:  # the caller's deadline, when it is the nearer one
-                options.timeout_s = max(0.0, min(options.timeout_s, remaining))
-            result = model.caption_uploads(parsed.images, options, started, context.is_active)
-            captions = result["captions"]
-            attention = (attention_tensor([c["attention"]["weights"] for c in captions], attention_positions(model))
-                         if wants_attention(parsed.options) else None)
-            return infer_response(request.model_name, parsed, [c["caption"] for c in captions],
-                                  [c["log_prob"] for c in captions], attention)
+            return infer_response(request.model_name, parsed,
+                                  *run_inference(model, parsed, started, context.is_active, context.time_remaining()))
         started = time.perf_counter()
         return self._answer("ModelInfer", context, infer, started, request.ByteSize())
 
