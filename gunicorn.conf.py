@@ -138,7 +138,7 @@ def post_worker_init(worker):
         from server.grpc_protocol import serving
 
         server = serving.start(worker.wsgi, settings.HOST.value(), grpc_port, worker_connections)
-        worker.grpc_stopped = serving.drain_when_asked(server, worker, graceful_timeout)
+        worker.grpc_stopped = serving.drain_when_asked(server, graceful_timeout)
 
 
 def worker_exit(server, worker):

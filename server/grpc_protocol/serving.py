@@ -50,16 +50,18 @@ def start(app, host: str, port: int, max_calls: int):
     return server
 
 
-def drain_when_asked(server, worker, grace_s: float):
-    """Stop taking calls once gunicorn marks the worker as draining, letting those in flight finish
+def drain_when_asked(server, grace_s: float):
+    """Stop taking calls once this worker drains (server/lifecycle.py), letting those in flight finish
     within `grace_s`; returns the event that is set when the server has stopped."""
     import threading
     import time
 
+    from .. import lifecycle
+
     stopped = threading.Event()
 
     def watch():
-        while worker.alive:
+        while not lifecycle.draining():
             time.sleep(0.2)  # a greenlet's sleep under gevent
         server.stop(grace_s).wait()
         stopped.set()
